@@ -1,0 +1,1 @@
+"""lambdahat: the local learning coefficient of PyTorch models."""
