@@ -1,1 +1,16 @@
-"""lambdahat: the local learning coefficient of PyTorch models."""
+"""lambdahat: the local learning coefficient (LLC) of PyTorch models, verified against exact answers.
+
+    import lambdahat as lh
+    result = lh.estimate_llc(model, (x, y), lh.losses.gaussian_nll, step_size=1e-4, localization=100.0)
+    print(result)
+
+Lau, Furman, Wang, Murfet, Wei, "The Local Learning Coefficient: A Singularity-Aware Complexity
+Measure", arXiv 2308.12108.
+"""
+
+from . import losses, samplers
+from .estimate import LLCResult, estimate_llc, llc_from_trace
+from .trace import Trace
+
+__all__ = ["estimate_llc", "llc_from_trace", "LLCResult", "Trace", "losses", "samplers"]
+__version__ = "0.1.0"

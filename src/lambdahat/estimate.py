@@ -1,0 +1,252 @@
+"""The LLC estimate: λ̂ = nβ (E_w[L_n(w)] − L_n(w*)), from a Trace or in one call.
+
+Lau, Furman, Wang, Murfet, Wei, "The Local Learning Coefficient: A Singularity-Aware Complexity
+Measure", arXiv 2308.12108. The expectation is over the localised tempered posterior
+p(w | w*, β, γ) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²), estimated by the post-burn-in minibatch
+losses of the sampler (each unbiased for L_n(w_t)); L_n(w*) is computed once on the full data in
+eval mode; the default nβ is n / log n (β* = 1 / log n).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import diagnostics
+from .chains import run_chains
+from .data import as_data_source
+from .potential import Potential, select_params
+from .samplers import SAMPLERS
+from .trace import Trace
+
+__all__ = ["LLCResult", "estimate_llc", "llc_from_trace"]
+
+
+@dataclass
+class LLCResult:
+    """An LLC estimate with its uncertainty and everything that produced it.
+
+    - ``llc_mean``: mean of the per-chain estimates over the chains that did not diverge.
+    - ``llc_std``: the standard deviation of one chain's estimate: across chains (ddof = 1) when
+      two or more chains are healthy, else the single chain's own Monte Carlo standard error.
+    - ``llc_mcse``: Monte Carlo standard error of ``llc_mean``, nβ · sd(L) / √ESS over all healthy
+      draws (split-chain ESS; Vehtari et al. 2021).
+    - ``llc_per_chain``: λ̂_c per chain, NaN for a diverged chain.
+    - ``init_loss``: L_n(w*), on ``init_loss_samples`` samples, in eval mode.
+    - ``diverged``: {chain: first step with a non-finite loss}.
+    """
+
+    llc_mean: float
+    llc_std: float
+    llc_mcse: float
+    llc_per_chain: np.ndarray
+    init_loss: float
+    nbeta: float
+    trace: Trace
+    diverged: dict[int, int] = field(default_factory=dict)
+    ess: float = float("nan")
+    wall_time: float = float("nan")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.trace.config
+
+    def running_llc(self) -> np.ndarray:
+        """λ̂ after each post-burn-in draw, per chain: nβ (cumulative mean of L − L_n(w*))."""
+        losses = self.trace.draws("loss")
+        counts = np.arange(1, losses.shape[1] + 1)
+        return self.nbeta * (np.cumsum(losses, axis=1) / counts - self.init_loss)
+
+    def __str__(self) -> str:
+        cfg = self.config
+        lines = [
+            f"LLC estimate λ̂ = {self.llc_mean:.4g} ± {self.llc_mcse:.2g} (MCSE); "
+            f"std of a chain's estimate {self.llc_std:.3g}",
+            "  per chain: " + ", ".join("diverged" if math.isnan(v) else f"{v:.4g}" for v in self.llc_per_chain),
+            f"  L_n(w*) = {self.init_loss:.6g} on {cfg.get('init_loss_samples')} samples; nβ = {self.nbeta:.6g}"
+            + (" (n / log n)" if cfg.get("nbeta_default") else ""),
+            f"  sampler {cfg.get('sampler')}: step_size {cfg.get('step_size'):g}, localization {cfg.get('localization'):g}, "
+            f"{cfg.get('num_chains')} chains × {cfg.get('num_draws')} draws after {cfg.get('num_burnin_steps')} burn-in steps, "
+            f"batch {cfg.get('batch_size')}, {cfg.get('num_params')} sampled weights, seed {cfg.get('seed')}",
+            f"  effective sample size {self.ess:.0f}" + (f"; {self.wall_time:.1f} s" if math.isfinite(self.wall_time) else ""),
+        ]
+        if self.diverged:
+            where = ", ".join(f"chain {c} at step {s}" for c, s in self.diverged.items())
+            healthy = len(self.llc_per_chain) - len(self.diverged)
+            lines.append(
+                f"  WARNING: {len(self.diverged)} chain(s) diverged ({where}); the mean is over the other "
+                f"{healthy}. Lower step_size, or raise localization."
+            )
+        return "\n".join(lines)
+
+
+def llc_from_trace(trace: Trace, init_loss: float, nbeta: float) -> dict[str, Any]:
+    """λ̂ per chain, their mean, spread and Monte Carlo standard error from a Trace."""
+    losses = trace.draws("loss")
+    per_chain = nbeta * (losses.mean(axis=1) - init_loss)
+    healthy = [c for c, step in enumerate(trace.diverged_at) if step is None]
+    diverged = {c: step for c, step in enumerate(trace.diverged_at) if step is not None}
+    if not healthy:
+        nan = float("nan")
+        return dict(llc_mean=nan, llc_std=nan, llc_mcse=nan, llc_per_chain=per_chain, diverged=diverged, ess=0.0)
+    good = losses[healthy]
+    mean = float(per_chain[healthy].mean())
+    if np.ptp(good) == 0:  # a chain that never moved: no Monte Carlo error to speak of
+        ess, mcse = float(good.size), 0.0
+    else:
+        ess = diagnostics.ess(good, method="mean")
+        mcse = nbeta * float(good.std(ddof=1)) / math.sqrt(ess)
+    if len(healthy) >= 2:
+        std = float(per_chain[healthy].std(ddof=1))
+    else:
+        std = mcse
+    return dict(llc_mean=mean, llc_std=std, llc_mcse=mcse, llc_per_chain=per_chain, diverged=diverged, ess=ess)
+
+
+def _positive(name: str, value: float, hint: str) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}; {hint}")
+
+
+def _whole(name: str, value: int, minimum: int, hint: str) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}; {hint}")
+
+
+def estimate_llc(
+    model: nn.Module,
+    data: Any,
+    loss_fn: Callable[..., Tensor],
+    *,
+    step_size: float = 1e-4,
+    localization: float = 100.0,
+    nbeta: float | None = None,
+    num_chains: int = 4,
+    num_draws: int = 1000,
+    num_burnin_steps: int = 500,
+    batch_size: int | None = None,
+    sampled_params: Sequence[str] | Callable[[str, Tensor], bool] | None = None,
+    sampler: str = "sgld",
+    seed: int = 0,
+    train_mode: bool = False,
+    init_loss_batch_size: int = 4096,
+    progress: bool = True,
+) -> LLCResult:
+    """Estimate the local learning coefficient of ``model`` at its current weights w*.
+
+    λ̂(w*) = nβ (E_{w∼p}[L_n(w)] − L_n(w*)), p(w) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²)
+    (Lau et al., arXiv 2308.12108), sampled with SGLD (see :func:`lambdahat.samplers.sgld.build`
+    for the exact update and its step-size convention).
+
+    Args:
+        model: the trained model; it is left exactly as it was (weights, buffers, requires_grad,
+            train/eval mode).
+        data: ``(inputs, targets)`` tensors (fast path), a ``Dataset`` or a ``DataLoader``.
+        loss_fn: ``loss_fn(output, target)`` (a criterion such as ``nn.MSELoss()``) or
+            ``loss_fn(model, batch)`` (first parameter named ``model``); must return the batch
+            mean of a per-sample loss. See :mod:`lambdahat.losses` for ready-made ones.
+        step_size: ε, the SGLD step size and noise variance.
+        localization: γ, the strength of the pull toward w*.
+        nbeta: nβ, the inverse temperature times n. None means n / log n. Use one fixed value
+            for every model you compare.
+        num_chains, num_draws, num_burnin_steps: each chain runs burn-in + draws steps; the
+            estimate averages the loss over the draws only.
+        batch_size: minibatch size for the sampler's gradient (default: the DataLoader's, else
+            256; clipped to n, where the sampler becomes full-batch).
+        sampled_params: sample only these parameters (names or submodule prefixes, or a
+            predicate ``(name, param) -> bool``); the rest stay frozen at w*. This is the
+            weight-refined LLC (Wang et al., arXiv 2410.02984).
+        sampler: the sampler's name (``"sgld"``).
+        seed: the run's seed. Chain c's noise and batch order depend on (seed, c) only.
+        train_mode: sample with the model in train mode (dropout on, BatchNorm on batch
+            statistics). Off by default: dropout noise would read as spurious complexity.
+        init_loss_batch_size: batch size for the full-data evaluation of L_n(w*).
+        progress: show a progress bar.
+    """
+    start = time.perf_counter()
+    _positive("step_size", step_size, "try 1e-4 and calibrate from there.")
+    if not isinstance(localization, (int, float)) or not math.isfinite(localization) or localization < 0:
+        raise ValueError(f"localization must be a finite number ≥ 0, got {localization!r}.")
+    if nbeta is not None:
+        _positive("nbeta", nbeta, "pass None for n / log n, or a fixed value such as 30.")
+    _whole("num_chains", num_chains, 1, "run at least one chain (4 or more to judge convergence).")
+    _whole("num_draws", num_draws, 1, "the estimate needs draws after burn-in.")
+    _whole("num_burnin_steps", num_burnin_steps, 0, "use 0 for no burn-in.")
+    _whole("init_loss_batch_size", init_loss_batch_size, 1, "use a positive batch size.")
+    if batch_size is not None:
+        _whole("batch_size", batch_size, 1, "use a positive minibatch size, e.g. 256.")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}.")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+
+    source = as_data_source(data)
+    n = source.n
+    if nbeta is None:
+        if n < 2:
+            raise ValueError("nbeta=None means n / log n, which needs n ≥ 2 samples; pass nbeta explicitly.")
+        nbeta_value, nbeta_default = n / math.log(n), True
+    else:
+        nbeta_value, nbeta_default = float(nbeta), False
+    batch_size = min(batch_size or source.default_batch_size or 256, n)
+
+    names = select_params(model, sampled_params)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    source = source.to(device)
+    was_training = model.training
+    try:
+        model.eval()
+        potential = Potential(model, loss_fn, names)
+        potential.check_loss(source.batch(torch.arange(min(batch_size, n))))
+        init_loss = potential.full_loss(potential.w_star, source, init_loss_batch_size)
+        if not math.isfinite(init_loss):
+            raise ValueError(f"loss_fn is not finite at w* on the full data (L_n(w*) = {init_loss}).")
+        model.train(train_mode)
+        built = SAMPLERS[sampler](
+            potential.loss_and_grad, potential.w_star, step_size=step_size, nbeta=nbeta_value, localization=localization
+        )
+        config = dict(
+            sampler=sampler,
+            step_size=step_size,
+            localization=localization,
+            nbeta=nbeta_value,
+            nbeta_default=nbeta_default,
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin_steps=num_burnin_steps,
+            batch_size=batch_size,
+            n=n,
+            init_loss_samples=n,
+            num_params=potential.num_params,
+            sampled_params=names,
+            seed=seed,
+            train_mode=train_mode,
+        )
+        trace = run_chains(
+            built,
+            potential.w_star,
+            source,
+            num_chains=num_chains,
+            num_steps=num_burnin_steps + num_draws,
+            num_burnin_steps=num_burnin_steps,
+            batch_size=batch_size,
+            seed=seed,
+            config=config,
+            progress=progress,
+        )
+    finally:
+        model.train(was_training)
+    stats = llc_from_trace(trace, init_loss, nbeta_value)
+    return LLCResult(
+        init_loss=init_loss, nbeta=nbeta_value, trace=trace, wall_time=time.perf_counter() - start, **stats
+    )

@@ -1,0 +1,137 @@
+"""The model as a pure function of a flat parameter vector, and the loss at w*.
+
+The sampled parameters (all trainable ones, or the subset chosen for a weight-refined LLC) are
+packed into one flat vector w; the rest stay frozen at w*. ``loss(w, batch)`` runs the user's
+model through ``torch.func.functional_call`` on views of w, so the user's module is never
+written to. Buffers are cloned once, so even a model sampled in train mode (BatchNorm updating
+its running statistics) leaves the user's buffers as they were.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data import DataSource
+from .losses import make_batch_loss
+
+__all__ = ["Potential", "select_params"]
+
+ParamSelector = Sequence[str] | Callable[[str, Tensor], bool] | None
+
+
+def select_params(model: nn.Module, sampled_params: ParamSelector) -> list[str]:
+    """Names of the parameters to sample: all trainable ones, or those chosen by name/predicate.
+
+    A name selects that parameter, or every parameter under it when it names a submodule
+    (``"blocks.0.attn"``).
+    """
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(
+            "model has no trainable parameters (none with requires_grad=True); "
+            "make the parameters to measure trainable, or choose them with sampled_params."
+        )
+    if sampled_params is None:
+        return [name for name, _ in trainable]
+    if callable(sampled_params):
+        chosen = [name for name, p in model.named_parameters() if sampled_params(name, p)]
+    else:
+        if isinstance(sampled_params, str):
+            sampled_params = [sampled_params]
+        all_names = [name for name, _ in model.named_parameters()]
+        chosen = []
+        for prefix in sampled_params:
+            hits = [n for n in all_names if n == prefix or n.startswith(prefix + ".")]
+            if not hits:
+                raise ValueError(
+                    f"sampled_params: {prefix!r} names no parameter or submodule of the model; "
+                    f"parameter names look like {all_names[:5]}."
+                )
+            chosen += [n for n in hits if n not in chosen]
+    if not chosen:
+        raise ValueError("sampled_params selected no parameters; check the names or the predicate.")
+    return chosen
+
+
+class Potential:
+    """The model's loss as a function of the flat vector w of sampled parameters.
+
+    Attributes: ``w_star`` (the flat point measured, a detached copy), ``names``, ``shapes``,
+    ``num_params`` (d, the number of sampled weights).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[..., Tensor],
+        sampled_names: Sequence[str],
+    ):
+        self.model = model
+        self._batch_loss = make_batch_loss(model, loss_fn)
+        named = dict(model.named_parameters())
+        self.names = list(sampled_names)
+        self.shapes = [named[n].shape for n in self.names]
+        self.numels = [named[n].numel() for n in self.names]
+        self.num_params = sum(self.numels)
+        self.frozen = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        with torch.no_grad():
+            self.w_star = torch.cat([named[n].detach().reshape(-1) for n in self.names]).clone()
+
+    def tensors(self, w: Tensor) -> dict[str, Tensor]:
+        """Parameters and buffers for ``functional_call``: views of w for the sampled ones."""
+        views = torch.split(w, self.numels)
+        tensors = dict(self.frozen)
+        tensors.update({n: v.view(s) for n, v, s in zip(self.names, views, self.shapes)})
+        tensors.update(self.buffers)
+        return tensors
+
+    def loss(self, w: Tensor, batch: Any) -> Tensor:
+        """The user's (batch-mean) loss at w."""
+        return self._batch_loss(self.tensors(w), batch)
+
+    def loss_and_grad(self, w: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        """Loss at w (detached) and its gradient with respect to w, flat."""
+        with torch.enable_grad():
+            w = w.detach().requires_grad_(True)
+            loss = self.loss(w, batch)
+            (grad,) = torch.autograd.grad(loss, w)
+        return loss.detach(), grad
+
+    @torch.no_grad()
+    def full_loss(self, w: Tensor, data: DataSource, batch_size: int) -> float:
+        """L_n(w): the loss averaged over the whole data, evaluated in batches, without gradients."""
+        total, count = 0.0, 0
+        for size, batch in data.in_order(batch_size):
+            total += float(self.loss(w, batch)) * size
+            count += size
+        return total / count
+
+    def check_loss(self, batch: Any) -> Tensor:
+        """Evaluate the loss once at w*, turning the usual mistakes into clear errors."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            try:
+                loss = self.loss(self.w_star, batch)
+            except UserWarning as warning:  # e.g. MSELoss broadcasting mismatched shapes
+                raise ValueError(f"loss_fn warned at w*: {warning}. Fix the shapes of outputs and targets.") from None
+            except (RuntimeError, ValueError) as err:
+                raise ValueError(
+                    f"loss_fn failed at w* on a batch: {err}. Check that data matches the model's "
+                    "input and that loss_fn matches its output (criterion form: loss_fn(output, target); "
+                    "model form: loss_fn(model, batch))."
+                ) from err
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(
+                f"loss_fn must return a scalar tensor (the batch-mean loss); got "
+                f"{type(loss).__name__} {tuple(loss.shape) if isinstance(loss, Tensor) else ''}."
+            )
+        if not math.isfinite(float(loss)):
+            raise ValueError(f"loss_fn is not finite at w* (got {float(loss)}); check the model and data.")
+        return loss

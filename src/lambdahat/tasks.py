@@ -1,0 +1,193 @@
+"""Ready-made problems with a known learning coefficient, for tests, demos and calibration.
+
+Each task returns the model already at w*, its data, the loss (``losses.gaussian_nll`` or a
+potential) and the truth from :mod:`lambdahat.truth`. Data are made here from a seed: nothing
+is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import losses, truth
+
+__all__ = [
+    "Task",
+    "deep_linear_network",
+    "reduced_rank_regression",
+    "normal_crossing",
+    "quasi_homogeneous",
+    "linear_regression",
+]
+
+
+@dataclass
+class Task:
+    """A model at w*, its data and loss, and the true learning coefficient there."""
+
+    name: str
+    model: nn.Module
+    data: Any
+    loss_fn: Callable[..., Tensor]
+    truth: truth.LearningCoefficient
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.data[0].shape[0])
+
+
+def _rank_r_matrix(rows: int, cols: int, rank: int, gen: torch.Generator) -> Tensor:
+    """A random rows × cols matrix of rank exactly ``rank`` (singular values in [1, 2])."""
+    if rank == 0:
+        return torch.zeros(rows, cols)
+    u, _ = torch.linalg.qr(torch.randn(rows, rank, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(cols, rank, generator=gen))
+    s = 1.0 + torch.rand(rank, generator=gen)
+    return (u * s) @ v.T
+
+
+def deep_linear_network(
+    widths: Sequence[int],
+    rank: int,
+    n: int = 10_000,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> Task:
+    """A bias-free deep linear network f(x) = W_L ⋯ W_1 x at a teacher whose every layer has rank r.
+
+    ``widths`` run input → output. The teacher is the student at w*, so w* is a true parameter;
+    every layer has rank exactly r (for r = 0, all weights are zero), which makes Aoyagi's global
+    learning coefficient (Neural Networks 172, 2024, Thm 1) the local one at w* (REFERENCE §3.5:
+    a layer of rank above r would make the map locally more regular). Inputs x ~ N(0, I);
+    targets y = f(x) + noise · N(0, I); loss ½‖y − f(x)‖² (Gaussian NLL).
+    """
+    widths = [int(w) for w in widths]
+    lc = truth.deep_linear_network(widths, rank)
+    gen = torch.Generator().manual_seed(seed)
+    layers = [nn.Linear(a, b, bias=False) for a, b in zip(widths[:-1], widths[1:])]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.copy_(_rank_r_matrix(layer.out_features, layer.in_features, rank, gen))
+    model = nn.Sequential(*layers)
+    x = torch.randn(n, widths[0], generator=gen)
+    with torch.no_grad():
+        y = model(x) + noise * torch.randn(n, widths[-1], generator=gen)
+    name = f"dln {'-'.join(map(str, widths))} r={rank}"
+    return Task(name, model, (x, y), losses.gaussian_nll, lc, {"widths": widths, "rank": rank, "noise": noise})
+
+
+def reduced_rank_regression(
+    input_dim: int, hidden_dim: int, output_dim: int, rank: int, n: int = 10_000, noise: float = 0.0, seed: int = 0
+) -> Task:
+    """f(x) = B A x with A: H × M, B: N × H at a rank-r teacher (Aoyagi & Watanabe 2005)."""
+    task = deep_linear_network([input_dim, hidden_dim, output_dim], rank, n=n, noise=noise, seed=seed)
+    task.truth = truth.reduced_rank_regression(input_dim, hidden_dim, output_dim, rank)
+    task.name = f"rrr M={input_dim} H={hidden_dim} N={output_dim} r={rank}"
+    return task
+
+
+class NormalCrossingModel(nn.Module):
+    """f_j(x) = w1_j^a · w2_j^b · x_j for j = 1..copies: independent copies of one normal crossing."""
+
+    def __init__(self, exponents: tuple[int, int], point: tuple[float, float], copies: int):
+        super().__init__()
+        self.exponents = exponents
+        self.w1 = nn.Parameter(torch.full((copies,), float(point[0])))
+        self.w2 = nn.Parameter(torch.full((copies,), float(point[1])))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.exponents
+        return self.w1.pow(a) * self.w2.pow(b) * x
+
+
+def normal_crossing(
+    exponents: tuple[int, int] = (1, 2),
+    point: tuple[float, float] = (0.0, 0.0),
+    n: int = 10_000,
+    copies: int = 1,
+    seed: int = 0,
+) -> Task:
+    """The normal-crossing model f(x; w) = w1^a w2^b x with pure-noise targets y ~ N(0, 1).
+
+    The population loss is K(w) = ½ E[x²] (w1^a w2^b)² ∝ w1^{2a} w2^{2b}, so at the origin
+    λ = min(1/(2a), 1/(2b)) (REFERENCE §3.3); away from the origin it depends on the point:
+    at (0, 1) only w1 is constrained and λ = 1/(2a). ``copies`` independent copies (each with its
+    own inputs) add up: λ_total = copies · λ, with multiplicity (copies·(m − 1) + 1).
+    """
+    a, b = exponents
+    w1, w2 = point
+    active = [k for k, w in ((a, w1), (b, w2)) if k > 0 and w == 0]
+    if not active:
+        raise ValueError(f"point {point} is not a zero of w1^{a} w2^{b}: put w1 = 0 or w2 = 0.")
+    single = truth.normal_crossing(active)
+    lc = truth.LearningCoefficient(single.value * copies, copies * (single.multiplicity - 1) + 1)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, copies, generator=gen)
+    y = torch.randn(n, copies, generator=gen)
+    model = NormalCrossingModel((a, b), (w1, w2), copies)
+    info = {"exponents": (a, b), "point": (w1, w2), "copies": copies}
+    return Task(f"normal crossing a={a} b={b} at {point} ×{copies}", model, (x, y), losses.gaussian_nll, lc, info)
+
+
+class Potential(nn.Module):
+    """A model whose loss is a fixed function K(w) of its weights: Σ_i c_i |w_i|^{p_i} per copy."""
+
+    def __init__(self, powers: Sequence[int], coefficients: Sequence[float], copies: int):
+        super().__init__()
+        self.register_buffer("powers", torch.tensor([float(p) for p in powers]))
+        self.register_buffer("coefficients", torch.tensor([float(c) for c in coefficients]))
+        self.w = nn.Parameter(torch.zeros(copies, len(powers)))
+
+    def forward(self, x: Tensor | None = None) -> Tensor:
+        return (self.coefficients * self.w.abs().pow(self.powers)).sum()
+
+
+def potential_loss(model: Callable[..., Tensor], batch: Any) -> Tensor:
+    """Loss of a :class:`Potential`: K(w), independent of the data."""
+    return model()
+
+
+def quasi_homogeneous(
+    powers: Sequence[int] = (2,), coefficients: Sequence[float] | None = None, copies: int = 1
+) -> Task:
+    """K(w) = Σ_i c_i |w_i|^{p_i}, at w* = 0, with γ = 0: E[nβ K] = Σ_i 1/p_i exactly, any nβ.
+
+    Under exp(−nβ K) the coordinates are independent and nβ c |w|^p is Gamma(1/p)-distributed,
+    so E[nβ K] = Σ 1/p_i (REFERENCE §3.2). The data are a placeholder of one sample: pass nβ
+    explicitly and set localization = 0.
+    """
+    coefficients = list(coefficients) if coefficients is not None else [1.0] * len(powers)
+    if len(coefficients) != len(powers):
+        raise ValueError("coefficients must have one entry per power.")
+    single = truth.quasi_homogeneous(list(powers))
+    lc = truth.LearningCoefficient(single.value * copies, 1)
+    model = Potential(powers, coefficients, copies)
+    data = (torch.zeros(1, 1), torch.zeros(1, 1))
+    info = {"powers": list(powers), "coefficients": coefficients, "copies": copies}
+    return Task(f"quasi-homogeneous {list(powers)} ×{copies}", model, data, potential_loss, lc, info)
+
+
+def linear_regression(dim: int = 10, n: int = 1000, seed: int = 0) -> Task:
+    """Regular linear regression y = w·x + N(0, 1) at the least-squares w* (a true minimum of L_n).
+
+    L_n(w) − L_n(w*) = ½ (w − w*)ᵀ H (w − w*) exactly, H = XᵀX / n, so full-batch SGLD has a
+    closed-form expectation at every ε, γ, nβ: ``truth.quadratic_expectation(eig(H), ...)``
+    (REFERENCE §3.1). ``info["hessian_eigenvalues"]`` holds eig(H).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=gen, dtype=torch.float64) * torch.linspace(0.5, 2.0, dim, dtype=torch.float64)
+    w_true = torch.randn(dim, 1, generator=gen, dtype=torch.float64)
+    y = x @ w_true + torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    w_star = torch.linalg.lstsq(x, y).solution
+    model = nn.Linear(dim, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(w_star.T)
+    eig = torch.linalg.eigvalsh(x.T @ x / n)
+    info = {"hessian_eigenvalues": eig.tolist()}
+    return Task(f"linear regression d={dim}", model, (x, y), losses.gaussian_nll, truth.regular(dim), info)
