@@ -43,12 +43,12 @@ class Task:
 
 
 def _rank_r_matrix(rows: int, cols: int, rank: int, gen: torch.Generator) -> Tensor:
-    """A random rows × cols matrix of rank exactly ``rank`` (singular values in [1, 2])."""
+    """A random rows × cols matrix of rank exactly ``rank`` (singular values in [0.75, 1.25])."""
     if rank == 0:
         return torch.zeros(rows, cols)
     u, _ = torch.linalg.qr(torch.randn(rows, rank, generator=gen))
     v, _ = torch.linalg.qr(torch.randn(cols, rank, generator=gen))
-    s = 1.0 + torch.rand(rank, generator=gen)
+    s = 0.75 + 0.5 * torch.rand(rank, generator=gen)
     return (u * s) @ v.T
 
 
