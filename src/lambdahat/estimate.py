@@ -10,6 +10,7 @@ eval mode; the default nβ is n / log n (β* = 1 / log n).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,7 +99,9 @@ def llc_from_trace(trace: Trace, init_loss: float, nbeta: float) -> dict[str, An
         return dict(llc_mean=nan, llc_std=nan, llc_mcse=nan, llc_per_chain=per_chain, diverged=diverged, ess=0.0)
     good = losses[healthy]
     mean = float(per_chain[healthy].mean())
-    if np.ptp(good) == 0:  # a chain that never moved: no Monte Carlo error to speak of
+    if good.shape[1] < 4:  # too few draws for any effective-sample-size estimate
+        ess, mcse = float("nan"), float("nan")
+    elif np.ptp(good) == 0:  # a chain that never moved: no Monte Carlo error to speak of
         ess, mcse = float(good.size), 0.0
     else:
         ess = diagnostics.ess(good, method="mean")
@@ -111,7 +114,7 @@ def llc_from_trace(trace: Trace, init_loss: float, nbeta: float) -> dict[str, An
 
 
 def _positive(name: str, value: float, hint: str) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}; {hint}")
 
 
@@ -172,7 +175,7 @@ def estimate_llc(
     """
     start = time.perf_counter()
     _positive("step_size", step_size, "try 1e-4 and calibrate from there.")
-    if not isinstance(localization, (int, float)) or not math.isfinite(localization) or localization < 0:
+    if not isinstance(localization, numbers.Real) or not math.isfinite(localization) or localization < 0:
         raise ValueError(f"localization must be a finite number ≥ 0, got {localization!r}.")
     if nbeta is not None:
         _positive("nbeta", nbeta, "pass None for n / log n, or a fixed value such as 30.")
@@ -203,7 +206,7 @@ def estimate_llc(
     except StopIteration:
         device = torch.device("cpu")
     source = source.to(device)
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
         potential = Potential(model, loss_fn, names)
@@ -245,7 +248,8 @@ def estimate_llc(
             progress=progress,
         )
     finally:
-        model.train(was_training)
+        for module, mode in modes.items():
+            module.training = mode
     stats = llc_from_trace(trace, init_loss, nbeta_value)
     return LLCResult(
         init_loss=init_loss, nbeta=nbeta_value, trace=trace, wall_time=time.perf_counter() - start, **stats

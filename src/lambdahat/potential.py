@@ -31,14 +31,14 @@ def select_params(model: nn.Module, sampled_params: ParamSelector) -> list[str]:
     A name selects that parameter, or every parameter under it when it names a submodule
     (``"blocks.0.attn"``).
     """
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError(
-            "model has no trainable parameters (none with requires_grad=True); "
-            "make the parameters to measure trainable, or choose them with sampled_params."
-        )
     if sampled_params is None:
-        return [name for name, _ in trainable]
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError(
+                "model has no trainable parameters (none with requires_grad=True); "
+                "make the parameters to measure trainable, or choose them with sampled_params."
+            )
+        return trainable
     if callable(sampled_params):
         chosen = [name for name, p in model.named_parameters() if sampled_params(name, p)]
     else:

@@ -1,0 +1,179 @@
+"""The command line: ``lambdahat demo`` and ``lambdahat truth …``.
+
+This module parses arguments and calls the library; the science lives in
+:mod:`lambdahat.estimate`, :mod:`lambdahat.tasks` and :mod:`lambdahat.truth`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__, truth
+
+__all__ = ["DEMO_SETTINGS", "main"]
+
+#: Everything ``lambdahat demo`` runs: the task, the sampler settings, and what ``--quick`` changes.
+#: The truth for this task is λ = 105 (Aoyagi 2024, Theorem 1) with d = 800 weights.
+DEMO_SETTINGS: dict = {
+    "task": {"widths": [30, 20, 10], "rank": 1, "n": 10_000, "seed": 0},
+    "estimate": {
+        "step_size": 5e-5,
+        "localization": 1.0,
+        "nbeta": None,
+        "num_chains": 4,
+        "num_draws": 2000,
+        "num_burnin_steps": 2000,
+        "batch_size": 500,
+    },
+    "quick": {"num_draws": 200, "num_burnin_steps": 200},
+}
+
+
+def _int_list(text: str) -> list[int]:
+    """``"3,5,4,3"`` → ``[3, 5, 4, 3]``."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 3,5,4,3, got {text!r}"
+        ) from None
+    return values
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+# name → (help, arguments as (flags, kwargs), the call that returns a LearningCoefficient)
+_TRUTH_FAMILIES: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]], Callable]] = {
+    "dln": (
+        "deep linear network W_L ⋯ W_1 x (Aoyagi 2024, Theorem 1)",
+        [
+            (("widths",), dict(type=_int_list, help="layer widths input → output, e.g. 3,5,4,3")),
+            (("--rank",), dict(type=_int, default=0, help="rank r of the true map (default 0)")),
+        ],
+        lambda a: truth.deep_linear_network(a.widths, a.rank),
+    ),
+    "rrr": (
+        "reduced-rank regression B A x (Aoyagi & Watanabe 2005)",
+        [
+            (("input_dim",), dict(type=_int, metavar="M", help="input dimension M (input_dim)")),
+            (("hidden_dim",), dict(type=_int, metavar="H", help="hidden dimension H (hidden_dim)")),
+            (("output_dim",), dict(type=_int, metavar="N", help="output dimension N (output_dim)")),
+            (("--rank",), dict(type=_int, default=0, help="rank r of the true map (default 0)")),
+        ],
+        lambda a: truth.reduced_rank_regression(a.input_dim, a.hidden_dim, a.output_dim, a.rank),
+    ),
+    "regular": (
+        "regular model with D parameters: λ = D/2",
+        [(("num_params",), dict(type=_int, metavar="D", help="number of parameters D (num_params)"))],
+        lambda a: truth.regular(a.num_params),
+    ),
+    "quasi-homogeneous": (
+        "K(w) = Σ c_i |w_i|^p_i: λ = Σ 1/p_i",
+        [(("powers",), dict(type=_int_list, help="the powers p_i, e.g. 4,2"))],
+        lambda a: truth.quasi_homogeneous(a.powers),
+    ),
+    "normal-crossing": (
+        "K(w) = Π w_i^(2 k_i) near 0: λ = min 1/(2 k_i)",
+        [(("exponents",), dict(type=_int_list, help="the exponents k_i, e.g. 1,2"))],
+        lambda a: truth.normal_crossing(a.exponents),
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lambdahat",
+        description="Estimate the local learning coefficient (LLC) of PyTorch models.",
+    )
+    parser.add_argument("--version", action="version", version=f"lambdahat {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="estimate the LLC of a deep linear network with a known answer",
+        description="Estimate the LLC of a 30-20-10 deep linear network (rank 1, true λ = 105), "
+        "print the estimate against the truth and write a PNG of the loss traces and running λ̂.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("."), help="folder for demo_llc.png (default: here)")
+    demo.add_argument("--seed", type=_int, default=0, help="sampler seed (default 0)")
+    demo.add_argument("--quick", action="store_true", help="a short run (200 burn-in steps, 200 draws)")
+    demo.set_defaults(run=_demo)
+
+    truth_cmd = commands.add_parser(
+        "truth", help="print an exact learning coefficient", description="Print an exact learning coefficient."
+    )
+    families = truth_cmd.add_subparsers(dest="family", metavar="FAMILY", required=True)
+    for name, (help_text, arguments, compute) in _TRUTH_FAMILIES.items():
+        family = families.add_parser(name, help=help_text, description=help_text)
+        for flags, kwargs in arguments:
+            family.add_argument(*flags, **kwargs)
+        family.set_defaults(run=_truth, compute=compute, parser=family)
+    return parser
+
+
+def _truth(args: argparse.Namespace) -> int:
+    try:
+        lc = args.compute(args)
+    except ValueError as err:
+        args.parser.error(str(err))  # exits with status 2, like any other bad argument
+    print(lc)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import tasks
+    from .estimate import estimate_llc
+    from .plot import plot_summary
+
+    spec = DEMO_SETTINGS["task"]
+    settings = dict(DEMO_SETTINGS["estimate"])
+    if args.quick:
+        settings.update(DEMO_SETTINGS["quick"])
+
+    task = tasks.deep_linear_network(spec["widths"], rank=spec["rank"], n=spec["n"], seed=spec["seed"])
+    num_weights = sum(p.numel() for p in task.model.parameters())
+    arch = "-".join(map(str, spec["widths"]))
+    print(
+        f"Task: deep linear network {arch} at a teacher whose every layer has rank {spec['rank']}; "
+        f"n = {task.n:,} samples, d = {num_weights} weights, true λ = {task.truth.value} (Aoyagi 2024)."
+    )
+    nbeta = settings["nbeta"]
+    print(
+        f"Sampling with SGLD: {settings['num_chains']} chains × ({settings['num_burnin_steps']} burn-in "
+        f"+ {settings['num_draws']} draws), step_size {settings['step_size']:g}, localization "
+        f"{settings['localization']:g}, nβ = {'n / log n' if nbeta is None else f'{nbeta:g}'}, "
+        f"batch {settings['batch_size']}, seed {args.seed}."
+    )
+    result = estimate_llc(task.model, task.data, task.loss_fn, **settings, seed=args.seed, progress=True)
+    print(result)
+    true_value = float(task.truth.value)
+    rel = 100 * (result.llc_mean - true_value) / true_value
+    print(
+        f"truth λ = {task.truth.value} (Aoyagi 2024) — estimate {result.llc_mean:.4g} ± {result.llc_mcse:.2g}, "
+        f"relative error {rel:+.1f}%, {result.wall_time:.1f} s"
+    )
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "demo_llc.png"
+    figure = plot_summary(result, truth=task.truth, title=f"DLN {arch}, rank {spec['rank']}")
+    figure.savefig(path, dpi=110)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    args = _parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Figures of an LLC estimate: the loss traces and the running λ̂.
+
+Each function takes an :class:`~lambdahat.LLCResult` and returns a matplotlib ``Figure``; nothing is
+shown or saved here. Figures are built with ``matplotlib.figure.Figure`` rather than ``pyplot``,
+so no GUI backend is needed and no global figure state is touched; matplotlib is imported only
+when a plot is made.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .estimate import LLCResult
+
+__all__ = ["plot_loss_traces", "plot_running_llc", "plot_summary"]
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.5)) -> Axes:
+    if ax is not None:
+        return ax
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained").add_subplot()
+
+
+def _colors(num: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(c % 10) for c in range(num)]
+
+
+def _truth_text(truth: Any) -> str:
+    """A truth given as a ``LearningCoefficient``, a ``Fraction`` or a number, as short text."""
+    value = getattr(truth, "value", truth)
+    return str(value) if not isinstance(value, float) else f"{value:.4g}"
+
+
+def _padded_limits(values: np.ndarray, pad: float = 0.08) -> tuple[float, float] | None:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    low, high = float(values.min()), float(values.max())
+    span = high - low or max(abs(high), 1.0) * 0.1
+    return low - pad * span, high + pad * span
+
+
+def plot_loss_traces(result: LLCResult, ax: Axes | None = None) -> Figure:
+    """The minibatch loss L_B(w_t) of every chain against the step, burn-in included.
+
+    The burn-in is shaded, L_n(w*) is a black horizontal line, and a chain that diverged is
+    marked by a dotted vertical line at the step where its loss stopped being finite. The y-range
+    follows the healthy chains, so one exploding chain does not flatten the others.
+    A healthy run rises from L_n(w*), then plateaus above it.
+    """
+    ax = _axes(ax)
+    trace = result.trace
+    losses = np.asarray(trace.arrays["loss"], dtype=float)
+    num_chains, num_steps = losses.shape
+    steps = np.arange(num_steps)
+    colors = _colors(num_chains)
+    diverged = {c: s for c, s in enumerate(trace.diverged_at) if s is not None}
+
+    if trace.num_burnin_steps > 0:
+        ax.axvspan(0, trace.num_burnin_steps, color="0.9", zorder=0, label="burn-in")
+    for c in range(num_chains):
+        label = f"chain {c}" + (f" (diverged at step {diverged[c]})" if c in diverged else "")
+        # The first non-finite value is blanked too, so a diverged chain ends at its last real value.
+        ax.plot(steps, np.where(np.isfinite(losses[c]), losses[c], np.nan), color=colors[c], lw=0.7, alpha=0.8,
+                label=label)
+        if c in diverged:
+            ax.axvline(diverged[c], color=colors[c], ls=":", lw=1.5)
+    ax.axhline(result.init_loss, color="black", lw=1.2, label=f"$L_n(w^*)$ = {result.init_loss:.4g}")
+
+    healthy = [c for c in range(num_chains) if c not in diverged]
+    shown = losses[healthy] if healthy else losses
+    limits = _padded_limits(np.append(shown.ravel(), result.init_loss))
+    if limits is not None:
+        ax.set_ylim(*limits)
+    ax.set_xlim(0, max(num_steps - 1, 1))
+    ax.set_xlabel("step")
+    ax.set_ylabel("minibatch loss $L_B(w_t)$")
+    ax.set_title("Loss traces")
+    ax.legend(loc="best", fontsize="small", framealpha=0.9)
+    return ax.figure
+
+
+def plot_running_llc(result: LLCResult, truth: Any = None, ax: Axes | None = None) -> Figure:
+    """λ̂ after each draw (nβ times the running mean of L − L_n(w*)), per chain and their mean.
+
+    Chains that diverged are left out (and named in the legend), as they are from the estimate;
+    the mean is over the others, and its end value is drawn with a ±MCSE band.
+    ``truth`` (a ``LearningCoefficient`` or a number) is drawn as a dashed line. Running λ̂ still
+    rising at the right edge means the chains are too short.
+    """
+    ax = _axes(ax)
+    running = np.asarray(result.running_llc(), dtype=float)
+    num_chains, num_draws = running.shape
+    draws = np.arange(1, num_draws + 1)
+    colors = _colors(num_chains)
+    diverged = {c: s for c, s in enumerate(result.trace.diverged_at) if s is not None}
+
+    # A diverged chain's running mean ends in the explosion before the NaN: not drawn, only named.
+    healthy = [c for c in range(num_chains) if c not in diverged]
+    for c in healthy:
+        ax.plot(draws, running[c], color=colors[c], lw=0.9, alpha=0.6, label=f"chain {c}")
+    if diverged:
+        names = ", ".join(map(str, diverged))
+        ax.plot([], [], " ", label=f"chain{'s' if len(diverged) > 1 else ''} {names} diverged: not shown")
+    if not healthy:
+        ax.text(0.5, 0.3, "every chain diverged: no estimate", transform=ax.transAxes, ha="center", va="center",
+                bbox=dict(facecolor="white", edgecolor="0.7"))
+
+    # The first draws average only a handful of noisy losses; leave them out of the y-range.
+    in_view = [running[healthy, num_draws // 10 :].ravel()]
+    if healthy and num_draws > 0:
+        mean = running[healthy].mean(axis=0)
+        ax.plot(draws, mean, color="black", lw=2, label="mean of chains")
+        end, mcse = float(mean[-1]), result.llc_mcse
+        if math.isfinite(mcse):
+            ax.axhspan(end - mcse, end + mcse, color="black", alpha=0.12, lw=0,
+                       label=f"end value {end:.4g} ± {mcse:.2g} (MCSE)")
+            ax.errorbar([num_draws], [end], yerr=[mcse], color="black", capsize=4, lw=1.5)
+            in_view.append(np.array([end - mcse, end + mcse]))
+    if truth is not None:
+        ax.axhline(float(truth), color="crimson", ls="--", lw=1.5, label=f"truth λ = {_truth_text(truth)}")
+        in_view.append(np.array([float(truth)]))
+
+    limits = _padded_limits(np.concatenate(in_view))
+    if limits is not None:
+        ax.set_ylim(*limits)
+    ax.set_xlim(0, max(num_draws, 1) * 1.02)
+    ax.set_xlabel("draw (after burn-in)")
+    ax.set_ylabel("running λ̂")
+    ax.set_title("Running LLC estimate")
+    ax.legend(loc="best", fontsize="small", framealpha=0.9)
+    return ax.figure
+
+
+def plot_summary(result: LLCResult, truth: Any = None, title: str | None = None) -> Figure:
+    """Loss traces and running λ̂ side by side, titled with λ̂ ± MCSE (and the truth, if given).
+
+    ``title`` (e.g. the task's name) is put in front of the numbers.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    plot_loss_traces(result, ax=left)
+    plot_running_llc(result, truth=truth, ax=right)
+    if math.isfinite(result.llc_mean):
+        headline = f"λ̂ = {result.llc_mean:.4g} ± {result.llc_mcse:.2g} (MCSE)"
+    else:
+        headline = "no estimate"
+    if truth is not None:
+        headline += f"   ·   truth λ = {_truth_text(truth)}"
+        if math.isfinite(result.llc_mean) and float(truth) != 0:
+            headline += f" (relative error {100 * (result.llc_mean - float(truth)) / float(truth):+.1f}%)"
+    if result.diverged:
+        headline += f"   ·   {len(result.diverged)} of {len(result.llc_per_chain)} chains diverged"
+    fig.suptitle(f"{title}: {headline}" if title else headline)
+    return fig

@@ -1,0 +1,215 @@
+"""Tier 4 (contract) tests of the command line and the plots.
+
+The ``truth`` commands print the exact values of REFERENCE §3 (worked examples of Aoyagi 2024 and
+Aoyagi & Watanabe 2005) and reject bad input with argparse's exit status 2 and a message naming
+the argument. ``demo --quick`` runs end to end on a shrunken task (the real one takes too long for
+CI) and writes its PNG. The plot functions return Figures for real, tiny estimate_llc results,
+including ones where chains diverged.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything imports pyplot; the plots themselves never need it
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import lambdahat as lh
+from lambdahat import cli, plot, tasks
+from lambdahat.estimate import LLCResult, llc_from_trace
+from lambdahat.trace import Trace
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is much faster than contended threads on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- lambdahat truth ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["dln", "3,5,4,3", "--rank", "1"], "λ = 9/2 (= 4.5), multiplicity 2"),
+        (["dln", "10,10,10", "--rank", "5"], "λ = 47 (= 47), multiplicity 2"),
+        (["dln", "5,3,5"], "λ = 13/2 (= 6.5), multiplicity 2"),
+        (["dln", "10,10,10,10,10", "--rank", "3"], "λ = 41 (= 41), multiplicity 4"),
+        (["rrr", "10", "10", "10", "--rank", "5"], "λ = 47 (= 47), multiplicity 2"),
+        (["rrr", "4", "3", "8"], "λ = 6 (= 6), multiplicity 1"),
+        (["regular", "7"], "λ = 7/2 (= 3.5), multiplicity 1"),
+        (["quasi-homogeneous", "4,2"], "λ = 3/4 (= 0.75), multiplicity 1"),
+        (["normal-crossing", "1,2"], "λ = 1/4 (= 0.25), multiplicity 1"),
+        (["normal-crossing", "2,2"], "λ = 1/4 (= 0.25), multiplicity 2"),
+    ],
+)
+def test_truth_prints_exact_value(argv, expected, capsys):
+    assert cli.main(["truth", *argv]) == 0
+    assert capsys.readouterr().out.strip() == expected
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["dln", "3,x,3"], "widths"),  # not integers
+        (["dln", "3,5", "--rank", "9"], "rank"),  # rank above the narrowest layer
+        (["dln", "3", "--rank", "0"], "widths"),  # a network needs input and output widths
+        (["dln", "3,-1,3"], "widths"),
+        (["rrr", "3", "4"], "N"),  # missing output dimension
+        (["rrr", "3", "four", "5"], "H"),
+        (["regular", "0"], "num_params"),
+        (["quasi-homogeneous", "4,0"], "powers"),
+        (["normal-crossing", "0,0"], "exponents"),
+        (["nonsense"], "FAMILY"),
+    ],
+)
+def test_truth_bad_input_exits_2_naming_the_argument(argv, names, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["truth", *argv])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "error:" in captured.err and names in captured.err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lambdahat {lh.__version__}"
+
+
+def test_no_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+    assert exit_info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+# --- lambdahat demo -------------------------------------------------------------------------
+
+
+def test_demo_settings_are_the_documented_ones():
+    """The demo task is the one whose truth the README and the demo's output quote."""
+    spec = cli.DEMO_SETTINGS["task"]
+    assert tasks.deep_linear_network(spec["widths"], spec["rank"], n=10, seed=spec["seed"]).truth.value == 105
+    assert cli.DEMO_SETTINGS["quick"] == {"num_draws": 200, "num_burnin_steps": 200}
+
+
+def test_demo_quick_writes_png(tmp_path, monkeypatch, capsys):
+    """``demo --quick`` end to end: prints the estimate against the truth and writes the PNG.
+
+    The task is shrunk (the real quick demo takes ~25 s on 2 shared cores); the code path is the same.
+    """
+    monkeypatch.setitem(cli.DEMO_SETTINGS, "task", {"widths": [6, 4, 3], "rank": 1, "n": 400, "seed": 0})
+    monkeypatch.setitem(cli.DEMO_SETTINGS, "estimate", dict(cli.DEMO_SETTINGS["estimate"], num_chains=2, batch_size=100))
+    monkeypatch.setitem(cli.DEMO_SETTINGS, "quick", {"num_draws": 40, "num_burnin_steps": 20})
+    out = tmp_path / "figures"
+    assert cli.main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    true_value = tasks.deep_linear_network([6, 4, 3], 1, n=10).truth.value
+    assert f"truth λ = {true_value} (Aoyagi 2024) — estimate" in printed
+    assert "relative error" in printed and "LLC estimate λ̂" in printed
+    assert "2 chains × 40 draws after 20 burn-in steps" in printed and "seed 3" in printed
+    png = out / "demo_llc.png"
+    assert f"wrote {png}" in printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def _tiny(step_size=1e-3, seed=0):
+    task = tasks.deep_linear_network([4, 3, 2], rank=1, n=200, seed=0)
+    result = lh.estimate_llc(
+        task.model, task.data, task.loss_fn, step_size=step_size, localization=1.0, nbeta=20.0, num_chains=3,
+        num_draws=60, num_burnin_steps=30, batch_size=50, seed=seed, progress=False,
+    )
+    return task, result
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    return _tiny()
+
+
+def _with_diverged_chain(result: LLCResult, chain: int, step: int) -> LLCResult:
+    """The same run, with ``chain`` blown up at ``step`` as run_chains records it (NaN from there on)."""
+    arrays = {name: values.copy() for name, values in result.trace.arrays.items()}
+    arrays["loss"][chain, step - 3 : step] = [1e3, 1e8, 1e30]  # an explosion before the NaN
+    for values in arrays.values():
+        values[chain, step:] = np.nan
+    diverged_at = list(result.trace.diverged_at)
+    diverged_at[chain] = step
+    trace = Trace(arrays, result.trace.num_burnin_steps, diverged_at, result.trace.config)
+    stats = llc_from_trace(trace, result.init_loss, result.nbeta)
+    return LLCResult(init_loss=result.init_loss, nbeta=result.nbeta, trace=trace, **stats)
+
+
+def _texts(fig: Figure) -> str:
+    parts = [fig.get_suptitle()] if hasattr(fig, "get_suptitle") else []
+    for ax in fig.axes:
+        parts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        legend = ax.get_legend()
+        if legend is not None:
+            parts += [t.get_text() for t in legend.get_texts()]
+    return "\n".join(parts)
+
+
+def test_plots_of_a_healthy_run(healthy, tmp_path):
+    task, result = healthy
+    assert not result.diverged
+    loss_fig = plot.plot_loss_traces(result)
+    running_fig = plot.plot_running_llc(result, truth=task.truth)
+    summary = plot.plot_summary(result, truth=task.truth)
+    for fig in (loss_fig, running_fig, summary):
+        assert isinstance(fig, Figure)
+    assert len(summary.axes) == 2
+    loss_ax, running_ax = summary.axes
+    # one line per chain plus L_n(w*) on the left; chains, their mean and the truth on the right
+    assert len(loss_ax.get_lines()) == 3 + 1
+    np.testing.assert_allclose(loss_ax.get_lines()[0].get_ydata(), result.trace.arrays["loss"][0])
+    np.testing.assert_allclose(running_ax.get_lines()[3].get_ydata(), result.running_llc().mean(axis=0))
+    text = _texts(summary)
+    assert f"{result.llc_mean:.4g} ± {result.llc_mcse:.2g}" in text
+    assert f"truth λ = {task.truth.value}" in text
+    summary.savefig(tmp_path / "summary.png")
+
+
+def test_plots_draw_on_given_axes(healthy):
+    _, result = healthy
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    assert plot.plot_loss_traces(result, ax=left) is fig
+    assert plot.plot_running_llc(result, truth=2.5, ax=right) is fig
+    assert "truth λ = 2.5" in _texts(fig)
+
+
+def test_plots_mark_a_chain_that_diverged_during_draws(healthy, tmp_path):
+    task, result = healthy
+    broken = _with_diverged_chain(result, chain=1, step=70)
+    assert broken.diverged == {1: 70} and math.isfinite(broken.llc_mean)
+    fig = plot.plot_summary(broken, truth=task.truth, title="tiny")
+    text = _texts(fig)
+    assert "chain 1 (diverged at step 70)" in text and "1 of 3 chains diverged" in text
+    low, high = fig.axes[0].get_ylim()
+    assert high < 1e3  # the y-range follows the healthy chains, not the explosion
+    fig.savefig(tmp_path / "diverged.png")
+
+
+def test_plots_survive_a_huge_step_size(tmp_path):
+    """A real run that blows up: every chain diverges, the estimate is NaN, the plots still draw."""
+    task, result = _tiny(step_size=10.0)
+    assert result.diverged
+    fig = plot.plot_summary(result, truth=task.truth)
+    assert isinstance(fig, Figure)
+    assert f"{len(result.diverged)} of 3 chains diverged" in _texts(fig)
+    fig.savefig(tmp_path / "all_diverged.png")
