@@ -156,7 +156,9 @@ def plot_summary(result: LLCResult, truth: Any = None, title: str | None = None)
     plot_loss_traces(result, ax=left)
     plot_running_llc(result, truth=truth, ax=right)
     if math.isfinite(result.llc_mean):
-        headline = f"λ̂ = {result.llc_mean:.4g} ± {result.llc_mcse:.2g} (MCSE)"
+        headline = f"λ̂ = {result.llc_mean:.4g}"
+        if math.isfinite(result.llc_mcse):
+            headline += f" ± {result.llc_mcse:.2g} (MCSE)"
     else:
         headline = "no estimate"
     if truth is not None:
