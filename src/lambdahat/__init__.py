@@ -8,9 +8,20 @@ Lau, Furman, Wang, Murfet, Wei, "The Local Learning Coefficient: A Singularity-A
 Measure", arXiv 2308.12108.
 """
 
-from . import losses, samplers
+from . import diagnostics, losses, plot, samplers, tasks, truth
 from .estimate import LLCResult, estimate_llc, llc_from_trace
 from .trace import Trace
 
-__all__ = ["estimate_llc", "llc_from_trace", "LLCResult", "Trace", "losses", "samplers"]
+__all__ = [
+    "estimate_llc",
+    "llc_from_trace",
+    "LLCResult",
+    "Trace",
+    "diagnostics",
+    "losses",
+    "plot",
+    "samplers",
+    "tasks",
+    "truth",
+]
 __version__ = "0.1.0"

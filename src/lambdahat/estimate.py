@@ -67,23 +67,35 @@ class LLCResult:
 
     def __str__(self) -> str:
         cfg = self.config
+        healthy = len(self.llc_per_chain) - len(self.diverged)
+        if healthy == 0:
+            head = "LLC estimate: none — every chain diverged"
+        else:
+            head = (
+                f"LLC estimate λ̂ = {self.llc_mean:.4g} ± {self.llc_mcse:.2g} (MCSE); "
+                f"std of a chain's estimate {self.llc_std:.3g}"
+            )
         lines = [
-            f"LLC estimate λ̂ = {self.llc_mean:.4g} ± {self.llc_mcse:.2g} (MCSE); "
-            f"std of a chain's estimate {self.llc_std:.3g}",
+            head,
             "  per chain: " + ", ".join("diverged" if math.isnan(v) else f"{v:.4g}" for v in self.llc_per_chain),
-            f"  L_n(w*) = {self.init_loss:.6g} on {cfg.get('init_loss_samples')} samples; nβ = {self.nbeta:.6g}"
+            f"  L_n(w*) = {self.init_loss:.6g} on {cfg.get('init_loss_samples', '?')} samples; nβ = {self.nbeta:.6g}"
             + (" (n / log n)" if cfg.get("nbeta_default") else ""),
-            f"  sampler {cfg.get('sampler')}: step_size {cfg.get('step_size'):g}, localization {cfg.get('localization'):g}, "
-            f"{cfg.get('num_chains')} chains × {cfg.get('num_draws')} draws after {cfg.get('num_burnin_steps')} burn-in steps, "
-            f"batch {cfg.get('batch_size')}, {cfg.get('num_params')} sampled weights, seed {cfg.get('seed')}",
-            f"  effective sample size {self.ess:.0f}" + (f"; {self.wall_time:.1f} s" if math.isfinite(self.wall_time) else ""),
         ]
+        if cfg:
+            lines.append(
+                f"  sampler {cfg.get('sampler')}: step_size {cfg.get('step_size')}, localization {cfg.get('localization')}, "
+                f"{cfg.get('num_chains')} chains × {cfg.get('num_draws')} draws after {cfg.get('num_burnin_steps')} "
+                f"burn-in steps, batch {cfg.get('batch_size')}, {cfg.get('num_params')} sampled weights, seed {cfg.get('seed')}"
+            )
+        lines.append(
+            f"  effective sample size {self.ess:.0f}" + (f"; {self.wall_time:.1f} s" if math.isfinite(self.wall_time) else "")
+        )
         if self.diverged:
             where = ", ".join(f"chain {c} at step {s}" for c, s in self.diverged.items())
-            healthy = len(self.llc_per_chain) - len(self.diverged)
+            rest = f"the mean is over the other {healthy}" if healthy else "there is no estimate"
             lines.append(
-                f"  WARNING: {len(self.diverged)} chain(s) diverged ({where}); the mean is over the other "
-                f"{healthy}. Lower step_size, or raise localization."
+                f"  WARNING: {len(self.diverged)} chain(s) diverged ({where}); {rest}. "
+                "Lower step_size, or raise localization."
             )
         return "\n".join(lines)
 
