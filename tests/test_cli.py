@@ -21,14 +21,6 @@ from lambdahat.estimate import LLCResult, llc_from_trace
 from lambdahat.trace import Trace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster than contended threads on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --- lambdahat truth ------------------------------------------------------------------------
 

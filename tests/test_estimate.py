@@ -26,14 +26,6 @@ from lambdahat.losses import gaussian_nll
 FAST = dict(step_size=1e-3, localization=10.0, nbeta=5.0, num_draws=20, num_burnin_steps=5, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster than contended threads on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _data(n=30, d_in=3, d_out=1, seed=0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)

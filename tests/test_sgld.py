@@ -20,14 +20,6 @@ from lambdahat.samplers import SAMPLERS, sgld
 TOL = dict(rtol=0.0, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster than contended threads on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _regression(seed=0, n=16, d_in=3, d_out=2):
     """A float64 linear model (with bias) away from its minimum, and one batch of data."""

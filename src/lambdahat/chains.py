@@ -83,7 +83,7 @@ def _run_one_chain(sampler, w_start, data, chain, num_steps, batch_size, seed, c
         stop = min(done + check_every, num_steps)
         for t in range(done, stop):
             state, info = sampler.step(state, next(batches), noise_gen)
-            for name, value in info._asdict().items():
+            for name, value in zip(info._fields, info):
                 if name not in per_step:
                     per_step[name] = torch.full((num_steps,), float("nan"), device=device, dtype=value.dtype)
                 per_step[name][t] = value

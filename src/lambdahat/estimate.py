@@ -104,8 +104,7 @@ def llc_from_trace(trace: Trace, init_loss: float, nbeta: float) -> dict[str, An
     """λ̂ per chain, their mean, spread and Monte Carlo standard error from a Trace."""
     losses = trace.draws("loss")
     per_chain = nbeta * (losses.mean(axis=1) - init_loss)
-    healthy = [c for c, step in enumerate(trace.diverged_at) if step is None]
-    diverged = {c: step for c, step in enumerate(trace.diverged_at) if step is not None}
+    healthy, diverged = trace.healthy_chains, trace.diverged
     if not healthy:
         nan = float("nan")
         return dict(llc_mean=nan, llc_std=nan, llc_mcse=nan, llc_per_chain=per_chain, diverged=diverged, ess=0.0)

@@ -52,6 +52,20 @@ def _padded_limits(values: np.ndarray, pad: float = 0.08) -> tuple[float, float]
     return low - pad * span, high + pad * span
 
 
+def _finish(
+    ax: Axes, y_limits: tuple[float, float] | None, x_max: float, xlabel: str, ylabel: str, title: str
+) -> Figure:
+    """Limits, labels, title and legend shared by both panels."""
+    if y_limits is not None:
+        ax.set_ylim(*y_limits)
+    ax.set_xlim(0, x_max)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small", framealpha=0.9)
+    return ax.figure
+
+
 def plot_loss_traces(result: LLCResult, ax: Axes | None = None) -> Figure:
     """The minibatch loss L_B(w_t) of every chain against the step, burn-in included.
 
@@ -66,7 +80,7 @@ def plot_loss_traces(result: LLCResult, ax: Axes | None = None) -> Figure:
     num_chains, num_steps = losses.shape
     steps = np.arange(num_steps)
     colors = _colors(num_chains)
-    diverged = {c: s for c, s in enumerate(trace.diverged_at) if s is not None}
+    diverged = trace.diverged
 
     if trace.num_burnin_steps > 0:
         ax.axvspan(0, trace.num_burnin_steps, color="0.9", zorder=0, label="burn-in")
@@ -82,14 +96,7 @@ def plot_loss_traces(result: LLCResult, ax: Axes | None = None) -> Figure:
     healthy = [c for c in range(num_chains) if c not in diverged]
     shown = losses[healthy] if healthy else losses
     limits = _padded_limits(np.append(shown.ravel(), result.init_loss))
-    if limits is not None:
-        ax.set_ylim(*limits)
-    ax.set_xlim(0, max(num_steps - 1, 1))
-    ax.set_xlabel("step")
-    ax.set_ylabel("minibatch loss $L_B(w_t)$")
-    ax.set_title("Loss traces")
-    ax.legend(loc="best", fontsize="small", framealpha=0.9)
-    return ax.figure
+    return _finish(ax, limits, max(num_steps - 1, 1), "step", "minibatch loss $L_B(w_t)$", "Loss traces")
 
 
 def plot_running_llc(result: LLCResult, truth: Any = None, ax: Axes | None = None) -> Figure:
@@ -105,7 +112,7 @@ def plot_running_llc(result: LLCResult, truth: Any = None, ax: Axes | None = Non
     num_chains, num_draws = running.shape
     draws = np.arange(1, num_draws + 1)
     colors = _colors(num_chains)
-    diverged = {c: s for c, s in enumerate(result.trace.diverged_at) if s is not None}
+    diverged = result.diverged
 
     # A diverged chain's running mean ends in the explosion before the NaN: not drawn, only named.
     healthy = [c for c in range(num_chains) if c not in diverged]
@@ -134,14 +141,7 @@ def plot_running_llc(result: LLCResult, truth: Any = None, ax: Axes | None = Non
         in_view.append(np.array([float(truth)]))
 
     limits = _padded_limits(np.concatenate(in_view))
-    if limits is not None:
-        ax.set_ylim(*limits)
-    ax.set_xlim(0, max(num_draws, 1) * 1.02)
-    ax.set_xlabel("draw (after burn-in)")
-    ax.set_ylabel("running λ̂")
-    ax.set_title("Running LLC estimate")
-    ax.legend(loc="best", fontsize="small", framealpha=0.9)
-    return ax.figure
+    return _finish(ax, limits, max(num_draws, 1) * 1.02, "draw (after burn-in)", "running λ̂", "Running LLC estimate")
 
 
 def plot_summary(result: LLCResult, truth: Any = None, title: str | None = None) -> Figure:

@@ -79,17 +79,18 @@ class Potential:
         self.shapes = [named[n].shape for n in self.names]
         self.numels = [named[n].numel() for n in self.names]
         self.num_params = sum(self.numels)
-        self.frozen = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
-        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        sampled = set(self.names)
+        # everything functional_call needs besides w: the frozen parameters and cloned buffers
+        self._fixed = {n: p.detach() for n, p in named.items() if n not in sampled}
+        self._fixed.update({n: b.detach().clone() for n, b in model.named_buffers()})
         with torch.no_grad():
             self.w_star = torch.cat([named[n].detach().reshape(-1) for n in self.names]).clone()
 
     def tensors(self, w: Tensor) -> dict[str, Tensor]:
         """Parameters and buffers for ``functional_call``: views of w for the sampled ones."""
         views = torch.split(w, self.numels)
-        tensors = dict(self.frozen)
+        tensors = dict(self._fixed)
         tensors.update({n: v.view(s) for n, v, s in zip(self.names, views, self.shapes)})
-        tensors.update(self.buffers)
         return tensors
 
     def loss(self, w: Tensor, batch: Any) -> Tensor:

@@ -135,7 +135,7 @@ def normal_crossing(
     return Task(f"normal crossing a={a} b={b} at {point} ×{copies}", model, (x, y), losses.gaussian_nll, lc, info)
 
 
-class Potential(nn.Module):
+class QuasiHomogeneousModel(nn.Module):
     """A model whose loss is a fixed function K(w) of its weights: Σ_i c_i |w_i|^{p_i} per copy."""
 
     def __init__(self, powers: Sequence[int], coefficients: Sequence[float], copies: int):
@@ -149,7 +149,7 @@ class Potential(nn.Module):
 
 
 def potential_loss(model: Callable[..., Tensor], batch: Any) -> Tensor:
-    """Loss of a :class:`Potential`: K(w), independent of the data."""
+    """Loss of a :class:`QuasiHomogeneousModel`: K(w), independent of the data."""
     return model()
 
 
@@ -167,7 +167,7 @@ def quasi_homogeneous(
         raise ValueError("coefficients must have one entry per power.")
     single = truth.quasi_homogeneous(list(powers))
     lc = truth.LearningCoefficient(single.value * copies, 1)
-    model = Potential(powers, coefficients, copies)
+    model = QuasiHomogeneousModel(powers, coefficients, copies)
     data = (torch.zeros(1, 1), torch.zeros(1, 1))
     info = {"powers": list(powers), "coefficients": coefficients, "copies": copies}
     return Task(f"quasi-homogeneous {list(powers)} ×{copies}", model, data, potential_loss, lc, info)

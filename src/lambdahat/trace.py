@@ -35,6 +35,16 @@ class Trace:
     def num_steps(self) -> int:
         return next(iter(self.arrays.values())).shape[1]
 
+    @property
+    def diverged(self) -> dict[int, int]:
+        """{chain: first step with a non-finite loss}, for the chains that diverged."""
+        return {c: step for c, step in enumerate(self.diverged_at) if step is not None}
+
+    @property
+    def healthy_chains(self) -> list[int]:
+        """Indices of the chains that did not diverge."""
+        return [c for c, step in enumerate(self.diverged_at) if step is None]
+
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
 
