@@ -1,0 +1,394 @@
+"""Health checks on an LLC estimate: is the number trustworthy, and if not, what to change.
+
+Each check looks at one failure of REFERENCE §2's table (Lau et al., arXiv 2308.12108; the
+Timaeus users' guide) and returns a :class:`Check`: its name, whether it passed, the statistic it
+measured, and a verdict in plain English that says what is wrong and what to do about it.
+:func:`check_health` runs them all; ``LLCResult.checks`` and ``LLCResult.healthy`` use it, and
+``print(result)`` lists the verdicts of the checks that failed.
+
+| check | fails when | usual fix |
+|---|---|---|
+| ``negative`` | λ̂ < 0, or a chain's loss settles below L_n(w*) | train w* to a minimum; lower ε |
+| ``divergence`` | a chain's loss became NaN/inf | lower ε 3–10× (or nβ) |
+| ``convergence`` | λ̂ of the second half of the draws differs from the first half's | more burn-in and draws |
+| ``rhat`` | chains disagree: R̂ of the loss draws above its threshold | longer chains |
+| ``ess`` | fewer than 100 effective draws in all | longer chains |
+| ``mala_accept`` | MALA acceptance of the sampler's own steps outside [0.5, 0.995] | change ε |
+| ``localization`` | the prior γ, not the loss, confines the chain | lower γ |
+
+Thresholds are arguments of :func:`check_health`; each check's docstring says why its default is
+what it is. Checks that cannot be computed (no healthy chain, an array the sampler did not record)
+pass with ``skipped=True`` and say why, so ``healthy`` is decided by the checks that could run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import diagnostics
+
+if TYPE_CHECKING:
+    from .estimate import LLCResult
+
+__all__ = [
+    "Check",
+    "check_health",
+    "check_negative",
+    "check_divergence",
+    "check_convergence",
+    "check_rhat",
+    "check_ess",
+    "check_mala_accept",
+    "check_localization",
+    "rhat_threshold",
+]
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one health check.
+
+    ``verdict`` is one or two sentences: what was measured and, when ``ok`` is False, what is
+    wrong and the fix. ``value`` is the statistic the check is about (NaN when it could not be
+    computed) and ``threshold`` the value it was compared with. ``skipped`` checks pass.
+    """
+
+    name: str
+    ok: bool
+    verdict: str
+    value: float = float("nan")
+    threshold: float = float("nan")
+    skipped: bool = False
+
+    def __str__(self) -> str:
+        mark = "skipped" if self.skipped else ("ok" if self.ok else "FAIL")
+        return f"[{mark}] {self.name}: {self.verdict}"
+
+
+def _healthy_draws(result: LLCResult, name: str = "loss") -> np.ndarray:
+    return np.asarray(result.trace.draws(name), dtype=float)[result.trace.healthy_chains]
+
+
+def _skip(name: str, why: str) -> Check:
+    return Check(name, True, f"not checked: {why}.", skipped=True)
+
+
+def check_negative(result: LLCResult, z: float = 3.0) -> Check:
+    """λ̂ < 0, or a chain's loss settling below L_n(w*) (REFERENCE §2, first row).
+
+    At a local minimum w* the loss of every w near it is at least L_n(w*), so E[L_n(w)] − L_n(w*)
+    cannot be negative. Fails when the estimate is negative, or when a healthy chain's mean loss
+    over the second half of its draws lies below L_n(w*) by more than ``z`` of its own Monte Carlo
+    standard errors (the trace drifting below the baseline: the sampler found lower ground).
+    """
+    name = "negative"
+    healthy = result.trace.healthy_chains
+    if not healthy:
+        return _skip(name, "every chain diverged")
+    losses = _healthy_draws(result)
+    half = losses[:, losses.shape[1] // 2 :]
+    below = []
+    for chain, row in zip(healthy, half):
+        gap = result.init_loss - float(row.mean())
+        if gap <= 0:
+            continue
+        mcse = diagnostics.mcse_mean(row) if row.size >= 4 and np.ptp(row) > 0 else 0.0
+        if gap > z * mcse:
+            below.append(chain)
+    llc = result.llc_mean
+    if llc >= 0 and not below:
+        return Check(name, True, f"λ̂ = {llc:.4g} ≥ 0 and every chain's loss stays above L_n(w*).", llc, 0.0)
+    parts = []
+    if llc < 0:
+        parts.append(f"λ̂ = {llc:.4g} is negative")
+    if below:
+        parts.append(
+            f"the loss of chain{'s' if len(below) > 1 else ''} {', '.join(map(str, below))} settles below "
+            f"L_n(w*) = {result.init_loss:.6g}"
+        )
+    return Check(
+        name,
+        False,
+        "; ".join(parts) + ". The sampler found weights with lower loss than w*, so w* is not a local "
+        "minimum (train longer, or to convergence) or the step size is so large that SGLD's own bias "
+        "dominates (lower step_size).",
+        llc,
+        0.0,
+    )
+
+
+def check_divergence(result: LLCResult) -> Check:
+    """A chain whose loss became NaN or infinite (``result.diverged``; REFERENCE §2, second row)."""
+    name = "divergence"
+    diverged = result.diverged
+    total = len(result.llc_per_chain)
+    if not diverged:
+        return Check(name, True, f"no chain diverged ({total} of {total} finite).", 0.0, 0.0)
+    where = ", ".join(f"chain {c} at step {s}" for c, s in diverged.items())
+    step = result.config.get("step_size")
+    rest = f"λ̂ is the mean of the other {total - len(diverged)}" if len(diverged) < total else "there is no estimate"
+    return Check(
+        name,
+        False,
+        f"{len(diverged)} of {total} chains diverged ({where}); {rest}. The step size"
+        + (f" ε = {step:g}" if isinstance(step, (int, float)) else "")
+        + " is too large for nβ × the loss curvature: lower step_size 3–10× (or lower nbeta).",
+        float(len(diverged)),
+        0.0,
+    )
+
+
+def check_convergence(result: LLCResult, z: float = 3.0, min_relative: float = 0.05) -> Check:
+    """Running λ̂ still moving at the end: the chains have not reached their plateau.
+
+    Compares λ̂ from the second half of the draws with λ̂ from the first half, pooled over the
+    healthy chains: Δ = nβ (mean L over the second half − mean L over the first half), with the
+    standard error √(MCSE₁² + MCSE₂²) of the two halves' means (each from its own effective sample
+    size). The running λ̂ at the end is the average of the two halves, so Δ is twice how far it
+    moved over the last half of the run. Fails when |Δ| > ``z`` standard errors (3: a false alarm
+    in ~0.3% of converged runs, if the MCSEs are right) *and* |Δ| > ``min_relative`` × |λ̂|
+    (5%: very long chains resolve drifts too small to matter). On a converged chain the halves
+    differ by noise only, so this stays quiet; a burn-in that was too short shows as a second half
+    above the first.
+    """
+    name = "convergence"
+    healthy = result.trace.healthy_chains
+    if not healthy:
+        return _skip(name, "every chain diverged")
+    losses = _healthy_draws(result)
+    n = losses.shape[1]
+    if n < 16:
+        return Check(
+            name, False, f"only {n} draws per chain: too few to tell whether the chains settled; run at least 16 "
+            "draws (a few hundred to judge).", float("nan"), z,
+        )
+    first, second = losses[:, : n // 2], losses[:, n - n // 2 :]
+    nbeta = result.nbeta
+    llc1 = nbeta * (first.mean() - result.init_loss)
+    llc2 = nbeta * (second.mean() - result.init_loss)
+    delta = llc2 - llc1
+
+    def mcse(a: np.ndarray) -> float:
+        return diagnostics.mcse_mean(a) if np.ptp(a) > 0 else 0.0
+
+    se = nbeta * math.hypot(mcse(first), mcse(second))
+    score = abs(delta) / se if se > 0 else (0.0 if delta == 0 else math.inf)
+    relative = abs(delta) / max(abs(result.llc_mean), 1e-12)
+    measured = f"λ̂ over the first half of the draws {llc1:.4g}, over the second half {llc2:.4g} (z = {score:.1f})"
+    if score <= z or relative <= min_relative:
+        return Check(name, True, f"running λ̂ is flat: {measured}.", score, z)
+    if delta > 0:
+        what = "running λ̂ is still rising at the end: the chains have not reached their plateau"
+        fix = "run more burn-in steps and more draws (or a larger step_size, if the MALA acceptance is near 1)"
+    else:
+        what = "running λ̂ is still falling at the end: the chains are drifting"
+        fix = "run more steps; if the loss keeps falling toward or below L_n(w*), w* is not a minimum"
+    return Check(name, False, f"{what} ({measured}). Fix: {fix}.", score, z)
+
+
+def rhat_threshold(ess_bulk: float, num_chains: int, p: float = 1e-3) -> float:
+    """The R̂ above which the chains disagree by more than their finite length explains.
+
+    Vehtari et al. (2021) ask for R̂ < 1.01, a bar that stationary chains with few effective
+    draws cross by chance: for M chains split into 2M halves, each with E = ESS_bulk / (2M)
+    effective draws, R̂² − 1 ≈ s²_means / W − 1/N ≈ χ²_{2M−1} / ((2M − 1) E), so
+    R̂ − 1 ≲ q / (2E) with q the (1 − p) quantile of χ²_{2M−1}/(2M − 1) (Wilson–Hilferty).
+    The threshold is that null quantile, but never below 1.01 (Vehtari et al.'s bar for a final
+    result) and never above 1.05 (beyond it the chains disagree whatever the noise; the ``ess``
+    check then says the run is too short anyway).
+    """
+    if not (ess_bulk > 0 and math.isfinite(ess_bulk)):
+        return 1.05
+    k = 2 * num_chains - 1
+    z = _normal_quantile(1 - p)
+    chi2 = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+    per_half = ess_bulk / (2 * num_chains)
+    return float(min(1.05, max(1.01, 1 + (chi2 / k) / (2 * per_half))))
+
+
+def _normal_quantile(p: float) -> float:
+    import torch
+
+    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+
+
+def check_rhat(result: LLCResult) -> Check:
+    """Chains disagreeing: rank-normalised split R̂ of the loss draws (Vehtari et al. 2021).
+
+    Threshold: :func:`rhat_threshold` (1.01, raised toward 1.05 when the chains hold so few
+    effective draws that stationary chains would exceed 1.01 by chance). With one chain, R̂
+    compares the chain's two halves.
+    """
+    name = "rhat"
+    healthy = result.trace.healthy_chains
+    if not healthy:
+        return _skip(name, "every chain diverged")
+    losses = _healthy_draws(result)
+    if losses.shape[1] < 4:
+        return Check(name, False, f"only {losses.shape[1]} draws per chain: too few for R̂; run more draws.")
+    value = diagnostics.rhat(losses)
+    if math.isnan(value):
+        return _skip(name, "the loss never changed, so R̂ is undefined (is the loss independent of the sampled weights?)")
+    bar = rhat_threshold(diagnostics.ess(losses), len(healthy))
+    if value <= bar:
+        return Check(name, True, f"R̂ of the loss = {value:.3f} ≤ {bar:.3f}: the chains agree.", value, bar)
+    per_chain = ", ".join(f"{v:.4g}" for v in result.llc_per_chain[healthy])
+    return Check(
+        name,
+        False,
+        f"chains disagree: R̂ of the loss = {value:.3f} > {bar:.3f} (per-chain λ̂ {per_chain}). They have "
+        "not mixed, or sit in different basins: run longer chains (more burn-in and draws); if they "
+        "still disagree, use a smaller step_size with more steps, or a larger localization.",
+        value,
+        bar,
+    )
+
+
+def check_ess(result: LLCResult, min_ess: float = 100.0) -> Check:
+    """Too few effective samples: bulk ESS of the loss draws, all healthy chains together.
+
+    The default floor is 100 effective draws. Below it the Monte Carlo standard error printed
+    with λ̂ is itself unreliable: it rests on an autocorrelation estimate, and the variance of
+    the draws is known only to ±√(2/ESS) (±14% at 100); R̂ likewise needs about that many
+    (Vehtari et al. 2021 ask for 100 per chain before trusting a final result). Chains of an
+    LLC sampler are strongly autocorrelated (τ of tens to hundreds of steps is common), so the
+    fix is longer chains, and the verdict says how many draws would reach the floor.
+    """
+    name = "ess"
+    healthy = result.trace.healthy_chains
+    if not healthy:
+        return _skip(name, "every chain diverged")
+    losses = _healthy_draws(result)
+    if losses.shape[1] < 4:
+        return Check(name, False, f"only {losses.shape[1]} draws per chain: too few for an effective sample size.",
+                     0.0, min_ess)
+    value = diagnostics.ess(losses)
+    if value >= min_ess:
+        return Check(name, True, f"effective sample size {value:.0f} ≥ {min_ess:.0f}.", value, min_ess)
+    need = math.ceil(losses.shape[1] * min_ess / max(value, 1e-9) * 1.2)
+    return Check(
+        name,
+        False,
+        f"too few effective samples: ESS = {value:.0f} < {min_ess:.0f} from {losses.size} draws (one "
+        f"effective draw every {losses.size / value:.0f} steps), so the error bar is unreliable. Run "
+        f"longer chains: about {need} draws per chain (or more chains).",
+        value,
+        min_ess,
+    )
+
+
+def check_mala_accept(result: LLCResult, low: float = 0.5, high: float = 0.995) -> Check:
+    """MALA acceptance of the sampler's own steps (``trace["mala_accept"]``, NaN where not computed).
+
+    The Metropolis–Hastings acceptance probability that MALA would give each SGLD proposal
+    measures the discretisation error of the step (Lau et al., after Furman & Lau, suggest
+    ≈ 0.9). Fails below ``low`` (0.5: most proposals would be rejected, so the chain is sampling
+    the step's bias as much as the posterior; on the demo DLN an acceptance of 0.72 came with a
+    +15% λ̂) or above ``high`` (0.995: steps so small that the chain barely moves). Skipped when
+    the sampler did not record it.
+    """
+    name = "mala_accept"
+    if "mala_accept" not in result.trace.arrays:
+        return _skip(name, "the sampler did not record a MALA acceptance")
+    healthy = result.trace.healthy_chains
+    if not healthy:
+        return _skip(name, "every chain diverged")
+    values = _healthy_draws(result, "mala_accept")
+    if not np.isfinite(values).any():
+        return _skip(name, "no MALA acceptance was computed during the draws")
+    value = float(np.nanmean(values))
+    measured = f"mean MALA acceptance of the steps {value:.3f}"
+    if low <= value <= high:
+        return Check(name, True, f"{measured}, within [{low}, {high}] (≈ 0.9 is ideal).", value, low)
+    if value < low:
+        return Check(
+            name, False,
+            f"{measured} < {low}: the step size is too large, and SGLD's discretisation bias is large. "
+            "Lower step_size (2–4×; ≈ 0.9 is ideal).",
+            value, low,
+        )
+    return Check(
+        name, False,
+        f"{measured} > {high}: the step size is needlessly small, so the chains move slowly. "
+        "Raise step_size (2–4×; ≈ 0.9 is ideal) and check that λ̂ does not change.",
+        value, high,
+    )
+
+
+def check_localization(result: LLCResult, max_share: float = 0.2, max_elasticity: float = 0.2) -> Check:
+    """Localisation too tight: the prior γ, not the loss, confines the chain (REFERENCE §2).
+
+    Two measurements from the trace's ``distance`` ‖w − w*‖ and loss, both exact statements about
+    the localised posterior p ∝ exp(−U), U = nβ L_n(w) + (γ/2)‖w − w*‖², over d sampled weights:
+
+    * the prior's share of the confinement, ρ = γ E‖w − w*‖² / d. Integrating by parts (the
+      virial identity E[(w − w*)·∇U] = d) gives E[nβ (w − w*)·∇L_n] + γ E‖w − w*‖² = d, so ρ is the
+      fraction of the d "units of confinement" supplied by the prior: 0 when the loss holds the
+      chain, 1 when the prior alone does (as for pure noise, where w − w* ~ N(0, I/γ));
+    * the elasticity of λ̂ with respect to γ, η = ∂ log λ̂ / ∂ log γ = −(γ/2) Cov(nβ L, ‖w − w*‖²) / λ̂
+      (differentiating E[nβ L] under p with respect to γ). It is the first-order fraction of λ̂
+      lost to the prior: "λ̂ collapsing toward 0 as γ grows" is η well below 0.
+
+    For a quadratic loss both equal the weighted mean of γ / (nβ h_i + γ) over directions, which is
+    exactly the relative bias of λ̂ from the localisation: λ̂ = (d/2)(1 − ρ). Exactly flat
+    directions (common in singular models) raise ρ but not η, and a chain still drifting can give
+    a spurious η but hardly raises ρ, so the check fails only when both exceed their thresholds
+    (0.2 each: the prior costs λ̂ more than about a fifth). Skipped when γ = 0 or the sampler
+    recorded no distance.
+    """
+    name = "localization"
+    gamma = result.config.get("localization")
+    dim = result.config.get("num_params")
+    if not gamma:
+        return _skip(name, "no localisation (γ = 0)")
+    if "distance" not in result.trace.arrays or not dim:
+        return _skip(name, "the sampler did not record ‖w − w*‖")
+    if not result.trace.healthy_chains:
+        return _skip(name, "every chain diverged")
+    sq = _healthy_draws(result, "distance") ** 2
+    losses = _healthy_draws(result)
+    share = float(gamma * sq.mean() / dim)
+    llc = result.llc_mean
+    energy = result.nbeta * losses
+    # within-chain covariance: differences between chain means say nothing about ∂/∂γ
+    cov = float(np.mean((energy - energy.mean(axis=1, keepdims=True)) * (sq - sq.mean(axis=1, keepdims=True))))
+    elasticity = -(gamma / 2) * cov / llc if llc > 0 else float("nan")
+    measured = (
+        f"the prior γ = {gamma:g} supplies {share:.0%} of the chain's confinement (γ E‖w − w*‖² / d = {share:.3g}; "
+        f"1 means the prior alone holds it) and ∂ log λ̂ / ∂ log γ = {elasticity:.2f}"
+    )
+    if not (share > max_share and (math.isnan(elasticity) or elasticity < -max_elasticity)):
+        return Check(name, True, f"{measured}: the loss, not the prior, confines the chain.", share, max_share)
+    lower = gamma / 10 if share > 0.5 else gamma / 3
+    return Check(
+        name,
+        False,
+        f"localisation too tight: {measured}. The prior, not the loss, sets λ̂ (it shrinks toward 0 as γ "
+        f"grows). Lower localization (e.g. to {lower:.3g}) and check that λ̂ stops changing.",
+        share,
+        max_share,
+    )
+
+
+def check_health(
+    result: LLCResult,
+    *,
+    z: float = 3.0,
+    min_ess: float = 100.0,
+    mala_accept_range: tuple[float, float] = (0.5, 0.995),
+    max_prior_share: float = 0.2,
+) -> list[Check]:
+    """Every health check on ``result``, in the order of REFERENCE §2's failure table."""
+    return [
+        check_negative(result, z=z),
+        check_divergence(result),
+        check_convergence(result, z=z),
+        check_rhat(result),
+        check_ess(result, min_ess=min_ess),
+        check_mala_accept(result, *mala_accept_range),
+        check_localization(result, max_share=max_prior_share, max_elasticity=max_prior_share),
+    ]
