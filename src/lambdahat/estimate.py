@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import diagnostics
+from . import diagnostics, health
 from .chains import run_chains
 from .data import as_data_source
 from .potential import Potential, select_params
@@ -58,6 +58,17 @@ class LLCResult:
     @property
     def config(self) -> dict[str, Any]:
         return self.trace.config
+
+    @property
+    def checks(self) -> list[health.Check]:
+        """The health checks of :mod:`lambdahat.health` with their default thresholds, each with a
+        plain-English verdict (use :func:`lambdahat.health.check_health` for other thresholds)."""
+        return health.check_health(self)
+
+    @property
+    def healthy(self) -> bool:
+        """True when every health check passed (see :attr:`checks`)."""
+        return all(check.ok for check in self.checks)
 
     def running_llc(self) -> np.ndarray:
         """λ̂ after each post-burn-in draw, per chain: nβ (cumulative mean of L − L_n(w*))."""
@@ -97,6 +108,14 @@ class LLCResult:
                 f"  WARNING: {len(self.diverged)} chain(s) diverged ({where}); {rest}. "
                 "Lower step_size, or raise localization."
             )
+        checks = self.checks
+        failing = [check for check in checks if not check.ok]
+        if not failing:
+            lines.append(f"  health: all health checks passed ({', '.join(c.name for c in checks if not c.skipped)})")
+        else:
+            lines.append(f"  health: {len(failing)} of {len(checks)} checks failed")
+            # divergence already has its WARNING line above
+            lines += [f"  - {c.name}: {c.verdict}" for c in failing if c.name != "divergence"]
         return "\n".join(lines)
 
 
