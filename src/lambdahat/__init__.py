@@ -10,12 +10,14 @@ Measure", arXiv 2308.12108.
 
 from . import diagnostics, losses, plot, samplers, tasks, truth
 from .estimate import LLCResult, estimate_llc, llc_from_trace
+from .samplers import SamplerConfig
 from .trace import Trace
 
 __all__ = [
     "estimate_llc",
     "llc_from_trace",
     "LLCResult",
+    "SamplerConfig",
     "Trace",
     "diagnostics",
     "losses",

@@ -24,7 +24,7 @@ from . import diagnostics, health
 from .chains import run_chains
 from .data import as_data_source
 from .potential import Potential, select_params
-from .samplers import SAMPLERS
+from .samplers import SamplerConfig, as_sampler_config
 from .trace import Trace
 
 __all__ = ["LLCResult", "estimate_llc", "llc_from_trace"]
@@ -94,7 +94,7 @@ class LLCResult:
         ]
         if cfg:
             lines.append(
-                f"  sampler {cfg.get('sampler')}: step_size {cfg.get('step_size')}, localization {cfg.get('localization')}, "
+                f"  sampler {cfg.get('sampler')}{_options_text(cfg.get('sampler_options'))}: step_size {cfg.get('step_size')}, localization {cfg.get('localization')}, "
                 f"{cfg.get('num_chains')} chains × {cfg.get('num_draws')} draws after {cfg.get('num_burnin_steps')} "
                 f"burn-in steps, batch {cfg.get('batch_size')}, {cfg.get('num_params')} sampled weights, seed {cfg.get('seed')}"
             )
@@ -117,6 +117,10 @@ class LLCResult:
             # divergence already has its WARNING line above
             lines += [f"  - {c.name}: {c.verdict}" for c in failing if c.name != "divergence"]
         return "\n".join(lines)
+
+
+def _options_text(options: dict[str, Any] | None) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
 
 
 def llc_from_trace(trace: Trace, init_loss: float, nbeta: float) -> dict[str, Any]:
@@ -166,7 +170,7 @@ def estimate_llc(
     num_burnin_steps: int = 500,
     batch_size: int | None = None,
     sampled_params: Sequence[str] | Callable[[str, Tensor], bool] | None = None,
-    sampler: str = "sgld",
+    sampler: str | SamplerConfig = "sgld",
     seed: int = 0,
     train_mode: bool = False,
     init_loss_batch_size: int = 4096,
@@ -175,8 +179,8 @@ def estimate_llc(
     """Estimate the local learning coefficient of ``model`` at its current weights w*.
 
     λ̂(w*) = nβ (E_{w∼p}[L_n(w)] − L_n(w*)), p(w) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²)
-    (Lau et al., arXiv 2308.12108), sampled with SGLD (see :func:`lambdahat.samplers.sgld.build`
-    for the exact update and its step-size convention).
+    (Lau et al., arXiv 2308.12108), sampled by default with SGLD (see
+    :func:`lambdahat.samplers.sgld.build` for the exact update and its step-size convention).
 
     Args:
         model: the trained model; it is left exactly as it was (weights, buffers, requires_grad,
@@ -196,7 +200,9 @@ def estimate_llc(
         sampled_params: sample only these parameters (names or submodule prefixes, or a
             predicate ``(name, param) -> bool``); the rest stay frozen at w*. This is the
             weight-refined LLC (Wang et al., arXiv 2410.02984).
-        sampler: the sampler's name (``"sgld"``).
+        sampler: the sampler's name (``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``,
+            ``"mala"``) or a :class:`lambdahat.samplers.SamplerConfig` with its own settings.
+            ``"mala"`` is exact and full-batch: it uses the whole data every step.
         seed: the run's seed. Chain c's noise and batch order depend on (seed, c) only.
         train_mode: sample with the model in train mode (dropout on, BatchNorm on batch
             statistics). Off by default: dropout noise would read as spurious complexity.
@@ -215,8 +221,7 @@ def estimate_llc(
     _whole("init_loss_batch_size", init_loss_batch_size, 1, "use a positive batch size.")
     if batch_size is not None:
         _whole("batch_size", batch_size, 1, "use a positive minibatch size, e.g. 256.")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}.")
+    sampler_config = as_sampler_config(sampler)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
 
@@ -228,6 +233,13 @@ def estimate_llc(
         nbeta_value, nbeta_default = n / math.log(n), True
     else:
         nbeta_value, nbeta_default = float(nbeta), False
+    if sampler_config.full_batch:
+        if batch_size is not None and batch_size < n:
+            raise ValueError(
+                f"batch_size={batch_size} with sampler {sampler_config.name!r}: that sampler is exact only on the "
+                f"full data (n = {n}); leave batch_size=None, or use 'sgld' for minibatches."
+            )
+        batch_size = n
     batch_size = min(batch_size or source.default_batch_size or 256, n)
 
     names = select_params(model, sampled_params)
@@ -245,11 +257,12 @@ def estimate_llc(
         if not math.isfinite(init_loss):
             raise ValueError(f"loss_fn is not finite at w* on the full data (L_n(w*) = {init_loss}).")
         model.train(train_mode)
-        built = SAMPLERS[sampler](
+        built = sampler_config.build(
             potential.loss_and_grad, potential.w_star, step_size=step_size, nbeta=nbeta_value, localization=localization
         )
         config = dict(
-            sampler=sampler,
+            sampler=sampler_config.name,
+            sampler_options=dict(sampler_config.options),
             step_size=step_size,
             localization=localization,
             nbeta=nbeta_value,

@@ -1,20 +1,34 @@
 """Samplers of the localised tempered posterior, one module each.
 
-Every sampler is built the same way, ``build(loss_and_grad, w_star, ...) -> Sampler``, and used as
-``state = sampler.init(w)`` then ``state, info = sampler.step(state, batch, generator)``.
-``loss_and_grad(w, batch) -> (loss, grad)`` is the flat batch-mean loss and its gradient;
-``info.loss`` is the batch loss at the state *before* the step (free: it is computed for the
-gradient anyway, and unbiased for L_n(w_t)).
+Every sampler is built the same way, ``build(loss_and_grad, w_star, *, step_size, nbeta,
+localization, **options) -> Sampler``, and used as ``state = sampler.init(w)`` then
+``state, info = sampler.step(state, batch, generator)``. ``loss_and_grad(w, batch) -> (loss,
+grad)`` is the batch-mean loss and its gradient; ``w`` is flat, shaped (d,) for one chain or
+(K, d) for K chains stepped together (then ``generator`` is a sequence of K generators).
+``info`` is a small NamedTuple of per-chain tensors; ``info.loss`` is the batch loss at the state
+*before* the step (free: it is computed for the gradient anyway, and unbiased for L_n(w_t)).
+
+| name           | what it is                                    | options                      |
+|----------------|-----------------------------------------------|------------------------------|
+| ``sgld``         | SGLD (Welling & Teh 2011)                      | acceptance_every             |
+| ``rmsprop_sgld`` | RMSProp-preconditioned SGLD (Li et al. 2016)   | alpha, eps, acceptance_every |
+| ``sghmc``        | SG Hamiltonian MC (Chen et al. 2014)           | friction                     |
+| ``sgnht``        | SG Nosé–Hoover thermostat (Ding et al. 2014)   | diffusion                    |
+| ``mala``         | Metropolis-adjusted Langevin, full batch, exact | —                            |
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from . import sgld
+from torch import Tensor
 
-__all__ = ["Sampler", "SAMPLERS", "sgld"]
+from . import mala, rmsprop_sgld, sghmc, sgld, sgnht
+
+__all__ = ["Sampler", "SamplerConfig", "SAMPLERS", "as_sampler_config", "sgld", "rmsprop_sgld", "sghmc", "sgnht", "mala"]
 
 
 class Sampler(NamedTuple):
@@ -22,4 +36,81 @@ class Sampler(NamedTuple):
     step: Callable[[Any, Any, Any], tuple[Any, Any]]
 
 
-SAMPLERS = {"sgld": sgld.build}
+SAMPLERS = {
+    "sgld": sgld.build,
+    "rmsprop_sgld": rmsprop_sgld.build,
+    "sghmc": sghmc.build,
+    "sgnht": sgnht.build,
+    "mala": mala.build,
+}
+
+FULL_BATCH = frozenset({"mala"})  # exact only when every step sees the whole data
+
+
+class SamplerConfig:
+    """A sampler by name with its own settings, e.g. ``SamplerConfig("sghmc", friction=0.05)``.
+
+    Pass it as ``estimate_llc(..., sampler=SamplerConfig(...))``; a plain name is the same with
+    the sampler's default settings. The step size, nβ and γ are the run's, not the sampler's.
+    """
+
+    def __init__(self, name: str, **options: Any):
+        if name not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}.")
+        allowed = _options_of(SAMPLERS[name])
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"sampler {name!r} has no option(s) {unknown}; its options are {sorted(allowed) or 'none'}."
+            )
+        self.name = name
+        self.options = MappingProxyType({**allowed, **options})
+
+    @property
+    def full_batch(self) -> bool:
+        """Whether the sampler must see the full data every step (MALA)."""
+        return self.name in FULL_BATCH
+
+    def build(
+        self,
+        loss_and_grad: Callable[[Tensor, Any], tuple[Tensor, Tensor]],
+        w_star: Tensor,
+        *,
+        step_size: float,
+        nbeta: float,
+        localization: float,
+    ) -> Sampler:
+        return SAMPLERS[self.name](
+            loss_and_grad, w_star, step_size=step_size, nbeta=nbeta, localization=localization, **self.options
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SamplerConfig) and (self.name, dict(self.options)) == (other.name, dict(other.options))
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(sorted(self.options.items()))))
+
+    def __repr__(self) -> str:
+        settings = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"SamplerConfig({self.name!r}{settings})"
+
+
+def as_sampler_config(sampler: str | SamplerConfig) -> SamplerConfig:
+    """A name or a SamplerConfig, as a SamplerConfig."""
+    if isinstance(sampler, SamplerConfig):
+        return sampler
+    if isinstance(sampler, str):
+        return SamplerConfig(sampler)
+    raise TypeError(
+        f"sampler must be a name such as 'sgld' or a lambdahat.samplers.SamplerConfig, got {type(sampler).__name__}."
+    )
+
+
+def _options_of(build: Callable[..., Sampler]) -> dict[str, Any]:
+    """A build function's sampler-specific keyword options and their defaults."""
+    common = {"step_size", "nbeta", "localization"}
+    return {
+        name: p.default
+        for name, p in inspect.signature(build).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in common
+    }

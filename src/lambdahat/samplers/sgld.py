@@ -13,17 +13,26 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["SGLDState", "SGLDInfo", "build"]
+from ._common import Generators, acceptance_probability, distance, langevin_log_accept, normal_, potential
+
+__all__ = ["SGLDState", "SGLDInfo", "SGLDInfoWithAcceptance", "build"]
 
 
 class SGLDState(NamedTuple):
-    params: Tensor  # w_t, flat
+    params: Tensor  # w_t, flat: (d,) or (K, d)
     noise: Tensor  # reused buffer for ξ_t
+    count: int  # steps taken
 
 
 class SGLDInfo(NamedTuple):
-    loss: Tensor  # L_B(w_t), the batch loss before the step (a 0-d tensor, not synced)
+    loss: Tensor  # L_B(w_t), the batch loss before the step (not synced to the host)
     distance: Tensor  # ‖w_t − w*‖
+
+
+class SGLDInfoWithAcceptance(NamedTuple):
+    loss: Tensor
+    distance: Tensor
+    mala_accept: Tensor  # MH acceptance probability of this step's proposal; NaN when not computed
 
 
 def build(
@@ -33,6 +42,7 @@ def build(
     step_size: float,
     nbeta: float,
     localization: float,
+    acceptance_every: int = 50,
 ):
     """SGLD targeting p(w) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²).
 
@@ -44,28 +54,57 @@ def build(
     γ = 0 and nβ = 1 the step is gradient descent with learning rate ε/2. (blackjax and
     posteriors write w + h ∇log p + N(0, 2h); their h is ε/2.)
 
-    ``step`` updates ``state.params`` in place and returns the same state.
+    Every ``acceptance_every`` steps (0: never) the step also reports ``mala_accept``, the
+    Metropolis–Hastings acceptance probability MALA would give this very proposal on the same
+    minibatch, min(1, exp(log α)) with log α = U(w) − U(w') + log q(w|w') − log q(w'|w) and
+    U = nβ L_B + (γ/2)‖w − w*‖². It costs one extra forward and backward pass on those steps and
+    changes nothing else. Healthy step sizes give ≈ 0.9; near 0 the step is too large, near 1
+    it may be needlessly small (Lau et al., arXiv 2308.12108, after Furman & Lau).
+
+    ``step`` updates ``state.params`` in place and returns the new state.
     """
     from . import Sampler
 
+    if not isinstance(acceptance_every, int) or acceptance_every < 0:
+        raise ValueError(f"acceptance_every must be an integer ≥ 0 (0 turns it off), got {acceptance_every!r}.")
     half_step = step_size / 2
     noise_std = math.sqrt(step_size)
 
     def init(params: Tensor) -> SGLDState:
         params = params.detach().clone()
-        return SGLDState(params, torch.empty_like(params))
+        return SGLDState(params, torch.empty_like(params), 0)
 
     @torch.no_grad()
-    def step(state: SGLDState, batch: Any, generator: torch.Generator) -> tuple[SGLDState, SGLDInfo]:
-        w, noise = state
+    def step(state: SGLDState, batch: Any, generator: Generators):
+        w, noise, count = state
         loss, grad = loss_and_grad(w, batch)
         offset = w - w_star
-        distance = torch.linalg.vector_norm(offset)
-        # drift = nβ ∇L_B + γ (w − w*), built in the gradient's buffer
+        dist = torch.linalg.vector_norm(offset, dim=-1)
+        # drift = ∇U = nβ ∇L_B + γ (w − w*), built in the gradient's buffer
         drift = grad.mul_(nbeta).add_(offset, alpha=localization)
+        check = acceptance_every and count % acceptance_every == 0
+        if check:
+            w_old, drift_old = w.clone(), drift.clone()
         w.add_(drift, alpha=-half_step)
-        noise.normal_(generator=generator)
-        w.add_(noise, alpha=noise_std)
-        return state, SGLDInfo(loss, distance)
+        w.add_(normal_(noise, generator), alpha=noise_std)
+        new_state = SGLDState(w, noise, count + 1)
+        if not acceptance_every:
+            return new_state, SGLDInfo(loss, dist)
+        if check:
+            loss_new, grad_new = loss_and_grad(w, batch)
+            drift_new = grad_new.mul_(nbeta).add_(w - w_star, alpha=localization)
+            log_alpha = langevin_log_accept(
+                w_old,
+                potential(loss, w_old, w_star, nbeta, localization),
+                drift_old,
+                w,
+                potential(loss_new, w, w_star, nbeta, localization),
+                drift_new,
+                step_size,
+            )
+            accept = acceptance_probability(log_alpha).to(loss.dtype)
+        else:
+            accept = torch.full_like(loss, float("nan"))
+        return new_state, SGLDInfoWithAcceptance(loss, dist, accept)
 
     return Sampler(init, step)
