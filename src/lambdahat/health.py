@@ -11,9 +11,9 @@ measured, and a verdict in plain English that says what is wrong and what to do 
 | ``negative`` | λ̂ < 0, or a chain's loss settles below L_n(w*) | train w* to a minimum; lower ε |
 | ``divergence`` | a chain's loss became NaN/inf | lower ε 3–10× (or nβ) |
 | ``convergence`` | λ̂ of the second half of the draws differs from the first half's | more burn-in and draws |
-| ``rhat`` | chains disagree: R̂ of the loss draws above its threshold | longer chains |
+| ``rhat`` | chains disagree: R̂ of the loss draws above 1.01 (more when ESS is small) | longer chains |
 | ``ess`` | fewer than 100 effective draws in all | longer chains |
-| ``mala_accept`` | MALA acceptance of the sampler's own steps outside [0.5, 0.995] | change ε |
+| ``mala_accept`` | MALA acceptance of the sampler's own steps outside [0.8, 0.995] | change ε |
 | ``localization`` | the prior γ, not the loss, confines the chain | lower γ |
 
 Thresholds are arguments of :func:`check_health`; each check's docstring says why its default is
@@ -198,16 +198,18 @@ def rhat_threshold(ess_bulk: float, num_chains: int, p: float = 1e-3) -> float:
     effective draws, R̂² − 1 ≈ s²_means / W − 1/N ≈ χ²_{2M−1} / ((2M − 1) E), so
     R̂ − 1 ≲ q / (2E) with q the (1 − p) quantile of χ²_{2M−1}/(2M − 1) (Wilson–Hilferty).
     The threshold is that null quantile, but never below 1.01 (Vehtari et al.'s bar for a final
-    result) and never above 1.05 (beyond it the chains disagree whatever the noise; the ``ess``
-    check then says the run is too short anyway).
+    result, reached from about 350 effective draws per chain) and never above 1.1 (Gelman et al.'s
+    older bar: beyond it the chains disagree whatever the noise). A fixed 1.05 would raise false
+    alarms on a few percent of stationary runs near the ``ess`` check's floor of 100 (measured on
+    AR(1) chains with τ = 19 in tests/test_health.py).
     """
     if not (ess_bulk > 0 and math.isfinite(ess_bulk)):
-        return 1.05
+        return 1.1
     k = 2 * num_chains - 1
     z = _normal_quantile(1 - p)
     chi2 = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
     per_half = ess_bulk / (2 * num_chains)
-    return float(min(1.05, max(1.01, 1 + (chi2 / k) / (2 * per_half))))
+    return float(min(1.1, max(1.01, 1 + (chi2 / k) / (2 * per_half))))
 
 
 def _normal_quantile(p: float) -> float:
@@ -219,9 +221,9 @@ def _normal_quantile(p: float) -> float:
 def check_rhat(result: LLCResult) -> Check:
     """Chains disagreeing: rank-normalised split R̂ of the loss draws (Vehtari et al. 2021).
 
-    Threshold: :func:`rhat_threshold` (1.01, raised toward 1.05 when the chains hold so few
-    effective draws that stationary chains would exceed 1.01 by chance). With one chain, R̂
-    compares the chain's two halves.
+    Threshold: :func:`rhat_threshold` (1.01, raised up to 1.1 when the chains hold so few
+    effective draws that stationary chains would exceed 1.01 by chance: the 99.9% quantile of R̂
+    for stationary chains of that effective length). With one chain, R̂ compares its two halves.
     """
     name = "rhat"
     healthy = result.trace.healthy_chains
@@ -281,15 +283,15 @@ def check_ess(result: LLCResult, min_ess: float = 100.0) -> Check:
     )
 
 
-def check_mala_accept(result: LLCResult, low: float = 0.5, high: float = 0.995) -> Check:
+def check_mala_accept(result: LLCResult, low: float = 0.8, high: float = 0.995) -> Check:
     """MALA acceptance of the sampler's own steps (``trace["mala_accept"]``, NaN where not computed).
 
     The Metropolis–Hastings acceptance probability that MALA would give each SGLD proposal
     measures the discretisation error of the step (Lau et al., after Furman & Lau, suggest
-    ≈ 0.9). Fails below ``low`` (0.5: most proposals would be rejected, so the chain is sampling
-    the step's bias as much as the posterior; on the demo DLN an acceptance of 0.72 came with a
-    +15% λ̂) or above ``high`` (0.995: steps so small that the chain barely moves). Skipped when
-    the sampler did not record it.
+    ≈ 0.9). Fails below ``low`` (0.8: measured here, SGLD's bias grows fast below it: on the
+    30-20-10 deep linear network of the demo an acceptance of 0.72 came with λ̂ 15% above the
+    value at small ε, on a 4-3-2 one 0.75 with +50%) or above ``high`` (0.995: steps so small that
+    the chain barely moves in the steps it is given). Skipped when the sampler did not record it.
     """
     name = "mala_accept"
     if "mala_accept" not in result.trace.arrays:
@@ -349,6 +351,8 @@ def check_localization(result: LLCResult, max_share: float = 0.2, max_elasticity
         return _skip(name, "the sampler did not record ‖w − w*‖")
     if not result.trace.healthy_chains:
         return _skip(name, "every chain diverged")
+    if not result.llc_mean > 0:
+        return _skip(name, "λ̂ ≤ 0, so there is nothing for the prior to shrink (see the negative check)")
     sq = _healthy_draws(result, "distance") ** 2
     losses = _healthy_draws(result)
     share = float(gamma * sq.mean() / dim)
@@ -356,12 +360,12 @@ def check_localization(result: LLCResult, max_share: float = 0.2, max_elasticity
     energy = result.nbeta * losses
     # within-chain covariance: differences between chain means say nothing about ∂/∂γ
     cov = float(np.mean((energy - energy.mean(axis=1, keepdims=True)) * (sq - sq.mean(axis=1, keepdims=True))))
-    elasticity = -(gamma / 2) * cov / llc if llc > 0 else float("nan")
+    elasticity = -(gamma / 2) * cov / llc
     measured = (
         f"the prior γ = {gamma:g} supplies {share:.0%} of the chain's confinement (γ E‖w − w*‖² / d = {share:.3g}; "
         f"1 means the prior alone holds it) and ∂ log λ̂ / ∂ log γ = {elasticity:.2f}"
     )
-    if not (share > max_share and (math.isnan(elasticity) or elasticity < -max_elasticity)):
+    if not (share > max_share and elasticity < -max_elasticity):
         return Check(name, True, f"{measured}: the loss, not the prior, confines the chain.", share, max_share)
     lower = gamma / 10 if share > 0.5 else gamma / 3
     return Check(
@@ -379,7 +383,7 @@ def check_health(
     *,
     z: float = 3.0,
     min_ess: float = 100.0,
-    mala_accept_range: tuple[float, float] = (0.5, 0.995),
+    mala_accept_range: tuple[float, float] = (0.8, 0.995),
     max_prior_share: float = 0.2,
 ) -> list[Check]:
     """Every health check on ``result``, in the order of REFERENCE §2's failure table."""

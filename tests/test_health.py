@@ -1,0 +1,170 @@
+"""Health checks (lambdahat.health): each provoked to fail on a real model, and quiet on a good run.
+
+Real runs use a 4-3-2 deep linear network at a rank-1 teacher (n = 1000, nβ = 100, batch 100) and
+the demo's 30-20-10 network; a few hundred steps each, so every test takes a second or two. The
+check logic itself is also tested on synthetic traces where the answer is known (stationary AR(1)
+chains must not raise alarms; a drifting one must).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lambdahat as lh
+from lambdahat import health, tasks
+from lambdahat.estimate import LLCResult, llc_from_trace
+from lambdahat.trace import Trace
+
+GOOD = dict(step_size=3e-3, localization=1.0, nbeta=100.0, batch_size=100, num_chains=4, num_draws=500,
+            num_burnin_steps=200, seed=0, progress=False)
+
+
+def _dln(perturb: float = 0.0):
+    task = tasks.deep_linear_network([4, 3, 2], rank=1, n=1000, seed=0)
+    if perturb:
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in task.model.parameters():
+                p.add_(perturb * torch.randn(p.shape, generator=gen))
+    return task
+
+
+def _run(task, **overrides):
+    return lh.estimate_llc(task.model, task.data, task.loss_fn, **(GOOD | overrides))
+
+
+def _by_name(result) -> dict[str, health.Check]:
+    checks = result.checks
+    assert [c.name for c in checks] == [
+        "negative", "divergence", "convergence", "rhat", "ess", "mala_accept", "localization"
+    ]
+    return {c.name: c for c in checks}
+
+
+def _failing(result) -> set[str]:
+    return {c.name for c in result.checks if not c.ok}
+
+
+@pytest.fixture(scope="module")
+def good():
+    return _run(_dln())
+
+
+def test_a_good_run_passes_every_check(good):
+    checks = _by_name(good)
+    assert all(c.ok and not c.skipped for c in checks.values()), "\n".join(map(str, checks.values()))
+    assert good.healthy
+    assert "all health checks passed" in str(good)
+    assert 0.8 <= checks["mala_accept"].value <= 0.995  # the sampler records it; ≈ 0.9 is healthy
+
+
+def test_too_large_a_step_gives_the_divergence_verdict():
+    result = _run(_dln(), step_size=0.1, num_draws=50, num_burnin_steps=10)
+    assert result.diverged
+    checks = _by_name(result)
+    assert not checks["divergence"].ok and not result.healthy
+    assert "diverged" in checks["divergence"].verdict and "lower step_size" in checks["divergence"].verdict
+    # the other checks cannot run on no healthy chain: they say so instead of failing or crashing
+    assert all(c.skipped for name, c in checks.items() if name != "divergence")
+    assert "WARNING" in str(result) and "1 of 7 checks failed" in str(result)
+
+
+def test_a_point_that_is_not_a_minimum_gives_the_negative_verdict():
+    result = _run(_dln(perturb=0.3))
+    assert result.llc_mean < 0
+    checks = _by_name(result)
+    assert _failing(result) == {"negative"}, "\n".join(map(str, checks.values()))
+    assert "not a local minimum" in checks["negative"].verdict and "settles below" in checks["negative"].verdict
+    assert "- negative:" in str(result)
+
+
+def test_far_too_large_a_localization_gives_the_over_tight_verdict(good):
+    result = _run(_dln(), step_size=1e-4, localization=1e3)
+    checks = _by_name(result)
+    assert not checks["localization"].ok, str(checks["localization"])
+    assert checks["localization"].value > 0.9  # the prior alone holds the chain: γ E‖w − w*‖² ≈ d
+    assert "localisation too tight" in checks["localization"].verdict and "Lower localization" in checks["localization"].verdict
+    assert result.llc_mean < 0.2 * good.llc_mean  # and λ̂ has collapsed, as the verdict says
+    assert checks["localization"].ok is False and _by_name(good)["localization"].ok
+
+
+def test_too_few_steps_give_the_not_converged_verdict():
+    """The demo's 30-20-10 network with no burn-in and 100 draws: the loss is still climbing."""
+    task = tasks.deep_linear_network([30, 20, 10], rank=1, n=10_000, seed=0)
+    result = lh.estimate_llc(task.model, task.data, task.loss_fn, step_size=5e-5, localization=1.0, nbeta=None,
+                             num_chains=4, num_draws=100, num_burnin_steps=0, batch_size=500, progress=False)
+    checks = _by_name(result)
+    assert not checks["convergence"].ok
+    assert "still rising" in checks["convergence"].verdict and "more burn-in" in checks["convergence"].verdict
+    # short, unmixed chains also fail R-hat and ESS, each with its own fix
+    assert not checks["rhat"].ok and not checks["ess"].ok
+    assert "draws per chain" in checks["ess"].verdict
+
+
+def test_mala_acceptance_too_low_and_too_high():
+    low = _by_name(_run(_dln(), step_size=1e-2))["mala_accept"]
+    assert not low.ok and low.value < 0.8 and "Lower step_size" in low.verdict
+    high = _by_name(_run(_dln(), step_size=1e-4, num_draws=200, num_burnin_steps=0))["mala_accept"]
+    assert not high.ok and high.value > 0.995 and "Raise step_size" in high.verdict
+
+
+def _replace(result: LLCResult, arrays: dict[str, np.ndarray], burnin: int | None = None) -> LLCResult:
+    trace = Trace(arrays, result.trace.num_burnin_steps if burnin is None else burnin,
+                  [None] * next(iter(arrays.values())).shape[0], dict(result.trace.config))
+    stats = llc_from_trace(trace, result.init_loss, result.nbeta)
+    return LLCResult(init_loss=result.init_loss, nbeta=result.nbeta, trace=trace, **stats)
+
+
+def test_mala_check_is_skipped_quietly_when_not_recorded(good):
+    arrays = {k: v for k, v in good.trace.arrays.items() if k != "mala_accept"}
+    check = _by_name(_replace(good, arrays))["mala_accept"]
+    assert check.ok and check.skipped
+    arrays["mala_accept"] = np.full_like(arrays["loss"], np.nan)
+    assert _by_name(_replace(good, arrays))["mala_accept"].skipped
+
+
+def _ar1(rng, shape, a=0.9, mean=1.0, scale=0.01):
+    x = np.empty(shape)
+    x[:, 0] = rng.standard_normal(shape[0]) / np.sqrt(1 - a * a)
+    noise = rng.standard_normal(shape)
+    for t in range(1, shape[1]):
+        x[:, t] = a * x[:, t - 1] + noise[:, t]
+    return mean + scale * x
+
+
+def test_stationary_chains_raise_no_convergence_or_rhat_alarm(good):
+    """Stationary AR(1) chains (τ = 19) of 4 × 1000 draws, 200 times: R̂ and the halves test may
+    each raise at most 3 false alarms (each is set for ≈ 0.1–0.3%), and a drifting copy of the
+    same chains must be caught (in at least 195 of the 200). The loss sits 0.04 above L_n(w*), so λ̂ ≈ 4 (nβ = 100)
+    with an MCSE of ≈ 0.16; the drift moves λ̂ between the halves by ≈ 2.5, about 10 standard errors."""
+    rng = np.random.default_rng(0)
+    alarms = {"rhat": 0, "convergence": 0}
+    caught = 0
+    for _ in range(200):
+        loss = _ar1(rng, (4, 1000), mean=good.init_loss + 0.04)
+        result = _replace(good, {"loss": loss}, burnin=0)
+        for name in alarms:
+            alarms[name] += not _by_name_any(result)[name].ok
+        drifting = loss + np.linspace(0, 0.05, 1000)
+        caught += not _by_name_any(_replace(good, {"loss": drifting}, burnin=0))["convergence"].ok
+    assert alarms["rhat"] <= 3 and alarms["convergence"] <= 3, alarms
+    assert caught >= 195  # a drift inside each half also widens its MCSE, so a few escape
+
+
+def _by_name_any(result) -> dict[str, health.Check]:
+    return {c.name: c for c in result.checks}
+
+
+def test_rhat_threshold_rises_only_for_few_effective_draws():
+    assert health.rhat_threshold(1e6, 4) == pytest.approx(1.01)
+    assert health.rhat_threshold(10.0, 4) == pytest.approx(1.1)
+    middle = health.rhat_threshold(800.0, 4)
+    assert 1.01 < middle < 1.1
+    assert health.rhat_threshold(400.0, 4) >= middle  # fewer effective draws, more slack
+
+
+def test_checks_print_as_verdicts(good):
+    text = str(_by_name(good)["ess"])
+    assert text.startswith("[ok] ess: effective sample size")
