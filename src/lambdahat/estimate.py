@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,7 +169,7 @@ def estimate_llc(
     num_draws: int = 1000,
     num_burnin_steps: int = 500,
     batch_size: int | None = None,
-    sampled_params: Sequence[str] | Callable[[str, Tensor], bool] | None = None,
+    sampled_params: Sequence[str] | Callable[[str, Tensor], bool] | Mapping[str, Tensor] | None = None,
     sampler: str | SamplerConfig = "sgld",
     seed: int = 0,
     train_mode: bool = False,
@@ -198,8 +198,10 @@ def estimate_llc(
         batch_size: minibatch size for the sampler's gradient (default: the DataLoader's, else
             256; clipped to n, where the sampler becomes full-batch).
         sampled_params: sample only these parameters (names or submodule prefixes, or a
-            predicate ``(name, param) -> bool``); the rest stay frozen at w*. This is the
-            weight-refined LLC (Wang et al., arXiv 2410.02984).
+            predicate ``(name, param) -> bool``, or ``{name: boolean mask}`` for single entries
+            such as one attention head's rows); the rest stay frozen at w*. This is the
+            weight-refined LLC (Wang et al., arXiv 2410.02984). For the data-refined LLC, pass
+            the data of interest as ``data``: it is used by the sampler and the estimate alike.
         sampler: the sampler's name (``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``,
             ``"mala"``) or a :class:`lambdahat.samplers.SamplerConfig` with its own settings.
             ``"mala"`` is exact and full-batch: it uses the whole data every step.
@@ -243,6 +245,7 @@ def estimate_llc(
     batch_size = min(batch_size or source.default_batch_size or 256, n)
 
     names = select_params(model, sampled_params)
+    masks = sampled_params if isinstance(sampled_params, Mapping) else None
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -251,7 +254,7 @@ def estimate_llc(
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
-        potential = Potential(model, loss_fn, names)
+        potential = Potential(model, loss_fn, names, masks)
         potential.check_loss(source.batch(torch.arange(min(batch_size, n))))
         init_loss = potential.full_loss(potential.w_star, source, init_loss_batch_size)
         if not math.isfinite(init_loss):
@@ -275,6 +278,7 @@ def estimate_llc(
             init_loss_samples=n,
             num_params=potential.num_params,
             sampled_params=names,
+            masked_params={name: int(mask.sum()) for name, mask in masks.items() if name in names} if masks else None,
             seed=seed,
             train_mode=train_mode,
         )

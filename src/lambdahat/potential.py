@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,15 +22,18 @@ from .losses import make_batch_loss
 
 __all__ = ["Potential", "select_params"]
 
-ParamSelector = Sequence[str] | Callable[[str, Tensor], bool] | None
+ParamSelector = Sequence[str] | Callable[[str, Tensor], bool] | Mapping[str, Tensor] | None
 
 
 def select_params(model: nn.Module, sampled_params: ParamSelector) -> list[str]:
     """Names of the parameters to sample: all trainable ones, or those chosen by name/predicate.
 
     A name selects that parameter, or every parameter under it when it names a submodule
-    (``"blocks.0.attn"``).
+    (``"blocks.0.attn"``). A mapping ``{parameter name: boolean mask of its shape}`` selects
+    single entries (e.g. the rows of one attention head); see :func:`check_masks`.
     """
+    if isinstance(sampled_params, Mapping):
+        return list(check_masks(model, sampled_params))
     if sampled_params is None:
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         if not trainable:
@@ -59,11 +62,37 @@ def select_params(model: nn.Module, sampled_params: ParamSelector) -> list[str]:
     return chosen
 
 
+def check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Validate ``{parameter name: boolean mask}``; return the masks that select anything."""
+    named = dict(model.named_parameters())
+    kept = {}
+    for name, mask in masks.items():
+        if name not in named:
+            raise ValueError(
+                f"sampled_params: mask key {name!r} is not a parameter name (masks need exact names, "
+                f"not submodule prefixes); parameter names look like {list(named)[:5]}."
+            )
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != named[name].shape:
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(
+                f"sampled_params[{name!r}] must be a torch.bool tensor of the parameter's shape "
+                f"{tuple(named[name].shape)}, got {got}."
+            )
+        if bool(mask.any()):
+            kept[name] = mask
+    if not kept:
+        raise ValueError("sampled_params: the masks select no weights; set at least one entry to True.")
+    return kept
+
+
 class Potential:
     """The model's loss as a function of the flat vector w of sampled parameters.
 
     Attributes: ``w_star`` (the flat point measured, a detached copy), ``names``, ``shapes``,
     ``num_params`` (d, the number of sampled weights).
+
+    With ``masks`` (``{name: boolean mask}``), only the masked entries of those parameters are in
+    w; the others stay at their values in w*, so drift and noise never touch them.
     """
 
     def __init__(
@@ -71,26 +100,42 @@ class Potential:
         model: nn.Module,
         loss_fn: Callable[..., Tensor],
         sampled_names: Sequence[str],
+        masks: Mapping[str, Tensor] | None = None,
     ):
         self.model = model
         self._batch_loss = make_batch_loss(model, loss_fn)
         named = dict(model.named_parameters())
         self.names = list(sampled_names)
         self.shapes = [named[n].shape for n in self.names]
-        self.numels = [named[n].numel() for n in self.names]
+        masks = masks or {}
+        # for a masked parameter: the flat indices sampled, and the frozen values around them
+        self._masked = {
+            n: (masks[n].to(named[n].device).reshape(-1).nonzero().squeeze(1), named[n].detach().reshape(-1).clone())
+            for n in self.names
+            if n in masks
+        }
+        self.numels = [len(self._masked[n][0]) if n in self._masked else named[n].numel() for n in self.names]
         self.num_params = sum(self.numels)
         sampled = set(self.names)
         # everything functional_call needs besides w: the frozen parameters and cloned buffers
         self._fixed = {n: p.detach() for n, p in named.items() if n not in sampled}
         self._fixed.update({n: b.detach().clone() for n, b in model.named_buffers()})
         with torch.no_grad():
-            self.w_star = torch.cat([named[n].detach().reshape(-1) for n in self.names]).clone()
+            pieces = [
+                self._masked[n][1][self._masked[n][0]] if n in self._masked else named[n].detach().reshape(-1)
+                for n in self.names
+            ]
+            self.w_star = torch.cat(pieces).clone()
 
     def tensors(self, w: Tensor) -> dict[str, Tensor]:
         """Parameters and buffers for ``functional_call``: views of w for the sampled ones."""
         views = torch.split(w, self.numels)
         tensors = dict(self._fixed)
-        tensors.update({n: v.view(s) for n, v, s in zip(self.names, views, self.shapes)})
+        for name, view, shape in zip(self.names, views, self.shapes):
+            if name in self._masked:
+                index, frozen = self._masked[name]
+                view = frozen.index_put((index,), view)  # out of place: differentiable in view
+            tensors[name] = view.view(shape)
         return tensors
 
     def loss(self, w: Tensor, batch: Any) -> Tensor:
