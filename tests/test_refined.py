@@ -137,8 +137,8 @@ def test_weight_refined_llc_of_a_quadratic_is_exact():
 def test_data_refined_llc_sees_only_the_directions_the_data_uses():
     """The same regression model, measured on other data whose inputs span only 4 of the 12
     input directions (targets from w* itself, so w* is a minimum there): the Hessian has rank 4,
-    and the target is the quadratic expectation with 8 zero eigenvalues — far below the 6 of
-    the original data. Tolerance 2% and 4 MCSE."""
+    and the target is the quadratic expectation with 8 zero eigenvalues, which contribute nothing.
+    Tolerance 2% and 4 MCSE."""
     task = tasks.linear_regression(dim=12, n=400, seed=4)
     gen = torch.Generator().manual_seed(5)
     basis, _ = torch.linalg.qr(torch.randn(12, 4, generator=gen, dtype=torch.float64))
@@ -150,5 +150,3 @@ def test_data_refined_llc_sees_only_the_directions_the_data_uses():
     result, target = _sgld_quadratic(task.model, (x, y), eig, nbeta=100.0, gamma=10.0)
     error = result.llc_mean - target
     assert abs(error) <= 0.02 * target and abs(error) <= Z * result.llc_mcse, (result.llc_mean, result.llc_mcse, target)
-    # on the original data (tested exact in test_known_answers.py) the same nβ and γ give far more
-    assert result.llc_mean < 0.5 * truth.quadratic_expectation(task.info["hessian_eigenvalues"], 100.0, 10.0)
