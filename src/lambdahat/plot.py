@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from .estimate import LLCResult
 
-__all__ = ["plot_loss_traces", "plot_running_llc", "plot_summary"]
+__all__ = ["plot_loss_traces", "plot_running_llc", "plot_summary", "plot_calibration_map", "plot_calibration_curves"]
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.5)) -> Axes:
@@ -169,3 +169,129 @@ def plot_summary(result: LLCResult, truth: Any = None, title: str | None = None)
         headline += f"   ·   {len(result.diverged)} of {len(result.llc_per_chain)} chains diverged"
     fig.suptitle(f"{title}: {headline}" if title else headline)
     return fig
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+_VERDICT_STYLE = {
+    # verdict → (colour, marker, legend label)
+    "healthy": ("#2ca02c", "o", "healthy: every check passed"),
+    "sound": ("#bcbd22", "o", "sound setting, chains too short (R̂ / ESS)"),
+    "failed": ("#d62728", "s", "a setting check failed"),
+    "diverged": ("0.35", "X", "diverged"),
+}
+
+
+def _verdict_of(rows: list[dict]) -> str:
+    """One verdict for a setting over its models: the worst of theirs."""
+    if any("divergence" in row["failed"].split(";") for row in rows):
+        return "diverged"
+    if not all(row["sound"] for row in rows):
+        return "failed"
+    return "healthy" if all(row["healthy"] for row in rows) else "sound"
+
+
+def _settings(calibration: Any, model: str | None) -> dict[tuple[float, float, float], list[dict]]:
+    """Rows grouped by (ε, nβ, γ), the nβ → 0 control left out; one model's rows if ``model`` is given."""
+    groups: dict[tuple[float, float, float], list[dict]] = {}
+    for row in calibration.rows:
+        if row["stage"] == "control" or (model is not None and row["model"] != model):
+            continue
+        groups.setdefault((row["step_size"], row["nbeta"], row["localization"]), []).append(row)
+    return groups
+
+
+def _mean_llc(rows: list[dict]) -> float:
+    values = [row["llc"] for row in rows if math.isfinite(row["llc"])]
+    return float(np.mean(values)) if values else math.nan
+
+
+def plot_calibration_map(calibration: Any, model: str | None = None) -> Figure:
+    """The calibration map: λ̂ and the verdict of every setting, over step size × nβ, one panel per γ.
+
+    Each setting of a :class:`~lambdahat.calibrate.CalibrationResult` is a marker at (ε, nβ) on
+    log axes, coloured by its verdict over all models (or over ``model`` alone): healthy, sound
+    (the setting checks passed but the short chains failed R̂ or ESS), failed, or diverged;
+    labelled with λ̂ (the mean over models). The recommended setting is ringed. The nβ → 0
+    control run is left out.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    groups = _settings(calibration, model)
+    gammas = sorted({key[2] for key in groups})
+    if not gammas:
+        raise ValueError("calibration has no runs to map.")
+    fig = Figure(figsize=(5.2 * len(gammas) + 0.6, 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(gammas), sharey=True, squeeze=False)[0])
+    rec = calibration.recommended
+    for ax, gamma in zip(axes, gammas):
+        for (step, nbeta, g), rows in sorted(groups.items()):
+            if g != gamma:
+                continue
+            color, marker, _ = _VERDICT_STYLE[_verdict_of(rows)]
+            ax.scatter([step], [nbeta], s=110, color=color, marker=marker, zorder=3, edgecolors="black", linewidths=0.5)
+            llc = _mean_llc(rows)
+            below = rows[0]["stage"] == "fine"  # fine steps sit close to coarse ones: label them underneath
+            ax.annotate("—" if math.isnan(llc) else f"{llc:.3g}", (step, nbeta), textcoords="offset points",
+                        xytext=(0, -17 if below else 9), ha="center", fontsize="small")
+            if rec is not None and (step, nbeta, g) == (rec["step_size"], rec["nbeta"], rec["localization"]):
+                ax.scatter([step], [nbeta], s=420, facecolors="none", edgecolors="black", linewidths=1.8, zorder=4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.margins(x=0.15, y=0.35)
+        ax.set_xlabel("step size ε")
+        ax.set_title(f"γ = {gamma:g}")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("nβ")
+    handles = [Line2D([], [], ls="", marker=m, color=c, markeredgecolor="black", markersize=9, label=label)
+               for c, m, label in _VERDICT_STYLE.values()]
+    if rec is not None:
+        handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="black",
+                              markersize=15, label="recommended"))
+    axes[-1].legend(handles=handles, loc="best", fontsize="small", framealpha=0.9)
+    who = f" ({model})" if model is not None else (f" (worst of {len(calibration.models)} models)" if len(calibration.models) > 1 else "")
+    fig.suptitle(f"Calibration map: λ̂ and verdict per setting{who}")
+    return fig
+
+
+def plot_calibration_curves(calibration: Any, ax: Axes | None = None) -> Figure:
+    """λ̂ ± MCSE against the step size, one line per (model, nβ, γ), markers coloured by verdict.
+
+    Where the curve is flat the estimate no longer depends on ε; the recommended ε is marked by a
+    vertical line, and each model's truth (when the calibration was given one) by a dashed line.
+    """
+    ax = _axes(ax, figsize=(7.0, 4.6))
+    lines: dict[tuple[str, float, float], list[dict]] = {}
+    for row in calibration.rows:
+        if row["stage"] != "control":
+            lines.setdefault((row["model"], row["nbeta"], row["localization"]), []).append(row)
+    colors = _colors(len(lines))
+    in_view = []
+    for color, ((model, nbeta, gamma), rows) in zip(colors, sorted(lines.items())):
+        rows = sorted(rows, key=lambda r: r["step_size"])
+        steps = np.array([r["step_size"] for r in rows])
+        llc = np.array([r["llc"] for r in rows])
+        mcse = np.array([r["mcse"] for r in rows])
+        name = (f"{model}, " if len(calibration.models) > 1 else "") + f"nβ = {nbeta:.4g}, γ = {gamma:g}"
+        ax.errorbar(steps, llc, yerr=np.where(np.isfinite(mcse), mcse, 0), color=color, lw=1.2, capsize=3, label=name)
+        for r in rows:
+            c, m, _ = _VERDICT_STYLE[_verdict_of([r])]
+            ax.scatter([r["step_size"]], [r["llc"]], color=c, marker=m, s=45, zorder=3, edgecolors="black", linewidths=0.4)
+        in_view.append(llc)
+        truths = {r["truth"] for r in rows if r["truth"] is not None}
+        for value in truths:
+            ax.axhline(value, color=color, ls="--", lw=1, alpha=0.8)
+            in_view.append(np.array([value]))
+    rec = calibration.recommended
+    if rec is not None:
+        ax.axvline(rec["step_size"], color="black", ls=":", lw=1.2, label=f"recommended ε = {rec['step_size']:.3g}")
+    ax.set_xscale("log")
+    limits = _padded_limits(np.concatenate(in_view)) if in_view else None
+    if limits is not None:
+        ax.set_ylim(*limits)
+    ax.set_xlabel("step size ε")
+    ax.set_ylabel("λ̂ (short calibration chains)")
+    ax.set_title("λ̂ against step size (dashed: truth)")
+    ax.legend(loc="best", fontsize="small", framealpha=0.9)
+    return ax.figure
