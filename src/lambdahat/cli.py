@@ -1,4 +1,4 @@
-"""The command line: ``lambdahat demo`` and ``lambdahat truth …``.
+"""The command line: ``lambdahat demo``, ``lambdahat calibrate`` and ``lambdahat truth …``.
 
 This module parses arguments and calls the library; the science lives in
 :mod:`lambdahat.estimate`, :mod:`lambdahat.tasks` and :mod:`lambdahat.truth`.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import __version__, truth
 
-__all__ = ["DEMO_SETTINGS", "main"]
+__all__ = ["DEMO_SETTINGS", "CALIBRATE_SETTINGS", "main"]
 
 #: Everything ``lambdahat demo`` runs: the task, the sampler settings, and what ``--quick`` changes.
 #: The truth for this task is λ = 105 (Aoyagi 2024, Theorem 1) with d = 800 weights.
@@ -32,6 +32,22 @@ DEMO_SETTINGS: dict = {
     # One intra-op thread: as fast as two on this small model when the machine is idle, and ~4× faster
     # than two when another process holds a core (measured on 2 cores).
     "torch_threads": 1,
+}
+
+#: What ``lambdahat calibrate`` sweeps by default, on the demo's task (DEMO_SETTINGS["task"]): the
+#: coarse ε grid is ε·nβ ∈ {1, 0.1, 0.01, 0.001} (``step_sizes`` None), nβ = n / log n and 100 (so the
+#: map has two rows), γ = 1 and 100, each with 4 short chains; ``--quick`` shortens them.
+CALIBRATE_SETTINGS: dict = {
+    "sweep": {
+        "step_sizes": None,
+        "nbetas": [None, 100.0],
+        "localizations": [1.0, 100.0],
+        "num_chains": 4,
+        "num_draws": 400,
+        "num_burnin_steps": 400,
+        "batch_size": 500,
+    },
+    "quick": {"num_draws": 100, "num_burnin_steps": 100, "nbetas": [None], "localizations": [1.0]},
 }
 
 
@@ -114,7 +130,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"a short run ({quick['num_burnin_steps']} burn-in steps, {quick['num_draws']} draws)",
     )
+    demo.add_argument("--report", type=Path, default=None, metavar="HTML",
+                      help="also write a one-page HTML report (figures, numbers, health verdicts, configuration)")
     demo.set_defaults(run=_demo)
+
+    sweep, quick_sweep = CALIBRATE_SETTINGS["sweep"], CALIBRATE_SETTINGS["quick"]
+    cal = commands.add_parser(
+        "calibrate",
+        help="sweep step size × nβ × γ with short chains and recommend one setting",
+        description="Sweep step size × nβ × γ with short chains on a deep linear network with a known answer "
+        f"(default: the demo's {'-'.join(map(str, spec['widths']))}, rank {spec['rank']}), judge every run with the "
+        "health checks, and recommend one setting with the rule that chose it (lambdahat.calibrate).",
+    )
+    cal.add_argument("--widths", type=_int_list, default=spec["widths"], help="layer widths input → output")
+    cal.add_argument("--rank", type=_int, default=spec["rank"], help="rank of the teacher")
+    cal.add_argument("--n", type=_int, default=spec["n"], help="number of samples")
+    cal.add_argument("--step-sizes", type=_float_list, default=sweep["step_sizes"], metavar="LIST",
+                     help="coarse ε grid, e.g. 1e-3,1e-4,1e-5 (default: ε·nβ ∈ {1, 0.1, 0.01, 0.001})")
+    cal.add_argument("--nbetas", type=_nbeta_list, default=None, metavar="LIST",
+                     help="nβ values; 'auto' is n / log n (default: auto,100)")
+    cal.add_argument("--localizations", type=_float_list, default=None, metavar="LIST",
+                     help="γ values (default: 1,100)")
+    cal.add_argument("--seed", type=_int, default=0, help="sampler seed (default 0)")
+    cal.add_argument("--quick", action="store_true",
+                     help=f"short chains ({quick_sweep['num_burnin_steps']} + {quick_sweep['num_draws']}), "
+                     "only nβ = n / log n and γ = 1")
+    cal.add_argument("--csv", type=Path, default=None, help="write the table of every setting tried to this CSV file")
+    cal.add_argument("--report", type=Path, default=None, metavar="HTML", help="write a one-page HTML report")
+    cal.add_argument("--out", type=Path, default=Path("."), help="folder for calibration_map.png (default: here)")
+    cal.set_defaults(run=_calibrate)
 
     truth_cmd = commands.add_parser(
         "truth", help="print an exact learning coefficient", description="Print an exact learning coefficient."
@@ -182,7 +226,80 @@ def _demo(args: argparse.Namespace) -> int:
     figure = plot_summary(result, truth=task.truth, title=f"DLN {arch}, rank {spec['rank']}")
     figure.savefig(path, dpi=110)
     print(f"wrote {path}")
+    if args.report is not None:
+        from .report import write_report
+
+        print(f"wrote {write_report(result, args.report, truth=task.truth, title=f'LLC of the DLN {arch} demo')}")
     return 0
+
+
+def _float_list(text: str) -> list[float]:
+    """``"1e-3,1e-4"`` → ``[0.001, 0.0001]``."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1e-3,1e-4, got {text!r}") from None
+
+
+def _nbeta_list(text: str) -> list[float | None]:
+    """``"auto,100"`` → ``[None, 100.0]`` (auto: n / log n)."""
+    try:
+        return [None if part.strip().lower() == "auto" else float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers or 'auto' (n / log n), e.g. auto,100, got {text!r}") from None
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import tasks
+    from .calibrate import calibrate
+    from .plot import plot_calibration_map
+
+    settings = dict(CALIBRATE_SETTINGS["sweep"])
+    if args.quick:
+        settings.update(CALIBRATE_SETTINGS["quick"])
+    settings.update(step_sizes=args.step_sizes, seed=args.seed)
+    for name in ("nbetas", "localizations"):  # given on the command line: they win over --quick
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    try:
+        task = tasks.deep_linear_network(args.widths, rank=args.rank, n=args.n, seed=DEMO_SETTINGS["task"]["seed"])
+    except ValueError as err:
+        raise SystemExit(f"lambdahat calibrate: error: {err}") from None
+    arch = "-".join(map(str, args.widths))
+    print(
+        f"Task: deep linear network {arch}, rank {args.rank}, n = {task.n:,}, true λ = {task.truth.value} (Aoyagi 2024; "
+        "reported only, the rule does not see it)."
+    )
+    print(
+        f"Sweeping step sizes {settings['step_sizes'] or 'ε·nβ ∈ {1, 0.1, 0.01, 0.001}'} × nβ "
+        f"{['n / log n' if v is None else v for v in settings['nbetas']]} × γ {settings['localizations']}, "
+        f"{settings['num_chains']} chains × ({settings['num_burnin_steps']} + {settings['num_draws']}) steps each."
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEMO_SETTINGS["torch_threads"])
+    try:
+        result = calibrate(task.model, task.data, task.loss_fn, truth=task.truth, progress=True, **settings)
+    finally:
+        torch.set_num_threads(threads)
+    print()
+    print(result)
+    true_value = float(task.truth.value)
+    for run in result.recommended_results().values():
+        print(f"At the recommended setting the calibration run gave λ̂ = {run.llc_mean:.4g} ± {run.llc_mcse:.2g} "
+              f"against the truth λ = {task.truth.value} ({100 * (run.llc_mean - true_value) / true_value:+.1f}%).")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "calibration_map.png"
+    plot_calibration_map(result).savefig(path, dpi=110)
+    print(f"wrote {path}")
+    if args.csv is not None:
+        print(f"wrote {result.write_csv(args.csv)}")
+    if args.report is not None:
+        from .report import write_report
+
+        print(f"wrote {write_report(result, args.report, title=f'Calibration of the DLN {arch}')}")
+    return 0 if result.recommended is not None else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
