@@ -1,24 +1,52 @@
 """Run sampler chains and collect their per-step records into a Trace.
 
 Each chain c draws its noise and its batch order from its own generators, seeded from
-(seed, c) alone, so a chain's result does not depend on how many chains run or in what order.
+(seed, c) alone, so a chain's result does not depend on how many chains run, in what order,
+whether they are stepped one after another or together, or on which machine of an executor.
+
+Three ways to run the same chains:
+
+- ``"sequential"``: one chain after another, in this process.
+- ``"vectorized"``: all chains as one (K, d) state, the loss and gradient of every chain in one
+  ``torch.func.vmap`` call (each chain on its own minibatch). For small models this replaces K
+  small calls by one larger one. Not for models sampled in train mode (dropout and BatchNorm
+  draw from and write to state that vmap would share between chains).
+- on an executor (``concurrent.futures.Executor``: a process pool, ``dask.distributed``'s
+  ``Client.get_executor()``, …): one task per chain, each rebuilding the potential from the
+  pickled model, data and loss.
+
 The hot loop stores per-step quantities into preallocated device tensors and synchronises with
 the host only every ``check_every`` steps, to look for divergence and update the progress bar.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .data import DataSource
+from .potential import Potential
+from .samplers import SamplerConfig
 from .trace import Trace
 
-__all__ = ["chain_seeds", "run_chains"]
+__all__ = ["ChainJob", "chain_seeds", "run_chains", "CHAIN_MODES"]
+
+CHAIN_MODES = ("auto", "sequential", "vectorized")
+
+#: "auto" vectorises when the per-step work, sampled weights × batch size, is at most this. Above
+#: it one chain's forward and backward already keeps a core busy and stacking gains nothing
+#: (measured on 2 CPU cores; see docs/benchmarks.md).
+AUTO_VECTORIZE_MAX_WORK = 2**22
+
+ChainRecord = tuple[dict[str, np.ndarray], int | None]  # per-step arrays, first divergent step
 
 
 def chain_seeds(seed: int, chain: int) -> tuple[int, int, int]:
@@ -28,73 +56,195 @@ def chain_seeds(seed: int, chain: int) -> tuple[int, int, int]:
     return tuple(int(s) >> 1 for s in states)
 
 
-def run_chains(
-    sampler,
-    w_start: Tensor,
-    data: DataSource,
-    *,
-    num_chains: int,
-    num_steps: int,
-    num_burnin_steps: int,
-    batch_size: int,
-    seed: int,
-    config: dict[str, Any],
-    progress: bool = True,
-    check_every: int = 100,
-    on_chain_done: Callable[[int], None] | None = None,
-) -> Trace:
-    """Run ``num_chains`` chains of ``num_steps`` steps each from ``w_start``; return the Trace."""
-    from tqdm.auto import tqdm
+@dataclass
+class ChainJob:
+    """Everything one chain needs, picklable, so that a chain can run in another process."""
 
+    model: nn.Module
+    loss_fn: Callable[..., Tensor]
+    sampled_names: Sequence[str]
+    masks: Mapping[str, Tensor] | None
+    data: DataSource
+    sampler: SamplerConfig
+    step_size: float
+    nbeta: float
+    localization: float
+    num_steps: int
+    batch_size: int
+    seed: int
+    check_every: int = 100
+    _potential: Potential | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_potential": None}  # rebuilt where the job runs
+
+    @property
+    def potential(self) -> Potential:
+        if self._potential is None:
+            self._potential = Potential(self.model, self.loss_fn, self.sampled_names, self.masks)
+        return self._potential
+
+    @property
+    def shared_batch(self) -> bool:
+        """Every step sees the full data, so chains can share one batch."""
+        return self.batch_size >= self.data.n
+
+    def _build(self, loss_and_grad) -> Any:
+        return self.sampler.build(
+            loss_and_grad, self.potential.w_star, step_size=self.step_size, nbeta=self.nbeta, localization=self.localization
+        )
+
+    def run(self, chain: int, bar=None) -> ChainRecord:
+        """Chain ``chain`` on its own."""
+        device = self.potential.w_star.device
+        noise_seed, batch_seed, model_seed = chain_seeds(self.seed, chain)
+        # the model's own randomness (dropout in train mode) comes from the global RNG: fork it
+        # so each chain is reproducible from (seed, chain) and the caller's RNG is left alone
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(model_seed)
+            noise = torch.Generator(device=device).manual_seed(noise_seed)
+            batches = self.data.minibatches(self.batch_size, torch.Generator().manual_seed(batch_seed))
+            sampler = self._build(self.potential.loss_and_grad)
+            records, first_bad = _loop(sampler, self.potential.w_star, batches, noise, self.num_steps, self.check_every, bar)
+        return records, first_bad[0] if first_bad is not None else None
+
+    def run_stacked(self, chains: Sequence[int], bar=None) -> list[ChainRecord]:
+        """Chains ``chains`` together as one (K, d) state, each with its own generators."""
+        w_star = self.potential.w_star
+        device = w_star.device
+        seeds = [chain_seeds(self.seed, c) for c in chains]
+        noise = [torch.Generator(device=device).manual_seed(s[0]) for s in seeds]
+        if self.shared_batch:
+            batches = self.data.minibatches(self.batch_size, torch.Generator())
+        else:
+            orders = [self.data.minibatch_indices(self.batch_size, torch.Generator().manual_seed(s[1])) for s in seeds]
+            batches = _stacked_batches(self.data, orders)
+        sampler = self._build(self.potential.stacked_loss_and_grad(self.shared_batch))
+        w_start = w_star.expand(len(chains), -1)
+        records, first_bad = _loop(sampler, w_start, batches, noise, self.num_steps, self.check_every, bar)
+        return [
+            ({name: values[k] for name, values in records.items()}, first_bad[k] if first_bad is not None else None)
+            for k in range(len(chains))
+        ]
+
+    def check_stacked(self) -> str | None:
+        """Try one vectorised loss-and-gradient call; the reason it fails, or None."""
+        try:
+            idx = torch.arange(min(self.batch_size, self.data.n))
+            batch = self.data.batch(idx) if self.shared_batch else self.data.batch(torch.stack([idx, idx]))
+            w = self.potential.w_star.expand(2, -1)
+            loss, grad = self.potential.stacked_loss_and_grad(self.shared_batch)(w, batch)
+            single, _ = self.potential.loss_and_grad(self.potential.w_star, self.data.batch(idx))
+            if loss.shape != (2,) or grad.shape != w.shape or not torch.allclose(loss[0], single, rtol=1e-4, atol=1e-6):
+                return "the vectorised loss does not match the loss of one chain"
+        except Exception as err:  # any failure means: run the chains one after another instead
+            return f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        return None
+
+
+def _stacked_batches(data: DataSource, orders):
+    """Endless batches shaped (K, B, ...): row k is chain k's next minibatch."""
+    while True:
+        yield data.batch(torch.stack([next(order) for order in orders]))
+
+
+def _run_chain_task(job: ChainJob, chain: int, submitter: int) -> ChainRecord:
+    """An executor task: one chain, one thread per worker process."""
+    if os.getpid() != submitter:
+        torch.set_num_threads(1)  # oversubscribed intra-op threads are 10–40× slower on shared cores
+    return job.run(chain)
+
+
+def _loop(sampler, w_start: Tensor, batches, generator, num_steps: int, check_every: int, bar):
+    """Step one chain (w_start of shape (d,)) or a stack (shape (K, d)); return per-step records
+    as float64 arrays shaped (num_steps,) or (K, num_steps), and each chain's first non-finite
+    step (None if none)."""
     device = w_start.device
-    records: dict[str, list[np.ndarray]] = {}
-    diverged_at: list[int | None] = []
-    bar = tqdm(total=num_chains * num_steps, desc="sampling", unit="step", disable=not progress, leave=False)
-    try:
-        for chain in range(num_chains):
-            # the model's own randomness (dropout in train mode) comes from the global RNG: fork it
-            # so each chain is reproducible from (seed, chain) and the caller's RNG is left alone
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(chain_seeds(seed, chain)[2])
-                trace_rows = _run_one_chain(sampler, w_start, data, chain, num_steps, batch_size, seed, check_every, bar)
-            diverged_at.append(trace_rows[1])
-            for name, values in trace_rows[0].items():
-                records.setdefault(name, []).append(values)
-            if on_chain_done is not None:
-                on_chain_done(chain)
-    finally:
-        bar.close()
-    arrays = {name: np.stack(rows) for name, rows in records.items()}
-    return Trace(arrays, num_burnin_steps, diverged_at, config)
-
-
-def _run_one_chain(sampler, w_start, data, chain, num_steps, batch_size, seed, check_every, bar):
-    """One chain: its per-step records as float64 arrays, and its divergence step (or None)."""
-    device = w_start.device
-    noise_seed, batch_seed, _ = chain_seeds(seed, chain)
-    noise_gen = torch.Generator(device=device).manual_seed(noise_seed)
-    batch_gen = torch.Generator().manual_seed(batch_seed)
-    batches = data.minibatches(batch_size, batch_gen)
+    stacked = w_start.dim() == 2
+    shape = (w_start.shape[0], num_steps) if stacked else (num_steps,)
     state = sampler.init(w_start)
     per_step: dict[str, Tensor] = {}
-    first_bad: int | None = None
+    first_bad = np.full(shape[:-1] or (1,), -1)
     done = 0
-    while done < num_steps and first_bad is None:
+    while done < num_steps and (first_bad < 0).any():
         stop = min(done + check_every, num_steps)
         for t in range(done, stop):
-            state, info = sampler.step(state, next(batches), noise_gen)
+            state, info = sampler.step(state, next(batches), generator)
             for name, value in zip(info._fields, info):
                 if name not in per_step:
-                    per_step[name] = torch.full((num_steps,), float("nan"), device=device, dtype=value.dtype)
-                per_step[name][t] = value
-        chunk = per_step["loss"][done:stop]
+                    per_step[name] = torch.full(shape, float("nan"), device=device, dtype=value.dtype)
+                per_step[name][..., t] = value
+        chunk = per_step["loss"][..., done:stop].reshape(len(first_bad), -1)
         bad = ~torch.isfinite(chunk)
         if bool(bad.any()):
-            first_bad = done + int(bad.nonzero()[0])
-            for values in per_step.values():
-                values[first_bad:] = float("nan")
-        bar.update(stop - done)
+            for k in bad.any(dim=1).nonzero().flatten().tolist():
+                if first_bad[k] < 0:
+                    first_bad[k] = done + int(bad[k].nonzero()[0])
+                    for values in per_step.values():
+                        values.view(len(first_bad), -1)[k, first_bad[k] :] = float("nan")
+        if bar is not None:
+            bar.update((stop - done) * len(first_bad))
         done = stop
-    if first_bad is not None:
-        bar.update(num_steps - done)
-    return {name: values.double().cpu().numpy() for name, values in per_step.items()}, first_bad
+    if bar is not None:
+        bar.update((num_steps - done) * len(first_bad))
+    records = {name: values.double().cpu().numpy() for name, values in per_step.items()}
+    bad_steps = [int(s) if s >= 0 else None for s in first_bad]
+    return records, (bad_steps if any(s is not None for s in bad_steps) else None)
+
+
+def choose_mode(job: ChainJob, num_chains: int, chain_mode: str, train_mode: bool) -> tuple[str, str | None]:
+    """The mode to run in, and a message when a requested vectorised run falls back."""
+    if chain_mode not in CHAIN_MODES:
+        raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {chain_mode!r}.")
+    if chain_mode == "sequential" or num_chains == 1:
+        return "sequential", None
+    if chain_mode == "auto" and job.potential.num_params * job.batch_size > AUTO_VECTORIZE_MAX_WORK:
+        return "sequential", None
+    if train_mode:
+        reason = "the model is sampled in train mode (dropout/BatchNorm state cannot be split between chains)"
+    else:
+        reason = job.check_stacked()
+    if reason is None:
+        return "vectorized", None
+    message = f"vectorised chains are not available here ({reason}); running the chains one after another."
+    return "sequential", (message if chain_mode == "vectorized" else None)
+
+
+def run_chains(
+    job: ChainJob,
+    *,
+    num_chains: int,
+    num_burnin_steps: int,
+    config: dict[str, Any],
+    chain_mode: str = "auto",
+    train_mode: bool = False,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> Trace:
+    """Run ``num_chains`` chains of ``job.num_steps`` steps each from w*; return the Trace.
+
+    ``config`` is recorded in the Trace, with ``chain_mode`` set to the mode actually used."""
+    from tqdm.auto import tqdm
+
+    total = num_chains * job.num_steps
+    bar = tqdm(total=total, desc="sampling", unit="step", disable=not progress, leave=False)
+    try:
+        if executor is not None:
+            mode = "executor"
+            futures = [executor.submit(_run_chain_task, job, chain, os.getpid()) for chain in range(num_chains)]
+            rows = []
+            for future in futures:  # in chain order; the bar advances as each chain lands
+                rows.append(future.result())
+                bar.update(job.num_steps)
+        else:
+            mode, message = choose_mode(job, num_chains, chain_mode, train_mode)
+            if message:
+                warnings.warn(message, stacklevel=3)
+            if mode == "vectorized":
+                rows = job.run_stacked(range(num_chains), bar)
+            else:
+                rows = [job.run(chain, bar) for chain in range(num_chains)]
+    finally:
+        bar.close()
+    arrays = {name: np.stack([records[name] for records, _ in rows]) for name in rows[0][0]}
+    return Trace(arrays, num_burnin_steps, [bad for _, bad in rows], {**config, "chain_mode": mode})

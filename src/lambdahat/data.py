@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 __all__ = ["DataSource", "as_data_source"]
@@ -50,6 +51,15 @@ class DataSource:
         return DataSource(tuple(t.to(device) for t in self.tensors), default_batch_size=self.default_batch_size)
 
     def batch(self, idx: Tensor) -> Any:
+        """The samples ``idx``; a 2-D ``idx`` (chain, sample) gives every leaf a leading chain
+        dimension, for vectorised chains."""
+        if idx.dim() == 2:
+            if self.tensors is not None:
+                flat = idx.reshape(-1)
+                parts = tuple(t.index_select(0, flat.to(t.device)).view(*idx.shape, *t.shape[1:]) for t in self.tensors)
+                return parts[0] if len(parts) == 1 else parts
+            rows = [self.batch(row) for row in idx]
+            return tree_map(lambda *leaves: torch.stack(leaves), rows[0], *rows[1:])
         if self.tensors is not None:
             parts = tuple(t.index_select(0, idx.to(t.device)) for t in self.tensors)
             return parts[0] if len(parts) == 1 else parts
@@ -72,10 +82,15 @@ class DataSource:
             full_idx = torch.arange(self.n)
             while True:
                 yield full if full is not None else self.batch(full_idx)
+        for idx in self.minibatch_indices(batch_size, generator):
+            yield self.batch(idx)
+
+    def minibatch_indices(self, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+        """The sample indices of :meth:`minibatches`, batch after batch."""
         while True:
             perm = torch.randperm(self.n, generator=generator)
             for start in range(0, self.n - batch_size + 1, batch_size):
-                yield self.batch(perm[start : start + batch_size])
+                yield perm[start : start + batch_size]
 
     def in_order(self, batch_size: int) -> Iterator[tuple[int, Any]]:
         """The full data once, in order, as (size, batch) pairs."""

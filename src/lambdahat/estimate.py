@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from concurrent.futures import Executor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import diagnostics, health
-from .chains import run_chains
+from .chains import CHAIN_MODES, ChainJob, run_chains
 from .data import as_data_source
 from .potential import Potential, select_params
 from .samplers import SamplerConfig, as_sampler_config
@@ -172,6 +173,8 @@ def estimate_llc(
     sampled_params: Sequence[str] | Callable[[str, Tensor], bool] | Mapping[str, Tensor] | None = None,
     sampler: str | SamplerConfig = "sgld",
     seed: int = 0,
+    chain_mode: str = "auto",
+    executor: Executor | None = None,
     train_mode: bool = False,
     init_loss_batch_size: int = 4096,
     progress: bool = True,
@@ -206,6 +209,15 @@ def estimate_llc(
             ``"mala"``) or a :class:`lambdahat.samplers.SamplerConfig` with its own settings.
             ``"mala"`` is exact and full-batch: it uses the whole data every step.
         seed: the run's seed. Chain c's noise and batch order depend on (seed, c) only.
+        chain_mode: ``"sequential"`` (one chain after another), ``"vectorized"`` (all chains in
+            one ``torch.func.vmap`` call per step; falls back to sequential with a warning where
+            vmap cannot run the model) or ``"auto"`` (vectorised for small models: sampled
+            weights × batch size ≤ 2²², not in train mode). Each chain's result is the same
+            either way, to float rounding.
+        executor: run one chain per task on this ``concurrent.futures.Executor`` (a
+            ``ProcessPoolExecutor``, or ``dask.distributed.Client(...).get_executor()``). The
+            model, data and loss are pickled to the workers; the result is identical to the
+            sequential run's.
         train_mode: sample with the model in train mode (dropout on, BatchNorm on batch
             statistics). Off by default: dropout noise would read as spurious complexity.
         init_loss_batch_size: batch size for the full-data evaluation of L_n(w*).
@@ -224,6 +236,13 @@ def estimate_llc(
     if batch_size is not None:
         _whole("batch_size", batch_size, 1, "use a positive minibatch size, e.g. 256.")
     sampler_config = as_sampler_config(sampler)
+    if chain_mode not in CHAIN_MODES:
+        raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {chain_mode!r}.")
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor must be a concurrent.futures.Executor (e.g. ProcessPoolExecutor, or a Dask "
+            f"Client's get_executor()), got {type(executor).__name__}."
+        )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
 
@@ -260,8 +279,20 @@ def estimate_llc(
         if not math.isfinite(init_loss):
             raise ValueError(f"loss_fn is not finite at w* on the full data (L_n(w*) = {init_loss}).")
         model.train(train_mode)
-        built = sampler_config.build(
-            potential.loss_and_grad, potential.w_star, step_size=step_size, nbeta=nbeta_value, localization=localization
+        job = ChainJob(
+            model=model,
+            loss_fn=loss_fn,
+            sampled_names=names,
+            masks=masks,
+            data=source,
+            sampler=sampler_config,
+            step_size=step_size,
+            nbeta=nbeta_value,
+            localization=localization,
+            num_steps=num_burnin_steps + num_draws,
+            batch_size=batch_size,
+            seed=seed,
+            _potential=potential,
         )
         config = dict(
             sampler=sampler_config.name,
@@ -283,15 +314,13 @@ def estimate_llc(
             train_mode=train_mode,
         )
         trace = run_chains(
-            built,
-            potential.w_star,
-            source,
+            job,
             num_chains=num_chains,
-            num_steps=num_burnin_steps + num_draws,
             num_burnin_steps=num_burnin_steps,
-            batch_size=batch_size,
-            seed=seed,
             config=config,
+            chain_mode=chain_mode,
+            train_mode=train_mode,
+            executor=executor,
             progress=progress,
         )
     finally:

@@ -150,6 +150,23 @@ class Potential:
             (grad,) = torch.autograd.grad(loss, w)
         return loss.detach(), grad
 
+    def stacked_loss_and_grad(self, shared_batch: bool) -> Callable[[Tensor, Any], tuple[Tensor, Tensor]]:
+        """``(w, batch) -> (loss, grad)`` for K chains at once: w is (K, d); the batch is shared
+        by every chain (``shared_batch``) or has a leading chain dimension. The forward pass is
+        one ``torch.func.vmap`` over the chains; the chains' losses are independent, so one
+        ordinary backward pass of their sum gives every chain's own gradient (cheaper than
+        vmapping ``torch.func.grad``, measured 1.5 vs 1.8 ms per step on a 800-weight DLN)."""
+        per_chain = torch.func.vmap(self.loss, in_dims=(0, None if shared_batch else 0))
+
+        def loss_and_grad(w: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+            with torch.enable_grad():
+                w = w.detach().requires_grad_(True)
+                loss = per_chain(w, batch)
+                (grad,) = torch.autograd.grad(loss.sum(), w)
+            return loss.detach(), grad
+
+        return loss_and_grad
+
     @torch.no_grad()
     def full_loss(self, w: Tensor, data: DataSource, batch_size: int) -> float:
         """L_n(w): the loss averaged over the whole data, evaluated in batches, without gradients."""

@@ -64,7 +64,12 @@ class SamplerConfig:
                 f"sampler {name!r} has no option(s) {unknown}; its options are {sorted(allowed) or 'none'}."
             )
         self.name = name
-        self.options = MappingProxyType({**allowed, **options})
+        self._options = {**allowed, **options}
+
+    @property
+    def options(self) -> MappingProxyType:
+        """Every option of the sampler, defaults included (read-only)."""
+        return MappingProxyType(self._options)
 
     @property
     def full_batch(self) -> bool:
