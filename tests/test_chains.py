@@ -78,7 +78,7 @@ def test_vectorized_reports_each_chains_divergence_like_sequential():
 
 def test_auto_vectorizes_small_models_only():
     assert _estimate("auto").config["chain_mode"] == "vectorized"
-    big = nn.Sequential(nn.Linear(3, 8192), nn.Linear(8192, 2))  # 49k weights × batch 96 > 2²² = 4.2M
+    big = nn.Sequential(nn.Linear(3, 16384), nn.Linear(16384, 2))  # 98k weights > 2¹⁶
     r = lh.estimate_llc(big, _data(), gaussian_nll, num_chains=2, batch_size=96, chain_mode="auto", seed=0, **{**FAST, "num_draws": 2, "num_burnin_steps": 0})
     assert r.config["chain_mode"] == "sequential"
 

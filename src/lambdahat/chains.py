@@ -41,10 +41,13 @@ __all__ = ["ChainJob", "chain_seeds", "run_chains", "CHAIN_MODES"]
 
 CHAIN_MODES = ("auto", "sequential", "vectorized")
 
-#: "auto" vectorises when the per-step work, sampled weights × batch size, is at most this. Above
-#: it one chain's forward and backward already keeps a core busy and stacking gains nothing
-#: (measured on 2 CPU cores; see docs/benchmarks.md).
-AUTO_VECTORIZE_MAX_WORK = 2**22
+#: "auto" vectorises K chains when the model has at most this many sampled weights and the per-step
+#: work, weights × batch size, is at most AUTO_VECTORIZE_MAX_WORK. Measured for 4 chains of ReLU
+#: MLPs on one CPU thread (sequential time / vectorised time): d = 417 → 2.2×, 10k → 1.4×,
+#: 37k → 1.4× (batch 256); 140k → 1.1×; 543k at batch 64 → 0.63× (K copies of large weight
+#: matrices no longer fit in cache).
+AUTO_VECTORIZE_MAX_PARAMS = 2**16
+AUTO_VECTORIZE_MAX_WORK = 2**23
 
 ChainRecord = tuple[dict[str, np.ndarray], int | None]  # per-step arrays, first divergent step
 
@@ -198,7 +201,8 @@ def choose_mode(job: ChainJob, num_chains: int, chain_mode: str, train_mode: boo
         raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {chain_mode!r}.")
     if chain_mode == "sequential" or num_chains == 1:
         return "sequential", None
-    if chain_mode == "auto" and job.potential.num_params * job.batch_size > AUTO_VECTORIZE_MAX_WORK:
+    d = job.potential.num_params
+    if chain_mode == "auto" and (d > AUTO_VECTORIZE_MAX_PARAMS or d * job.batch_size > AUTO_VECTORIZE_MAX_WORK):
         return "sequential", None
     if train_mode:
         reason = "the model is sampled in train mode (dropout/BatchNorm state cannot be split between chains)"

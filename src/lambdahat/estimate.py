@@ -211,8 +211,8 @@ def estimate_llc(
         seed: the run's seed. Chain c's noise and batch order depend on (seed, c) only.
         chain_mode: ``"sequential"`` (one chain after another), ``"vectorized"`` (all chains in
             one ``torch.func.vmap`` call per step; falls back to sequential with a warning where
-            vmap cannot run the model) or ``"auto"`` (vectorised for small models: sampled
-            weights × batch size ≤ 2²², not in train mode). Each chain's result is the same
+            vmap cannot run the model) or ``"auto"`` (vectorised for small models: at most 2¹⁶
+            sampled weights and weights × batch size ≤ 2²³, not in train mode). Each chain's result is the same
             either way, to float rounding.
         executor: run one chain per task on this ``concurrent.futures.Executor`` (a
             ``ProcessPoolExecutor``, or ``dask.distributed.Client(...).get_executor()``). The
