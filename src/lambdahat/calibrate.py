@@ -11,23 +11,27 @@ The rule (:func:`calibrate` states it again in its result, with the numbers):
 1. **Coarse sweep.** Every (ε, nβ, γ) of the grid on every model, with short chains. A setting
    is *sound* when, on every model, the checks that judge the *setting* pass: ``negative``,
    ``divergence``, ``convergence`` (a chain that cannot reach its plateau within the budget has
-   too small an ε), ``mala_accept`` and ``localization``. ``rhat`` and ``ess`` judge the chain
+   too small an ε), ``mala_accept`` (its low side only: an acceptance near 1 means a small step,
+   which is slow but not wrong) and ``localization``. ``rhat`` and ``ess`` judge the chain
    *length*; short calibration chains often fail them, so they are reported, and turned into the
    number of draws the final run needs, but do not choose the setting.
 2. **nβ and γ.** Among the (nβ, γ) pairs with a sound ε: the largest nβ (closest to the nβ → ∞
    limit that λ describes), then the smallest γ (the least localisation bias).
 3. **Fine sweep of ε** at that (nβ, γ): with ε_c the largest sound coarse ε, also 2ε_c and 4ε_c
    (those below the next coarse ε, which was not sound): the coarse grid is a factor 10 apart.
-4. **Step size.** Start from the largest sound ε whose MALA acceptance (the ``mala_accept`` the
-   sampler records on its own steps) is at least ``target_accept`` = 0.9 on every model, the value
-   Lau et al. recommend after Furman & Lau; acceptance falls as ε grows, so this is the ε where
-   the discretisation error reaches that level. Then halve ε until λ̂ is *stable against
-   halving*: ε/2 is sound too and, on every model, |λ̂(ε) − λ̂(ε/2)| ≤ ``stability`` × |λ̂(ε/2)|
-   + 2 × their combined MCSE. SGLD's bias is about linear in ε (1/(1 − εa/4) for a quadratic), so
-   the change on halving is about half the bias at ε. The 2-MCSE allowance keeps the noise of
-   short chains from driving ε down into step sizes too small to converge in the budget (whose
-   λ̂ is then biased low); the acceptance target does the fine control. If λ̂ does not settle
-   within ``max_halvings``, the result says so.
+4. **Step size.** From the largest sound ε, halve ε until its MALA acceptance (the
+   ``mala_accept`` the sampler records on its own steps) is at least ``target_accept`` = 0.95 on
+   every model: acceptance falls as ε grows, so this finds, to a factor 2, the ε where the
+   discretisation error falls to that level. Lau et al. (after Furman & Lau) call ≈ 0.9 healthy;
+   the target is higher because calibration chains are short and SGLD's bias grows as longer
+   chains explore (on the 4-3-8 deep linear network of the tests, the ε with acceptance 0.945 on
+   800-step chains gave λ̂ 12.5% above λ in a 4 × 2400-step run). Then keep halving until λ̂ is
+   *stable against halving*: ε/2 is sound too and, on every model, |λ̂(ε) − λ̂(ε/2)| ≤
+   ``stability`` × |λ̂(ε/2)| + 2 × their combined MCSE. SGLD's bias is about linear in ε
+   (1/(1 − εa/4) for a quadratic), so the change on halving is about half the bias at ε. The
+   2-MCSE allowance keeps the noise of short chains from driving ε down into step sizes too small
+   to converge in the budget (whose λ̂ is then biased low); the acceptance target does the fine
+   control. If this does not settle within ``max_halvings``, the result says so.
 5. **nβ → 0 control** at the recommended (ε, γ): the same chains with nβ shrunk by 10⁶ (the
    estimator needs nβ > 0; at 10⁻⁶ × nβ the loss gradient is negligible next to the noise and the
    prior, so the chain is the γ-only random walk). If the loss rise E[L] − L_n(w*) of the real run
@@ -213,7 +217,7 @@ def calibrate(
     num_burnin_steps: int = 400,
     batch_size: int | None = None,
     stability: float = 0.05,
-    target_accept: float = 0.9,
+    target_accept: float = 0.95,
     max_halvings: int = 3,
     min_final_ess: float = 400.0,
     seed: int = 0,
@@ -239,8 +243,8 @@ def calibrate(
             (defaults: 4 chains × (400 burn-in + 400 draws); keep them small: the sweep runs
             (|ε| × |nβ| × |γ| + 4) × models of them).
         stability: the relative tolerance of "stable against halving ε" (5%).
-        target_accept: the MALA acceptance the step size should reach on every model (0.9, the value
-            Lau et al. recommend after Furman & Lau; ignored when the sampler records none).
+        target_accept: the MALA acceptance the step size should reach on every model (0.95; module
+            docstring; ignored when the sampler records none).
         max_halvings: how many times ε may be halved in search of a stable λ̂.
         min_final_ess: the effective sample size the advised ``num_draws`` of the final run aims at.
         seed: one seed for every run (common random numbers make neighbouring settings comparable).
@@ -329,37 +333,41 @@ def calibrate(
             sound[key] = all(r["sound"] for r in by_setting[key])
         below = key[0]
 
-    # 4. from the largest sound ε with MALA acceptance ≥ target_accept, halve until λ̂ is stable
-
-    ladder = sorted((s for (s, nb, g) in sound if (nb, g) == (nbeta, gamma) and sound[(s, nb, g)]), reverse=True)
-    candidates = [s for s in ladder if accepted(s)]
-    warning = ""
-    if candidates:
-        step = candidates[0]
-        why_start = f"The largest sound ε with MALA acceptance ≥ {target_accept} on every model (or none recorded) is {step:.3g}"
-    else:
-        step = ladder[-1]
-        why_start = f"No sound ε reached MALA acceptance {target_accept}, so the search starts from the smallest sound ε, {step:.3g}"
-        warning += f" WARNING: no sound ε reached MALA acceptance {target_accept}; extend step_sizes downward."
-    notes, stable = [], False
+    # 4. from the largest sound ε, halve until the MALA acceptance reaches target_accept and λ̂ is
+    # stable against halving
+    step = max(s for (s, nb, g), ok in sound.items() if ok and (nb, g) == (nbeta, gamma))
+    notes, stable, warning = [], False, ""
     for _ in range(max_halvings + 1):
         half = (step / 2, nbeta, gamma)
         if half not in sound:
             by_setting[half] = run("fine", *half)
             sound[half] = all(r["sound"] for r in by_setting[half])
+        if not accepted(step):
+            notes.append(f"ε = {step:.3g}: MALA acceptance below {target_accept}")
+            if not sound[half]:
+                break
+            step = half[0]
+            continue
         stable, detail = _stable(by_setting[(step, nbeta, gamma)], by_setting[half], stability)
         notes.append(f"ε = {step:.3g} vs {half[0]:.3g}: {detail}")
-        if stable and sound[half]:
-            break
         if not sound[half]:
-            notes[-1] += f" (ε = {half[0]:.3g} is not sound: it cannot judge)"
+            notes[-1] += f" (ε = {half[0]:.3g} is not sound, so it cannot judge)"
+            stable = False
+            break
+        if stable:
             break
         step = half[0]
     if stable:
-        why_step = f"{why_start}; halving until λ̂ is stable against halving ε gives ε = {step:.3g} ({'; '.join(notes)})"
+        why_step = (
+            f"Halving ε from the largest sound one until the MALA acceptance is ≥ {target_accept} on every model "
+            f"(where recorded) and λ̂ is stable against halving gives ε = {step:.3g} ({'; '.join(notes)})"
+        )
     else:
-        why_step = f"{why_start}; λ̂ did not become stable against halving ({'; '.join(notes)}), so ε = {step:.3g}"
-        warning += " WARNING: λ̂ still depends on ε here; treat the estimate as rough, or lengthen the chains."
+        why_step = (
+            f"Halving ε from the largest sound one did not reach both a MALA acceptance ≥ {target_accept} and a λ̂ "
+            f"stable against halving within {max_halvings} halvings ({'; '.join(notes)}), so ε = {step:.3g}"
+        )
+        warning += " WARNING: λ̂ may still depend on ε here; treat the estimate as rough, or extend the grid / lengthen the chains."
 
     # 5. the nβ → 0 control
     control = run("control", step, nbeta * _CONTROL_FACTOR, gamma)
@@ -404,8 +412,13 @@ def calibrate(
 def _row(stage: str, name: str, step: float, result: LLCResult, truth: float | None) -> dict[str, Any]:
     checks = {c.name: c for c in result.checks}
     failed = [c.name for c in checks.values() if not c.ok]
-    sound = not any(name_ in failed for name_ in SETTING_CHECKS)
-    first = next((c for c in checks.values() if not c.ok and c.name in SETTING_CHECKS), None)
+    # an acceptance near 1 means a step that is small, not wrong: whether it was too small for the
+    # budget is the convergence check's call, and a small ε is still a valid partner for halving
+    accept = checks.get("mala_accept")
+    too_small = accept is not None and not accept.ok and accept.value > accept.threshold
+    judged = [c for c in checks.values() if not c.ok and c.name in SETTING_CHECKS and not (c is accept and too_small)]
+    sound = not judged
+    first = judged[0] if judged else None
     first = first or next((c for c in checks.values() if not c.ok), None)
     llc = float(result.llc_mean)
     healthy = result.trace.healthy_chains
