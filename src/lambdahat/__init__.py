@@ -8,13 +8,20 @@ Lau, Furman, Wang, Murfet, Wei, "The Local Learning Coefficient: A Singularity-A
 Measure", arXiv 2308.12108.
 """
 
-from . import diagnostics, losses, plot, samplers, tasks, truth
+from . import diagnostics, health, losses, plot, report, samplers, tasks, truth
+from .calibrate import CalibrationResult, calibrate
 from .estimate import LLCResult, estimate_llc, llc_from_trace
 from .samplers import SamplerConfig
+from .report import write_report
 from .trace import Trace
 
 __all__ = [
     "estimate_llc",
+    "calibrate",
+    "CalibrationResult",
+    "write_report",
+    "health",
+    "report",
     "llc_from_trace",
     "LLCResult",
     "SamplerConfig",
