@@ -136,7 +136,12 @@ class ChainJob:
             idx = torch.arange(min(self.batch_size, self.data.n))
             batch = self.data.batch(idx) if self.shared_batch else self.data.batch(torch.stack([idx, idx]))
             w = self.potential.w_star.expand(2, -1)
-            loss, grad = self.potential.stacked_loss_and_grad(self.shared_batch)(w, batch)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                loss, grad = self.potential.stacked_loss_and_grad(self.shared_batch)(w, batch)
+            slow = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+            if slow:  # vmap would loop over the chains in Python: no faster than sequential
+                return "an operation has no vmap batching rule: " + slow[0].split(". ")[0]
             single, _ = self.potential.loss_and_grad(self.potential.w_star, self.data.batch(idx))
             if loss.shape != (2,) or grad.shape != w.shape or not torch.allclose(loss[0], single, rtol=1e-4, atol=1e-6):
                 return "the vectorised loss does not match the loss of one chain"

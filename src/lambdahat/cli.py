@@ -160,6 +160,10 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--out", type=Path, default=Path("."), help="folder for calibration_map.png (default: here)")
     cal.set_defaults(run=_calibrate)
 
+    from .cli_estimate import add_parser as add_estimate_parser
+
+    add_estimate_parser(commands)
+
     truth_cmd = commands.add_parser(
         "truth", help="print an exact learning coefficient", description="Print an exact learning coefficient."
     )

@@ -71,6 +71,28 @@ class LLCResult:
         """True when every health check passed (see :attr:`checks`)."""
         return all(check.ok for check in self.checks)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers, verdicts and configuration as plain JSON-ready values (no arrays of draws;
+        save ``trace`` for those). Non-finite numbers become None."""
+
+        def number(x: float) -> float | None:
+            return float(x) if math.isfinite(x) else None
+
+        return dict(
+            llc_mean=number(self.llc_mean),
+            llc_std=number(self.llc_std),
+            llc_mcse=number(self.llc_mcse),
+            llc_per_chain=[number(v) for v in self.llc_per_chain],
+            init_loss=number(self.init_loss),
+            nbeta=self.nbeta,
+            ess=number(self.ess),
+            diverged={str(c): s for c, s in self.diverged.items()},
+            healthy=self.healthy,
+            checks=[dict(name=c.name, ok=c.ok, skipped=c.skipped, verdict=c.verdict) for c in self.checks],
+            wall_time=number(self.wall_time),
+            config=self.config,
+        )
+
     def running_llc(self) -> np.ndarray:
         """λ̂ after each post-burn-in draw, per chain: nβ (cumulative mean of L − L_n(w*))."""
         losses = self.trace.draws("loss")

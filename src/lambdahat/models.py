@@ -1,0 +1,281 @@
+"""The models users have: a factory by name, state-dict checkpoints, local Hugging Face causal
+LMs, TransformerLens models, and a built-in tiny transformer; masks for one attention head.
+
+Nothing here downloads anything: Hugging Face models load from a local directory only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["load_factory", "load_weights", "load_hf", "head_mask", "tiny_transformer", "TinyTransformer"]
+
+
+def load_factory(spec: str, **kwargs: Any) -> nn.Module:
+    """Build a model from ``"package.module:function"`` or ``"path/to/file.py:function"``.
+
+    ``function(**kwargs)`` must return an ``nn.Module``; a class works too.
+    """
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model factory must look like 'package.module:function' or 'file.py:function', got {spec!r}.")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise ValueError(f"model factory file {str(path)!r} does not exist.")
+        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"model factory: cannot import {module_name!r} ({err}); is it on PYTHONPATH?") from err
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ValueError(f"model factory: {module_name!r} has no callable {attr!r}.")
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Tensor]) -> nn.Module:
+    """Load a checkpoint into ``model`` (in place) and return it.
+
+    ``checkpoint``: a state dict, or a ``.pt``/``.pth`` file holding one (directly or under the key
+    ``"model"``, ``"state_dict"`` or ``"model_state_dict"``, as training loops usually save), or a
+    ``.safetensors`` file. Keys must match exactly (strict loading): a checkpoint of another
+    architecture is an error, not a silent partial load.
+    """
+    state = checkpoint
+    if isinstance(checkpoint, (str, Path)):
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ValueError(f"checkpoint {str(path)!r} does not exist.")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint must hold a state dict (name → tensor), got {type(state).__name__}.")
+    device = next(model.parameters(), torch.empty(0)).device
+    model.load_state_dict({k: v.to(device) for k, v in state.items()})
+    return model
+
+
+def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """A Hugging Face causal LM and its tokenizer (None if the folder has none) from a local folder.
+
+    ``local_files_only``: nothing is downloaded. Use with :func:`lambdahat.losses.next_token`.
+    """
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as err:
+        raise ImportError("loading a Hugging Face model needs `pip install transformers`.") from err
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{str(path)!r} is not a Hugging Face model folder (no config.json); save one with save_pretrained.")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+    tokenizer = None
+    if any((path / name).is_file() for name in _TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None
+        if tokenizer is not None and len(tokenizer) == 0:  # a stub with no vocabulary
+            tokenizer = None
+    return model, tokenizer
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")
+
+
+def head_mask(model: nn.Module, layer: int, head: int) -> dict[str, Tensor]:
+    """``sampled_params`` for one attention head: boolean masks over its query, key, value and
+    output weights (and biases), for :func:`lambdahat.estimate_llc` — the head's weight-refined
+    LLC (Wang et al., arXiv 2410.02984).
+
+    Understands three layouts: per-head tensors with a leading head dimension
+    (``blocks.{layer}.attn.W_Q``/``W_K``/``W_V``/``W_O``/``b_*``, as in TransformerLens and
+    :class:`TinyTransformer`); GPT-2's fused ``c_attn``/``c_proj``; and separate
+    ``q_proj``/``k_proj``/``v_proj``/``o_proj`` (Llama, Mistral, Qwen, …; with grouped key/value
+    heads the head's shared key/value slice is included).
+    """
+    params = dict(model.named_parameters())
+    masks = _per_head_layout(params, layer, head) or _gpt2_layout(model, params, layer, head) or _proj_layout(model, params, layer, head)
+    if not masks:
+        raise ValueError(
+            f"head_mask: found no attention weights of layer {layer} in this model (looked for "
+            "blocks.L.attn.W_Q, GPT-2's h.L.attn.c_attn and layers.L.self_attn.q_proj); build the "
+            "masks yourself as {parameter name: boolean mask}."
+        )
+    return masks
+
+
+def _per_head_layout(params: dict[str, Tensor], layer: int, head: int) -> dict[str, Tensor]:
+    pattern = re.compile(rf"(^|\.)blocks\.{layer}\.attn\.(W_Q|W_K|W_V|W_O|b_Q|b_K|b_V)$")
+    masks = {}
+    for name, p in params.items():
+        if pattern.search(name):
+            if not 0 <= head < p.shape[0]:
+                raise ValueError(f"head_mask: head {head} out of range; layer {layer} has {p.shape[0]} heads.")
+            mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+            mask[head] = True
+            masks[name] = mask
+    return masks
+
+
+def _heads(model: nn.Module) -> tuple[int, int]:
+    config = getattr(model, "config", None)
+    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    if n_heads is None:
+        raise ValueError("head_mask: the model has no config.num_attention_heads; build the masks yourself.")
+    return int(n_heads), int(getattr(config, "num_key_value_heads", None) or n_heads)
+
+
+def _gpt2_layout(model: nn.Module, params: dict[str, Tensor], layer: int, head: int) -> dict[str, Tensor]:
+    prefix = next((n[: -len("c_attn.weight")] for n in params if n.endswith(f"h.{layer}.attn.c_attn.weight")), None)
+    if prefix is None:
+        return {}
+    n_heads, _ = _heads(model)
+    d_model = params[prefix + "c_attn.weight"].shape[0]
+    d_head = d_model // n_heads
+    _check_head(head, n_heads, layer)
+    cols = torch.cat([torch.arange(i * d_model + head * d_head, i * d_model + (head + 1) * d_head) for i in range(3)])
+    rows = slice(head * d_head, (head + 1) * d_head)
+    masks = {}
+    w = torch.zeros(params[prefix + "c_attn.weight"].shape, dtype=torch.bool)
+    w[:, cols] = True  # Conv1D: (in, out); q, k, v side by side along out
+    masks[prefix + "c_attn.weight"] = w
+    if prefix + "c_attn.bias" in params:
+        b = torch.zeros(3 * d_model, dtype=torch.bool)
+        b[cols] = True
+        masks[prefix + "c_attn.bias"] = b
+    o = torch.zeros(params[prefix + "c_proj.weight"].shape, dtype=torch.bool)
+    o[rows, :] = True  # the head's slice of the concatenated head outputs
+    masks[prefix + "c_proj.weight"] = o
+    return masks
+
+
+def _proj_layout(model: nn.Module, params: dict[str, Tensor], layer: int, head: int) -> dict[str, Tensor]:
+    prefix = next((n[: -len("q_proj.weight")] for n in params if n.endswith(f"layers.{layer}.self_attn.q_proj.weight")), None)
+    if prefix is None:
+        return {}
+    n_heads, n_kv = _heads(model)
+    _check_head(head, n_heads, layer)
+    d_head = params[prefix + "q_proj.weight"].shape[0] // n_heads
+    kv_head = head // (n_heads // n_kv)
+    masks = {}
+    for proj, h in (("q_proj", head), ("k_proj", kv_head), ("v_proj", kv_head)):
+        for kind in ("weight", "bias"):
+            name = f"{prefix}{proj}.{kind}"
+            if name in params:
+                mask = torch.zeros(params[name].shape, dtype=torch.bool)
+                mask[h * d_head : (h + 1) * d_head] = True  # nn.Linear: (out, in); the head's output rows
+                masks[name] = mask
+    o = torch.zeros(params[prefix + "o_proj.weight"].shape, dtype=torch.bool)
+    o[:, head * d_head : (head + 1) * d_head] = True
+    masks[prefix + "o_proj.weight"] = o
+    return masks
+
+
+def _check_head(head: int, n_heads: int, layer: int) -> None:
+    if not 0 <= head < n_heads:
+        raise ValueError(f"head_mask: head {head} out of range; layer {layer} has {n_heads} heads.")
+
+
+class TinyTransformer(nn.Module):
+    """A small decoder-only transformer with per-head weight tensors (TransformerLens naming).
+
+    tokens (B, T) → logits (B, T, vocab). Pre-LayerNorm blocks of causal multi-head attention
+    (and, unless ``attention_only``, a ReLU MLP), learned positions, untied unembedding. The
+    two-layer attention-only variant is the model of Hoogland et al., arXiv 2402.02364.
+    """
+
+    def __init__(self, vocab_size: int = 256, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
+                 seq_len: int = 64, attention_only: bool = True, d_mlp: int | None = None):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
+        d_head = d_model // n_heads
+        self.n_heads, self.d_head, self.seq_len = n_heads, d_head, seq_len
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.pos_embed = nn.Parameter(torch.randn(seq_len, d_model) * 0.02)
+        self.blocks = nn.ModuleList(
+            _Block(d_model, n_heads, d_head, None if attention_only else (d_mlp or 4 * d_model)) for _ in range(n_layers)
+        )
+        self.ln_final = nn.LayerNorm(d_model)
+        self.unembed = nn.Linear(d_model, vocab_size)
+        self.register_buffer("causal", torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool)), persistent=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        t = tokens.shape[-1]
+        if t > self.seq_len:
+            raise ValueError(f"sequence of length {t} is longer than the model's seq_len {self.seq_len}.")
+        x = self.embed(tokens) + self.pos_embed[:t]
+        for block in self.blocks:
+            x = block(x, self.causal[:t, :t])
+        return self.unembed(self.ln_final(x))
+
+
+class _Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_head: int):
+        super().__init__()
+        scale = 1 / math.sqrt(d_model)
+        self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head) * scale)
+        self.W_K = nn.Parameter(torch.randn(n_heads, d_model, d_head) * scale)
+        self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head) * scale)
+        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model) / math.sqrt(n_heads * d_head))
+        self.b_Q = nn.Parameter(torch.zeros(n_heads, d_head))
+        self.b_K = nn.Parameter(torch.zeros(n_heads, d_head))
+        self.b_V = nn.Parameter(torch.zeros(n_heads, d_head))
+        self.b_O = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, x: Tensor, causal: Tensor) -> Tensor:
+        q = torch.einsum("btd,hde->bhte", x, self.W_Q) + self.b_Q[:, None]
+        k = torch.einsum("btd,hde->bhte", x, self.W_K) + self.b_K[:, None]
+        v = torch.einsum("btd,hde->bhte", x, self.W_V) + self.b_V[:, None]
+        scores = torch.einsum("bhte,bhse->bhts", q, k) / math.sqrt(q.shape[-1])
+        pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        z = torch.einsum("bhts,bhse->bhte", pattern, v)
+        return torch.einsum("bhte,hed->btd", z, self.W_O) + self.b_O
+
+
+class _Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_head: int, d_mlp: int | None):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = _Attention(d_model, n_heads, d_head)
+        if d_mlp is not None:
+            self.ln2 = nn.LayerNorm(d_model)
+            self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), nn.ReLU(), nn.Linear(d_mlp, d_model))
+        else:
+            self.mlp = None
+
+    def forward(self, x: Tensor, causal: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x), causal)
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln2(x))
+        return x
+
+
+def tiny_transformer(**kwargs: Any) -> TinyTransformer:
+    """Factory for :class:`TinyTransformer` (for ``--model lambdahat.models:tiny_transformer``)."""
+    return TinyTransformer(**kwargs)
