@@ -124,6 +124,12 @@ def test_process_pool_gives_the_sequential_result_bit_for_bit():
     assert remote.llc_mean == local.llc_mean
 
 
+def test_process_pool_names_what_cannot_be_pickled():
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(ValueError, match="loss_fn cannot be sent to a worker"):
+            lh.estimate_llc(_mlp(), _data(), lambda out, y: ((out - y) ** 2).mean(), num_chains=2, executor=pool, **FAST)
+
+
 def test_dask_cluster_gives_the_sequential_result_bit_for_bit():
     distributed = pytest.importorskip("distributed")
     local = _estimate("sequential")

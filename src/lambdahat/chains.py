@@ -22,9 +22,10 @@ the host only every ``check_every`` steps, to look for divergence and update the
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,6 +220,18 @@ def choose_mode(job: ChainJob, num_chains: int, chain_mode: str, train_mode: boo
     return "sequential", (message if chain_mode == "vectorized" else None)
 
 
+def _check_picklable(job: ChainJob) -> None:
+    """A process pool pickles each task with the standard pickle: say what cannot travel."""
+    for what, obj in (("loss_fn", job.loss_fn), ("model", job.model)):
+        try:
+            pickle.dumps(obj)
+        except Exception as err:
+            raise ValueError(
+                f"executor: {what} cannot be sent to a worker process ({type(err).__name__}: {err}); define it at "
+                "module level (not a lambda or a local function), or use a Dask executor, which pickles closures."
+            ) from None
+
+
 def run_chains(
     job: ChainJob,
     *,
@@ -240,6 +253,8 @@ def run_chains(
     try:
         if executor is not None:
             mode = "executor"
+            if isinstance(executor, ProcessPoolExecutor):
+                _check_picklable(job)
             futures = [executor.submit(_run_chain_task, job, chain, os.getpid()) for chain in range(num_chains)]
             rows = []
             for future in futures:  # in chain order; the bar advances as each chain lands
