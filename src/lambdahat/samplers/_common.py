@@ -39,11 +39,6 @@ def uniform(like: Tensor, generator: Generators) -> Tensor:
     return out
 
 
-def distance(w: Tensor, w_star: Tensor) -> Tensor:
-    """‖w − w*‖ per chain."""
-    return torch.linalg.vector_norm(w - w_star, dim=-1)
-
-
 def potential(loss: Tensor, w: Tensor, w_star: Tensor, nbeta: float, localization: float) -> Tensor:
     """U(w) = nβ L(w) + (γ/2)‖w − w*‖², per chain."""
     return nbeta * loss + 0.5 * localization * (w - w_star).square().sum(dim=-1)
@@ -82,3 +77,33 @@ def langevin_log_accept(
 def acceptance_probability(log_alpha: Tensor) -> Tensor:
     """min(1, exp(log α)), with NaN (a non-finite ratio) kept as NaN."""
     return torch.exp(torch.clamp(log_alpha, max=0.0))
+
+
+def proposal_acceptance(
+    loss_and_grad,
+    batch,
+    w_star: Tensor,
+    nbeta: float,
+    localization: float,
+    step_size: float,
+    w: Tensor,
+    loss: Tensor,
+    grad_u: Tensor,
+    w_new: Tensor,
+    precond: Tensor | float = 1.0,
+) -> Tensor:
+    """The MALA acceptance probability of an unadjusted Langevin move w → w' on ``batch``: one
+    extra loss-and-gradient evaluation at w', for the SGLD-type samplers' step-size diagnostic."""
+    loss_new, grad_new = loss_and_grad(w_new, batch)
+    grad_u_new = grad_new.mul_(nbeta).add_(w_new - w_star, alpha=localization)
+    log_alpha = langevin_log_accept(
+        w,
+        potential(loss, w, w_star, nbeta, localization),
+        grad_u,
+        w_new,
+        potential(loss_new, w_new, w_star, nbeta, localization),
+        grad_u_new,
+        step_size,
+        precond,
+    )
+    return acceptance_probability(log_alpha).to(loss.dtype)

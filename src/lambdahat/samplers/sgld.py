@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, acceptance_probability, distance, langevin_log_accept, normal_, potential
+from ._common import Generators, normal_, proposal_acceptance
 
 __all__ = ["SGLDState", "SGLDInfo", "SGLDInfoWithAcceptance", "build"]
 
@@ -91,18 +91,9 @@ def build(
         if not acceptance_every:
             return new_state, SGLDInfo(loss, dist)
         if check:
-            loss_new, grad_new = loss_and_grad(w, batch)
-            drift_new = grad_new.mul_(nbeta).add_(w - w_star, alpha=localization)
-            log_alpha = langevin_log_accept(
-                w_old,
-                potential(loss, w_old, w_star, nbeta, localization),
-                drift_old,
-                w,
-                potential(loss_new, w, w_star, nbeta, localization),
-                drift_new,
-                step_size,
+            accept = proposal_acceptance(
+                loss_and_grad, batch, w_star, nbeta, localization, step_size, w_old, loss, drift_old, w
             )
-            accept = acceptance_probability(log_alpha).to(loss.dtype)
         else:
             accept = torch.full_like(loss, float("nan"))
         return new_state, SGLDInfoWithAcceptance(loss, dist, accept)
