@@ -85,8 +85,15 @@ def test_hugging_face_models_from_a_local_folder(tmp_path):
 
 
 def test_transformer_lens_hooked_transformer():
+    """Runs where TransformerLens 3 is installed (not in CI: it pulls wandb, datasets and
+    accelerate, ~1.6 GB, and version 4 removed HookedTransformer). TinyTransformer has the same
+    per-head parameter names and shapes, so the mask logic itself is tested above in any case."""
     transformer_lens = pytest.importorskip("transformer_lens")
-    cfg = transformer_lens.HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4,
+    try:
+        config_class = transformer_lens.HookedTransformerConfig
+    except (AttributeError, ImportError):
+        pytest.skip("TransformerLens ≥ 4 has no HookedTransformer")
+    cfg = config_class(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4,
                                                    d_vocab=256, attn_only=True, act_fn=None, seed=0)
     model = transformer_lens.HookedTransformer(cfg)
     mask = models.head_mask(model, layer=0, head=1)
