@@ -400,7 +400,8 @@ def calibrate(
         f"Of the (nβ, γ) pairs with a sound step size ({', '.join(f'({nb:.4g}, {g:g})' for nb, g in pairs)}), "
         f"the largest nβ and then the smallest γ: nβ = {nbeta:.4g}{' (n / log n)' if nbeta_default else ''}, γ = {gamma:g}"
         + (f" (also sound: {', '.join(others)})" if others else "")
-        + f". {why_step}. Sound means the setting checks ({', '.join(SETTING_CHECKS)}) pass on every model"
+        + f". {why_step}. Sound means the setting checks ({', '.join(SETTING_CHECKS)}; an acceptance above the band "
+        f"only marks a slow step) pass on every model"
         f" ({len(names)}). {why_control}. The calibration chains reached an ESS of {ess_min:.0f} at least; for "
         f"ESS ≈ {min_final_ess:.0f} run the final estimate with num_draws ≥ {final_draws} (and the same burn-in or more)."
         + warning
