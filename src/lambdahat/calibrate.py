@@ -236,8 +236,9 @@ def calibrate(
         step_sizes: the coarse ε grid. Default: ε·nβ ∈ {1, 10⁻¹, 10⁻², 10⁻³} for each nβ (the
             stability limit of a direction of curvature h is ε nβ h < 4, so this spans from
             unstable to slow for losses of unit-scale curvature).
-        nbetas: the nβ values; None is n / log n. Default: only n / log n, since λ̂ at different
-            nβ estimate different finite-nβ quantities; pass several to compare.
+        nbetas: the nβ values; None is n / log n (n of the first model's data: one nβ for all
+            models). Default: only n / log n, since λ̂ at different nβ estimate different
+            finite-nβ quantities; pass several to compare.
         localizations: the γ values (default 1 and 100).
         num_chains, num_draws, num_burnin_steps, batch_size: the short chains of every run
             (defaults: 4 chains × (400 burn-in + 400 draws); keep them small: the sweep runs
