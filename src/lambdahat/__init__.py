@@ -14,6 +14,8 @@ from .estimate import LLCResult, estimate_llc, llc_from_trace
 from .samplers import SamplerConfig
 from .report import write_report
 from .trace import Trace
+from .stages import detect_stages
+from .trajectory import TrajectoryResult, trajectory  # the function shadows the module name, as intended
 
 __all__ = [
     "estimate_llc",
@@ -32,5 +34,8 @@ __all__ = [
     "samplers",
     "tasks",
     "truth",
+    "trajectory",
+    "TrajectoryResult",
+    "detect_stages",
 ]
 __version__ = "0.1.0"

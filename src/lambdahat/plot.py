@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
     from .estimate import LLCResult
 
-__all__ = ["plot_loss_traces", "plot_running_llc", "plot_summary", "plot_calibration_map", "plot_calibration_curves"]
+__all__ = [
+    "plot_loss_traces", "plot_running_llc", "plot_summary", "plot_calibration_map", "plot_calibration_curves",
+    "plot_trajectory",
+]
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.5)) -> Axes:
@@ -295,3 +298,67 @@ def plot_calibration_curves(calibration: Any, ax: Axes | None = None) -> Figure:
     ax.set_title("λ̂ against step size (dashed: truth)")
     ax.legend(loc="best", fontsize="small", framealpha=0.9)
     return ax.figure
+
+
+# --- LLC over training ------------------------------------------------------------------------
+
+_STAGE_COLORS = {"rising": "#d62728", "falling": "#1f77b4", "plateau": "0.6"}
+
+
+def plot_trajectory(trajectory: Any, stages: Any = None, title: str | None = None, log_steps: bool | None = None) -> Figure:
+    """λ̂ and L_n(w*) against training step, one panel each, with the stage boundaries marked.
+
+    Top: λ̂ per checkpoint of a :class:`~lambdahat.trajectory.TrajectoryResult`, with a dark band of
+    ±MCSE (the error of λ̂) and a light band of ±the spread of one chain's estimate; checkpoints
+    that failed a health check are ringed in red; the smoothed curve of the stage detection is
+    dashed. Both panels: each stage boundary of ``stages`` (default: ``trajectory.stages``) is a
+    dotted vertical line, labelled with its kind, and plateau stages are shaded. ``log_steps``
+    (default: as the stage detection had it) draws the step axis on a log scale.
+    """
+    from matplotlib.figure import Figure
+
+    stages = trajectory.stages if stages is None else stages
+    steps = trajectory.steps
+    llc, mcse, std = (trajectory.column(name) for name in ("llc_mean", "llc_mcse", "llc_std"))
+    init_loss = trajectory.column("init_loss")
+    if log_steps is None:
+        log_steps = bool(stages is not None and stages.settings.get("log_steps"))
+    fig = Figure(figsize=(8.0, 6.4), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+
+    top.fill_between(steps, llc - np.nan_to_num(std), llc + np.nan_to_num(std), color="C0", alpha=0.12, lw=0,
+                     label="± std of a chain's λ̂")
+    top.fill_between(steps, llc - np.nan_to_num(mcse), llc + np.nan_to_num(mcse), color="C0", alpha=0.35, lw=0,
+                     label="± MCSE")
+    top.plot(steps, llc, "o-", color="C0", ms=4, lw=1.5, label="λ̂")
+    bad = np.array([not row["healthy"] for row in trajectory.rows], dtype=bool)
+    if bad.any():
+        top.scatter(steps[bad], llc[bad], s=90, facecolors="none", edgecolors="red", linewidths=1.5, zorder=4,
+                    label="failed a health check")
+    if stages is not None and len(stages.grid_steps):
+        top.plot(stages.grid_steps, stages.smoothed, "--", color="black", lw=1, alpha=0.7, label="smoothed")
+    bottom.plot(steps, init_loss, "o-", color="C2", ms=4, lw=1.5)
+
+    if stages is not None:
+        for stage in stages.stages:
+            if stage.kind == "plateau":
+                for ax in (top, bottom):
+                    ax.axvspan(stage.start, stage.end, color=_STAGE_COLORS["plateau"], alpha=0.12, lw=0)
+        for i, (step, kind) in enumerate(zip(stages.boundaries, stages.kinds)):
+            for ax in (top, bottom):
+                ax.axvline(step, color="black", ls=":", lw=1.2, label="stage boundary" if (ax is top and i == 0) else None)
+            top.annotate(f"{kind.replace('_', ' ')}\n{step:.4g}", (step, 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(2, -2), textcoords="offset points", ha="left", va="top", fontsize="x-small")
+    if log_steps:
+        top.set_xscale("symlog", linthresh=max(1.0, float(np.nanmin(steps[steps > 0])) if (steps > 0).any() else 1.0))
+    limits = _padded_limits(np.concatenate([llc - np.nan_to_num(std), llc + np.nan_to_num(std)]))
+    if limits is not None:
+        top.set_ylim(*limits)
+    top.set_ylabel("λ̂")
+    top.legend(loc="best", fontsize="small", framealpha=0.9)
+    bottom.set_ylabel("$L_n(w^*)$")
+    bottom.set_xlabel("training step")
+    count = len(stages.boundaries) if stages is not None else 0
+    headline = f"LLC over training: {len(steps)} checkpoints" + (f", {count} stage boundaries" if stages is not None else "")
+    fig.suptitle(f"{title}: {headline}" if title else headline)
+    return fig
