@@ -163,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_estimate import add_parser as add_estimate_parser
 
     add_estimate_parser(commands)
+    _add_trajectory_parser(commands)
 
     truth_cmd = commands.add_parser(
         "truth", help="print an exact learning coefficient", description="Print an exact learning coefficient."
@@ -304,6 +305,13 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         print(f"wrote {write_report(result, args.report, title=f'Calibration of the DLN {arch}')}")
     return 0 if result.recommended is not None else 1
+
+
+def _add_trajectory_parser(commands) -> None:
+    """``lambdahat trajectory``: its arguments and run function live in :mod:`lambdahat.cli_trajectory`."""
+    from .cli_trajectory import add_parser
+
+    add_parser(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
