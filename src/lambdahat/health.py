@@ -339,8 +339,9 @@ def check_localization(result: LLCResult, max_share: float = 0.2, max_elasticity
     exactly the relative bias of λ̂ from the localisation: λ̂ = (d/2)(1 − ρ). Exactly flat
     directions (common in singular models) raise ρ but not η, and a chain still drifting can give
     a spurious η but hardly raises ρ, so the check fails only when both exceed their thresholds
-    (0.2 each: the prior costs λ̂ more than about a fifth). Skipped when γ = 0 or the sampler
-    recorded no distance.
+    (0.2 each: the prior costs λ̂ more than about a fifth). Both are statements about the exact
+    posterior: SGLD's own prior-only variance is 1/(γ(1 − εγ/4)), so ρ can exceed 1 when εγ nears
+    its stability limit 4. Skipped when γ = 0 or the sampler recorded no distance.
     """
     name = "localization"
     gamma = result.config.get("localization")
