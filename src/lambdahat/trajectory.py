@@ -49,6 +49,7 @@ ROW_KEYS = (
     "wall_time", "path",
 )
 _NOT_SETTINGS = ("model", "data", "loss_fn", "executor", "progress")
+_SETTING_NAMES = frozenset(inspect.signature(estimate_llc).parameters) - set(_NOT_SETTINGS)
 _CACHE_VERSION = 1
 
 
@@ -295,7 +296,7 @@ def resolve_settings(settings: Any) -> dict[str, Any]:
     if not isinstance(settings, Mapping):
         raise TypeError(f"settings must be a dict of estimate_llc arguments or a CalibrationResult, got {type(settings).__name__}.")
     out = {k: v for k, v in settings.items() if k != "nbeta_default"}  # a recommended dict's note, not an argument
-    allowed = set(inspect.signature(estimate_llc).parameters) - set(_NOT_SETTINGS)
+    allowed = _SETTING_NAMES
     unknown = sorted(set(out) - allowed)
     if unknown:
         hint = " (executor and progress are trajectory()'s own arguments)" if set(unknown) & set(_NOT_SETTINGS) else ""
