@@ -12,7 +12,6 @@ import multiprocessing
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
