@@ -198,3 +198,12 @@ def test_bad_checkpoints_are_clear(ckpt_dir):
         _run([ckpt_dir / "step_000000.pt"])
     with pytest.raises(ValueError, match="does not load"):
         _run([(0, ckpt_dir / "step_000000.pt")], make_model=lambda: nn.Linear(3, 2))
+
+
+def test_stage_options_are_checked_before_any_estimate(ckpt_dir):
+    counter = Counter()
+    with pytest.raises(ValueError, match="smoothng"):
+        _run(ckpt_dir, make_model=counter, stage_options=dict(smoothng=0.2))
+    assert counter.calls == 0
+    result = _run([(s, ckpt_dir / f"step_{s:06d}.pt") for s in STEPS[:3]], stage_options=dict(smoothing=0.3))
+    assert result.stages.settings["smoothing"] == 0.3

@@ -464,6 +464,10 @@ def trajectory(
         raise TypeError(f"executor must be a concurrent.futures.Executor, got {type(executor).__name__}.")
     if not isinstance(checkpoints_in_flight, int) or checkpoints_in_flight < 1:
         raise ValueError(f"checkpoints_in_flight must be a positive integer, got {checkpoints_in_flight!r}.")
+    stage_names = set(inspect.signature(detect_stages).parameters) - {"steps", "llc"}
+    unknown = sorted(set(stage_options or {}) - stage_names)
+    if unknown:  # checked now, not after every checkpoint has been estimated
+        raise ValueError(f"stage_options has unknown key(s) {unknown}; detect_stages takes {sorted(stage_names)}.")
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
