@@ -444,8 +444,10 @@ def trajectory(
             checkpoints × chains as tasks: up to ``checkpoints_in_flight`` checkpoints are prepared at
             once, each submitting its chains as tasks (estimate_llc's ``executor`` path, one chain
             per task; per-chain results equal the sequential run's), and each checkpoint is cached
-            as soon as its chains are back. Without one, checkpoints run one after another, chains
-            vectorised where estimate_llc's ``chain_mode="auto"`` chooses.
+            as soon as its chains are back. Use processes (or Dask), not a ``ThreadPoolExecutor``:
+            a checkpoint's chains share one model, which threads would step on concurrently.
+            Without an executor, checkpoints run one after another, chains vectorised where
+            estimate_llc's ``chain_mode="auto"`` chooses.
         progress: a progress bar over checkpoints (and over sampling steps, without an executor).
         stage_options: keyword arguments for :func:`lambdahat.stages.detect_stages`.
         checkpoints_in_flight: with an executor, how many checkpoints' models are loaded and have
