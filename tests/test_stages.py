@@ -97,6 +97,7 @@ def test_stages_cover_training_and_are_labelled():
 def test_constant_curve_and_nonfinite_points():
     found = detect_stages([0, 1, 2, 3], [5.0, 5.0, 5.0, 5.0])
     assert len(found.boundaries) == 0 and found.stages[0].kind == "plateau"
+    assert "only 4 checkpoints" in str(found)  # few points: the printout says the boundaries are rough
     y = _piecewise([0, 400, 1000], [10, 80, 30])(STEPS)
     y[7] = np.nan  # a checkpoint whose chains all diverged is left out
     assert detect_stages(STEPS, y).kinds == ["peak"]

@@ -57,6 +57,10 @@ import numpy as np
 
 __all__ = ["Stage", "StageResult", "detect_stages", "noise_level"]
 
+#: Below this many checkpoints the printed result says its boundaries are rough: the kernel must
+#: span at least two gaps, so it smooths over much of a short curve.
+FEW_POINTS = 10
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -101,13 +105,16 @@ class StageResult:
         }
 
     def __str__(self) -> str:
+        points = self.settings.get("num_points", 0)
+        caution = (f"\n  (only {points} checkpoints: the smoothing spans several of them and the boundaries are rough)"
+                   if points < FEW_POINTS else "")
         if not len(self.boundaries):
             kind = self.stages[0].kind if self.stages else "?"
-            return f"no stage boundaries: one {kind} stage"
+            return f"no stage boundaries: one {kind} stage" + caution
         points = ", ".join(f"{b:.4g} ({k})" for b, k in zip(self.boundaries, self.kinds))
         lines = [f"{len(self.boundaries)} stage boundar{'y' if len(self.boundaries) == 1 else 'ies'}: {points}"]
         lines += [f"  {s.kind:8} steps {s.start:.4g} – {s.end:.4g}" for s in self.stages]
-        return "\n".join(lines)
+        return "\n".join(lines) + caution
 
 
 def _local_linear(
@@ -245,7 +252,7 @@ def detect_stages(
     typical = float(smooth.max() - smooth.min()) / span
     tau = flat_tol * typical
     threshold = max(tau, significance * slope_se)
-    settings.update(bandwidth=float(h), flat_slope=tau, noise=sigma, slope_se=slope_se, threshold=threshold)
+    settings.update(num_points=int(s.size), bandwidth=float(h), flat_slope=tau, noise=sigma, slope_se=slope_se, threshold=threshold)
     grid_steps = to_step(gx)
 
     def result(bounds: list[tuple[float, str]]) -> StageResult:
