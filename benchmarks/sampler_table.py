@@ -199,8 +199,15 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write the Markdown report here (e.g. docs/samplers.md)")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
+    parser.add_argument(
+        "--default-check",
+        action="store_true",
+        help="only compare SGLD at ε = 1e-4 (the library default) and 2e-5 with exact MALA at the default γ = 100",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.default_check:
+        return default_check()
     chains, steps = (2, 2000) if args.quick else (3, 4000)
     sweep_chains, sweep_steps = (2, 600) if args.quick else (2, 3000)
     samplers = args.samplers.split(",")
@@ -230,6 +237,26 @@ def main(argv=None):
     print(report)
     if args.out:
         _splice(Path(args.out), report)
+
+
+def default_check():
+    """SGLD at the library's default step (1e-4) and at 2e-5 against exact MALA, at the default
+    localisation γ = 100 and nβ = 8686, on the two deeper/wider DLNs (docs/samplers.md)."""
+    print("| task | MALA (exact) | SGLD ε = 1e-4 (acceptance) | SGLD ε = 2e-5 (acceptance) |")
+    print("|---|---|---|---|")
+    for widths, rank in [((30, 20, 10), 1), ((8, 4, 6, 5), 1)]:
+        out = {}
+        for sampler, step in [("mala", 2e-5), ("sgld", 1e-4), ("sgld", 2e-5)]:
+            task = tasks.deep_linear_network(widths, rank, n=N, seed=1)
+            out[sampler, step] = run(task, sampler, step, localization=100.0, chains=3, steps=4000)
+        ref = out["mala", 2e-5]
+        cells = [f"{ref['estimate']:.4g} ± {ref['mcse']:.2g} ({ref['accept']:.2f})"]
+        for step in (1e-4, 2e-5):
+            r = out["sgld", step]
+            cells.append(
+                f"{r['estimate']:.4g} ± {r['mcse']:.2g}, {(r['estimate'] - ref['estimate']) / ref['estimate']:+.0%} ({r['accept']:.2f})"
+            )
+        print(f"| DLN {'-'.join(map(str, widths))} r={rank} | " + " | ".join(cells) + " |", flush=True)
 
 
 BEGIN, END = "<!-- sampler_table: begin -->", "<!-- sampler_table: end -->"
