@@ -40,6 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -129,7 +130,7 @@ SUITE = [
 ]
 
 
-def run(task, sampler, step, *, localization, chains, steps, batch=BATCH, seed=0):
+def run(task, sampler, step, *, localization, chains, steps, batch=BATCH, seed=0, nbeta=NBETA):
     config = lh.SamplerConfig(sampler)
     kwargs = dict(batch_size=None if config.full_batch else min(batch, task.n))
     start = time.perf_counter()
@@ -139,7 +140,7 @@ def run(task, sampler, step, *, localization, chains, steps, batch=BATCH, seed=0
         task.loss_fn,
         step_size=step,
         localization=localization,
-        nbeta=NBETA,
+        nbeta=nbeta,
         num_chains=chains,
         num_draws=steps // 2,
         num_burnin_steps=steps - steps // 2,
@@ -161,6 +162,7 @@ def run(task, sampler, step, *, localization, chains, steps, batch=BATCH, seed=0
         temperature=temperature,
         wall=wall,
         diverged=len(result.diverged),
+        between_se=result.llc_std / math.sqrt(chains),
     )
 
 
@@ -200,6 +202,11 @@ def main(argv=None):
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     parser.add_argument(
+        "--mlp-only",
+        action="store_true",
+        help="only the ReLU teacher–student section, at the step sizes of the recorded run (RECORDED_CHOICE)",
+    )
+    parser.add_argument(
         "--default-check",
         action="store_true",
         help="only compare SGLD at ε = 1e-4 (the library default) and 2e-5 with exact MALA at the default γ = 100",
@@ -209,9 +216,15 @@ def main(argv=None):
     if args.default_check:
         return default_check()
     chains, steps = (2, 2000) if args.quick else (3, 4000)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.mlp_only:
+        mlp_report = mlp_section(RECORDED_CHOICE, chains, steps, log)
+        print(mlp_report)
+        if args.out:
+            _splice(Path(args.out), mlp_report, MLP_BEGIN, MLP_END)
+        return None
     sweep_chains, sweep_steps = (2, 600) if args.quick else (2, 3000)
     samplers = args.samplers.split(",")
-    log = lambda s: print(s, flush=True)  # noqa: E731
     begin = time.perf_counter()
 
     sweep_rows, chosen = sweep(sweep_chains, sweep_steps, log)
@@ -237,6 +250,11 @@ def main(argv=None):
     print(report)
     if args.out:
         _splice(Path(args.out), report)
+    if set(samplers) == set(SAMPLERS):
+        mlp_report = mlp_section(chosen, chains, steps, log)
+        print(mlp_report)
+        if args.out:
+            _splice(Path(args.out), mlp_report, MLP_BEGIN, MLP_END)
 
 
 def default_check():
@@ -260,18 +278,81 @@ def default_check():
 
 
 BEGIN, END = "<!-- sampler_table: begin -->", "<!-- sampler_table: end -->"
+MLP_BEGIN, MLP_END = "<!-- sampler_table_mlp: begin -->", "<!-- sampler_table_mlp: end -->"
 
 
-def _splice(path: Path, report: str) -> None:
-    """Replace the generated block of ``path`` (between the markers), or write it whole."""
-    block = f"{BEGIN}\n{report}\n{END}"
-    if path.exists() and BEGIN in path.read_text():
-        text = path.read_text()
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+def _splice(path: Path, report: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the generated block of ``path`` (between the markers), or append it."""
+    block = f"{begin}\n{report}\n{end}"
+    text = path.read_text() if path.exists() else ""
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         path.write_text(head + block + tail)
     else:
-        path.write_text(block + "\n")
+        path.write_text(text + ("\n" if text else "") + block + "\n")
+
+
+# ---------------------------------------------------------------- ReLU teacher–student: MALA as the reference
+
+# The step sizes the sweep chose in the run recorded in docs/samplers.md (used by --mlp-only).
+RECORDED_CHOICE = {"sgld": 2e-5, "rmsprop_sgld": 2.5e-6, "sghmc": 2e-5, "sgnht": 2e-5, "mala": 4e-5}
+MLP_N, MLP_GAMMA = 5000, 100.0
+
+
+def relu_teacher_student(n=MLP_N, d_in=4, hidden=16, noise=1.0, seed=0):
+    """The 4-16-1 ReLU teacher–student task of tests/test_sampler_known_answers.py (d = 97):
+    w* = the teacher, y = teacher(x) + N(0, 1), x ~ N(0, I), loss ½ (y − f(x))²."""
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / math.sqrt(layer.in_features))
+            layer.bias.copy_(0.5 * torch.randn(layer.bias.shape, generator=gen))
+        x = torch.randn(n, d_in, generator=gen)
+        y = model(x) + noise * torch.randn(n, 1, generator=gen)
+    return SimpleNamespace(model=model, data=(x, y), loss_fn=lh.losses.gaussian_nll, n=n)
+
+
+def mlp_section(chosen, chains, steps, log):
+    """Every sampler on the ReLU teacher–student MLP at nβ = n / log n and γ = 100 (the library's
+    defaults), each at its table ε rescaled to keep ε·nβ fixed (the stiff curvatures scale with
+    nβ), the same chains × steps; the target is exact MALA's estimate."""
+    nbeta = MLP_N / math.log(MLP_N)
+    scale = NBETA / nbeta
+    rows = {}
+    for sampler in SAMPLERS:
+        step = chosen[sampler] * scale
+        r = run(relu_teacher_student(), sampler, step, localization=MLP_GAMMA, chains=chains, steps=steps, nbeta=nbeta)
+        r["step"] = step
+        rows[sampler] = r
+        log(f"relu mlp {sampler:13s} ε={step:.2g} λ̂={r['estimate']:.3f} ± {r['mcse']:.3f} (between-chain SE {r['between_se']:.3f}) accept={r['accept']:.3f} {r['wall']:.1f}s")
+    ref = rows["mala"]
+    lines = [
+        f"**ReLU teacher–student** (4-16-1, d = 97, n = {MLP_N}, σ = 1, w* = the teacher; nβ = n / log n = {nbeta:.0f}, "
+        f"γ = {MLP_GAMMA:g}, minibatch {BATCH}, {chains} chains × {steps} steps): each sampler at its table ε × {scale:.1f} "
+        "(the same ε·nβ); no exact value exists, so exact MALA is the reference. SE = the larger of the MCSE and the "
+        "between-chain standard error (the MCSE of minibatch runs can be too small, see above).",
+        "",
+        "| sampler | ε | λ̂ ± SE | vs MALA | within 4 combined SE | ESS / grad eval | MALA acceptance | diverged | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ref_se = max(ref["mcse"], ref["between_se"])
+    for sampler, r in rows.items():
+        se = max(r["mcse"], r["between_se"])
+        if r is ref:
+            vs, within = "—", "—"
+        else:
+            diff = r["estimate"] - ref["estimate"]
+            vs = f"{diff / ref['estimate']:+.1%}" if math.isfinite(diff) else "—"
+            within = "yes" if math.isfinite(diff) and abs(diff) <= 4 * math.hypot(se, ref_se) else "no"
+        lines.append(
+            f"| {sampler} | {r['step']:.2g} | {r['estimate']:.4g} ± {se:.2g} | {vs} | {within} | {r['ess_per_eval']:.4f} "
+            f"| {_fmt(r['accept'], '.3f')} | {r['diverged']} | {r['wall']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def _fmt_rel(r):
