@@ -21,6 +21,7 @@ __all__ = ["SGLDState", "SGLDInfo", "SGLDInfoWithAcceptance", "build"]
 class SGLDState(NamedTuple):
     params: Tensor  # w_t, flat: (d,) or (K, d)
     noise: Tensor  # reused buffer for ξ_t
+    offset: Tensor  # reused buffer for w_t − w*
     count: int  # steps taken
 
 
@@ -72,13 +73,13 @@ def build(
 
     def init(params: Tensor) -> SGLDState:
         params = params.detach().clone()
-        return SGLDState(params, torch.empty_like(params), 0)
+        return SGLDState(params, torch.empty_like(params), torch.empty_like(params), 0)
 
     @torch.no_grad()
     def step(state: SGLDState, batch: Any, generator: Generators):
-        w, noise, count = state
+        w, noise, offset, count = state
         loss, grad = loss_and_grad(w, batch)
-        offset = w - w_star
+        torch.sub(w, w_star, out=offset)
         dist = torch.linalg.vector_norm(offset, dim=-1)
         # drift = ∇U = nβ ∇L_B + γ (w − w*), built in the gradient's buffer
         drift = grad.mul_(nbeta).add_(offset, alpha=localization)
@@ -87,7 +88,7 @@ def build(
             w_old, drift_old = w.clone(), drift.clone()
         w.add_(drift, alpha=-half_step)
         w.add_(normal_(noise, generator), alpha=noise_std)
-        new_state = SGLDState(w, noise, count + 1)
+        new_state = SGLDState(w, noise, offset, count + 1)
         if not acceptance_every:
             return new_state, SGLDInfo(loss, dist)
         if check:
