@@ -50,6 +50,10 @@ ROW_KEYS = (
 )
 _NOT_SETTINGS = ("model", "data", "loss_fn", "executor", "progress")
 _SETTING_NAMES = frozenset(inspect.signature(estimate_llc).parameters) - set(_NOT_SETTINGS)
+#: estimate_llc's own defaults, filled into every setting: the cache key then names the setting
+#: actually run, and a library whose defaults change does not reuse results made with the old ones.
+_DEFAULTS = {name: p.default for name, p in inspect.signature(estimate_llc).parameters.items()
+             if name in _SETTING_NAMES and p.default is not inspect.Parameter.empty}
 _CACHE_VERSION = 1
 
 
@@ -438,7 +442,8 @@ def trajectory(
             for every checkpoint: give ``nbeta`` a fixed value (None means n / log n, which is fixed
             too, as the data is). None: estimate_llc's defaults.
         cache_dir: write each finished checkpoint here as JSON and reuse it on a rerun; the key is
-            the checkpoint's contents (sha256), the settings, the data (tensors by content; a
+            the checkpoint's contents (sha256), the settings with estimate_llc's defaults filled
+            in (so an explicit default is the same setting), the data (tensors by content; a
             Dataset only by type and length) and the loss function's name. None: no cache.
         executor: a ``concurrent.futures.Executor`` (process pool, Dask's ``get_executor()``) to run
             checkpoints × chains as tasks: up to ``checkpoints_in_flight`` checkpoints are prepared at
@@ -473,7 +478,7 @@ def trajectory(
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    key = _settings_key(settings, data, loss_fn)
+    key = _settings_key({**_DEFAULTS, **settings}, data, loss_fn)
 
     from tqdm.auto import tqdm
 
