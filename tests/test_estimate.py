@@ -504,3 +504,13 @@ def test_wrong_types_raise_type_error():
         lh.estimate_llc(lambda x: x, (_x, _y), nn.MSELoss(), **FAST)
     with pytest.raises(TypeError, match="data"):
         lh.estimate_llc(_mlp(), {"x": _x, "y": _y}, nn.MSELoss(), **FAST)
+
+
+def test_mcse_is_never_below_the_between_chain_standard_error():
+    """Chains that disagree more than their own autocorrelation says widen the error bar."""
+    model, data = _mlp(), _data()
+    r = lh.estimate_llc(model, data, nn.MSELoss(), num_chains=4, batch_size=8, seed=1, **FAST)
+    losses = r.trace.draws("loss")
+    ess_based = r.nbeta * losses.std(ddof=1) / math.sqrt(lh.diagnostics.ess(losses, method="mean"))
+    between = r.llc_per_chain.std(ddof=1) / 2
+    assert r.llc_mcse == pytest.approx(max(ess_based, between), rel=1e-12)

@@ -1,7 +1,7 @@
 """lambdahat: the local learning coefficient (LLC) of PyTorch models, verified against exact answers.
 
     import lambdahat as lh
-    result = lh.estimate_llc(model, (x, y), lh.losses.gaussian_nll, step_size=1e-4, localization=100.0)
+    result = lh.estimate_llc(model, (x, y), lh.losses.gaussian_nll, step_size=2e-5, localization=100.0)
     print(result)
 
 Lau, Furman, Wang, Murfet, Wei, "The Local Learning Coefficient: A Singularity-Aware Complexity

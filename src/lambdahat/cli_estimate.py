@@ -19,7 +19,7 @@ __all__ = ["add_parser", "resolve_inputs", "estimate_settings", "SETTING_FLAGS"]
 
 #: estimate_llc keyword → (type, help). Each becomes a flag --name-with-dashes.
 SETTING_FLAGS: dict[str, tuple[Any, str]] = {
-    "step_size": (float, "ε, the SGLD step size and noise variance (default 1e-4)"),
+    "step_size": (float, "ε, the SGLD step size and noise variance (default 2e-5)"),
     "localization": (float, "γ, the pull toward w* (default 100)"),
     "nbeta": (float, "nβ, inverse temperature × n (default n / log n); keep it fixed across compared models"),
     "num_chains": (int, "independent chains (default 4)"),

@@ -38,8 +38,12 @@ class LLCResult:
     - ``llc_mean``: mean of the per-chain estimates over the chains that did not diverge.
     - ``llc_std``: the standard deviation of one chain's estimate: across chains (ddof = 1) when
       two or more chains are healthy, else the single chain's own Monte Carlo standard error.
-    - ``llc_mcse``: Monte Carlo standard error of ``llc_mean``, nβ · sd(L) / √ESS over all healthy
-      draws (split-chain ESS; Vehtari et al. 2021).
+    - ``llc_mcse``: Monte Carlo standard error of ``llc_mean``: nβ · sd(L) / √ESS over all healthy
+      draws (split-chain ESS; Vehtari et al. 2021), or, when larger, the between-chain standard
+      error ``llc_std`` / √(healthy chains). The ESS route trusts every chain to have mixed; with
+      minibatch losses it can even exceed the number of draws (batches drawn without replacement
+      within an epoch are anti-correlated), and chains that settle in different places show up
+      only between chains.
     - ``llc_per_chain``: λ̂_c per chain, NaN for a diverged chain.
     - ``init_loss``: L_n(w*), on ``init_loss_samples`` samples, in eval mode.
     - ``diverged``: {chain: first step with a non-finite loss}.
@@ -165,6 +169,8 @@ def llc_from_trace(trace: Trace, init_loss: float, nbeta: float) -> dict[str, An
         mcse = nbeta * float(good.std(ddof=1)) / math.sqrt(ess)
     if len(healthy) >= 2:
         std = float(per_chain[healthy].std(ddof=1))
+        between = std / math.sqrt(len(healthy))
+        mcse = max(mcse, between) if math.isfinite(mcse) else between
     else:
         std = mcse
     return dict(llc_mean=mean, llc_std=std, llc_mcse=mcse, llc_per_chain=per_chain, diverged=diverged, ess=ess)
@@ -185,7 +191,7 @@ def estimate_llc(
     data: Any,
     loss_fn: Callable[..., Tensor],
     *,
-    step_size: float = 1e-4,
+    step_size: float = 2e-5,
     localization: float = 100.0,
     nbeta: float | None = None,
     num_chains: int = 4,
@@ -246,7 +252,7 @@ def estimate_llc(
         progress: show a progress bar.
     """
     start = time.perf_counter()
-    _positive("step_size", step_size, "try 1e-4 and calibrate from there.")
+    _positive("step_size", step_size, "try 2e-5 and calibrate from there.")
     if not isinstance(localization, numbers.Real) or not math.isfinite(localization) or localization < 0:
         raise ValueError(f"localization must be a finite number ≥ 0, got {localization!r}.")
     if nbeta is not None:
