@@ -7,6 +7,7 @@ estimate raise KeyboardInterrupt), then run again as a real subprocess, which mu
 the three unfinished checkpoints and write the table, the stages and the plot. A TOML file with the
 same setting must then find every checkpoint in the cache (the same setting, so the same results).
 The sampler setting is tiny (2 chains × 20 draws): this tests the plumbing, not the numbers.
+A local Hugging Face folder (a tiny GPT-2 written by the test) also serves as the architecture.
 """
 
 import csv
@@ -122,3 +123,29 @@ def test_bad_invocations_say_what_to_do(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="no checkpoint files"):
         cli.main(["trajectory", str(tmp_path), "--model", "lambdahat.models:tiny_transformer",
                   "--data", str(run_dir / "corpus.txt"), "--out", str(tmp_path / "o"), "--no-progress"])
+
+
+def test_hugging_face_folder_as_the_architecture(run_dir, tmp_path):
+    """--hf DIR: each checkpoint (a state dict) loads into a copy of the folder's model."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=256, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(config)
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "ckpts").mkdir()
+    for step in (0, 10, 20):
+        with torch.no_grad():
+            gpt2.lm_head.weight.mul_(1.1)  # three different checkpoints of the same architecture
+        torch.save(gpt2.state_dict(), tmp_path / "ckpts" / f"step_{step}.pt")
+    text = (run_dir / "corpus.txt").read_text()[:4000]
+    (tmp_path / "small.txt").write_text(text)
+    out = tmp_path / "out"
+    argv = ["trajectory", str(tmp_path / "ckpts"), "--hf", str(tmp_path / "gpt2"), "--data", str(tmp_path / "small.txt"),
+            "--seq-len", "16", "--out", str(out), "--no-progress", "--no-cache", "--json",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in {**SETTINGS, "num_draws": 5, "num_burnin_steps": 0}.items()]]
+    assert cli.main(argv) == 0
+    with (out / "trajectory.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [0, 10, 20]
+    assert len({r["init_loss"] for r in rows}) == 3  # each row measured its own checkpoint
+    assert not list(out.glob("cache"))
