@@ -105,20 +105,29 @@ def add_setting_arguments(group) -> None:
     group.add_argument("--train-mode", action="store_true", default=None, help="sample in train mode (dropout on)")
 
 
-def read_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The TOML file (if any) overlaid with the flags that were given."""
+def load_config(
+    args: argparse.Namespace, input_keys: tuple[str, ...], command: str, sections: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """(inputs, estimate_llc settings, {section: table}) from the ``--config`` TOML file, if any,
+    overlaid with the flags that were given (flags win). Settings may sit at the top level or
+    under ``[estimate]``."""
     config: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
         try:
             config = tomllib.loads(Path(args.config).read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
-            raise SystemExit(f"lambdahat: error: cannot read --config {args.config}: {err}") from None
+            raise SystemExit(f"lambdahat {command}: error: cannot read --config {args.config}: {err}") from None
     settings = dict(config.pop("estimate", {}))
-    unknown = sorted(set(config) - set(_INPUT_KEYS) - set(SETTING_FLAGS) - {"train_mode"})
+    tables = {name: dict(config.pop(name, {})) for name in sections}
+    unknown = sorted(set(config) - set(input_keys) - set(SETTING_FLAGS) - {"train_mode"})
     if unknown:
-        raise SystemExit(f"lambdahat: error: unknown key(s) {unknown} in {args.config}; known: {sorted(_INPUT_KEYS + tuple(SETTING_FLAGS))}.")
+        raise SystemExit(
+            f"lambdahat {command}: error: unknown key(s) {unknown} in {args.config}; known: {sorted(input_keys)}, "
+            f"sampler settings {sorted(SETTING_FLAGS)} (or under [estimate])"
+            + "".join(f" and [{name}]" for name in sections) + "."
+        )
     settings.update({k: config.pop(k) for k in list(config) if k in SETTING_FLAGS or k == "train_mode"})
-    for key in _INPUT_KEYS:
+    for key in input_keys:
         value = getattr(args, key, None)
         if value is not None:
             config[key] = str(value) if isinstance(value, Path) else value
@@ -126,6 +135,12 @@ def read_config(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
+    return config, settings, tables
+
+
+def read_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The TOML file (if any) overlaid with the flags that were given."""
+    config, settings, _ = load_config(args, _INPUT_KEYS, "estimate")
     config["estimate"] = settings
     return config
 

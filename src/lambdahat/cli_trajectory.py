@@ -11,11 +11,10 @@ import argparse
 import copy
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from .cli_estimate import SETTING_FLAGS, add_setting_arguments, resolve_inputs
+from .cli_estimate import SETTING_FLAGS, add_setting_arguments, load_config, resolve_inputs
 
 __all__ = ["add_parser", "read_config", "STAGE_FLAGS"]
 
@@ -124,32 +123,10 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def read_config(args: argparse.Namespace) -> dict[str, Any]:
     """The TOML file (if any) overlaid with the flags that were given: inputs at the top level,
     estimate_llc settings under ``estimate``, detect_stages options under ``stages``."""
-    config: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            config = tomllib.loads(Path(args.config).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise SystemExit(f"lambdahat trajectory: error: cannot read --config {args.config}: {err}") from None
-    settings = dict(config.pop("estimate", {}))
-    stage_options = dict(config.pop("stages", {}))
-    unknown = sorted(set(config) - set(_INPUT_KEYS) - set(SETTING_FLAGS) - {"train_mode"})
-    if unknown:
-        raise SystemExit(f"lambdahat trajectory: error: unknown key(s) {unknown} in {args.config}; known: "
-                         f"{sorted(_INPUT_KEYS)}, sampler settings {sorted(SETTING_FLAGS)} (or under [estimate]) "
-                         "and [stages].")
-    settings.update({k: config.pop(k) for k in list(config) if k in SETTING_FLAGS or k == "train_mode"})
-    if "log_steps" in config:
+    config, settings, tables = load_config(args, _INPUT_KEYS, "trajectory", sections=("stages",))
+    stage_options = tables["stages"]
+    if "log_steps" in config:  # a top-level key or the flag (which load_config already laid over it)
         stage_options["log_steps"] = config.pop("log_steps")
-    for key in _INPUT_KEYS:
-        value = getattr(args, key, None)
-        if value is not None:
-            config[key] = str(value) if isinstance(value, Path) else value
-    for key in (*SETTING_FLAGS, "train_mode"):
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    if args.log_steps is not None:
-        stage_options["log_steps"] = args.log_steps
     for key in STAGE_FLAGS:
         value = getattr(args, key, None)
         if value is not None:
