@@ -36,7 +36,6 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import lambdahat as lh
 from lambdahat import losses, tasks, truth
@@ -223,30 +222,6 @@ def test_mala_on_linear_networks(kind, widths, rank, record_known_answer):
 # ---------------------------------------------------------------- MALA (exact) vs SGLD on a ReLU MLP
 
 
-def relu_teacher_student(n=5000, d_in=4, hidden=16, noise=1.0, seed=0):
-    """A one-hidden-layer ReLU MLP (d_in → hidden → 1, biases; d = 97 weights for 4-16-1) at a
-    random teacher of the same shape, which is also w*; inputs x ~ N(0, I), targets
-    y = teacher(x) + noise · N(0, 1); loss ½ (y − f(x))² (losses.gaussian_nll). Weights
-    N(0, 1/fan_in), biases N(0, 0.25). w* is a true parameter but not the minimum of L_n (the
-    noise moves that by O(1/√n)); both samplers target the same localised posterior regardless."""
-    gen = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-    with torch.no_grad():
-        for layer in (model[0], model[2]):
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / math.sqrt(layer.in_features))
-            layer.bias.copy_(0.5 * torch.randn(layer.bias.shape, generator=gen))
-        x = torch.randn(n, d_in, generator=gen)
-        y = model(x) + noise * torch.randn(n, 1, generator=gen)
-    return model, (x, y)
-
-
-def _standard_error(result):
-    """The larger of the MCSE and the between-chain standard error. With minibatch losses the
-    white batch-to-batch noise can push the split-chain ESS above the number of draws, and the
-    MCSE then misses the slow part of the chain; the spread of the chains does not."""
-    return max(result.llc_mcse, result.llc_std / math.sqrt(len(result.llc_per_chain)))
-
-
 @pytest.mark.slow
 def test_mala_and_sgld_agree_on_a_relu_teacher_student(record_known_answer):
     """4-16-1 ReLU MLP, n = 5,000, σ = 1, at the library's default nβ = n / log n ≈ 587 and γ = 100:
@@ -256,7 +231,8 @@ def test_mala_and_sgld_agree_on_a_relu_teacher_student(record_known_answer):
     The SGLD step is 10× below MALA's because SGLD's bias on a ReLU net is larger than its
     quadratic Euler estimate: at n = 2,000, ε = 1e-4–2e-4 (acceptance 0.98) SGLD sat 10% above
     MALA in four runs, while a tanh net of the same shape agreed to 0.4% (docs/samplers.md)."""
-    model, data = relu_teacher_student()
+    task = tasks.relu_teacher_student(n=5000)
+    model, data = task.model, task.data
     common = dict(localization=100.0, nbeta=None, num_chains=4, seed=0, progress=False)
     exact = lh.estimate_llc(model, data, losses.gaussian_nll, sampler="mala", step_size=5e-4, num_draws=2000, num_burnin_steps=2000, **common)
     sgld = lh.estimate_llc(
@@ -265,10 +241,10 @@ def test_mala_and_sgld_agree_on_a_relu_teacher_student(record_known_answer):
     record_known_answer("relu 4-16-1 teacher–student n=5000 [sgld vs mala]", exact.llc_mean, sgld, "exact MALA, same nβ and γ")
     accept = float(np.nanmean(exact.trace.draws("mala_accept")))
     assert 0.5 < accept < 0.9, accept
-    se = math.hypot(_standard_error(exact), _standard_error(sgld))
+    se = math.hypot(exact.llc_mcse, sgld.llc_mcse)
     diff = sgld.llc_mean - exact.llc_mean
     message = (
-        f"SGLD {sgld.llc_mean:.3f} ± {_standard_error(sgld):.3f} vs MALA {exact.llc_mean:.3f} ± {_standard_error(exact):.3f} "
+        f"SGLD {sgld.llc_mean:.3f} ± {sgld.llc_mcse:.3f} vs MALA {exact.llc_mean:.3f} ± {exact.llc_mcse:.3f} "
         f"({diff / exact.llc_mean:+.1%}; 4 combined SE = {4 * se:.3f})"
     )
     assert abs(diff) <= Z * se and abs(diff) <= 0.10 * exact.llc_mean, message

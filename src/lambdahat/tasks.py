@@ -7,6 +7,7 @@ is downloaded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,18 +24,20 @@ __all__ = [
     "normal_crossing",
     "quasi_homogeneous",
     "linear_regression",
+    "relu_teacher_student",
 ]
 
 
 @dataclass
 class Task:
-    """A model at w*, its data and loss, and the true learning coefficient there."""
+    """A model at w*, its data and loss, and the true learning coefficient there (None when no
+    exact value is known, as for the ReLU teacher–student: compare samplers with exact MALA)."""
 
     name: str
     model: nn.Module
     data: Any
     loss_fn: Callable[..., Tensor]
-    truth: truth.LearningCoefficient
+    truth: truth.LearningCoefficient | None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -191,3 +194,24 @@ def linear_regression(dim: int = 10, n: int = 1000, seed: int = 0) -> Task:
     eig = torch.linalg.eigvalsh(x.T @ x / n)
     info = {"hessian_eigenvalues": eig.tolist()}
     return Task(f"linear regression d={dim}", model, (x, y), losses.gaussian_nll, truth.regular(dim), info)
+
+
+def relu_teacher_student(n: int = 5000, d_in: int = 4, hidden: int = 16, noise: float = 1.0, seed: int = 0) -> Task:
+    """A one-hidden-layer ReLU MLP (d_in → hidden → 1, with biases; d = 97 for 4-16-1) at a random
+    teacher of the same shape, which is also w*; x ~ N(0, I), y = teacher(x) + noise · N(0, 1),
+    loss ½ (y − f(x))². Weights N(0, 1/fan_in), biases N(0, 0.25).
+
+    No exact λ is known (``truth`` is None): this is the task on which Lau et al. (arXiv
+    2308.12108) compare SGLD with exact MALA. w* is a true parameter but not the minimum of L_n
+    (the noise moves that by O(1/√n)); every sampler targets the same localised posterior anyway.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / math.sqrt(layer.in_features))
+            layer.bias.copy_(0.5 * torch.randn(layer.bias.shape, generator=gen))
+        x = torch.randn(n, d_in, generator=gen)
+        y = model(x) + noise * torch.randn(n, 1, generator=gen)
+    d = sum(p.numel() for p in model.parameters())
+    return Task(f"relu {d_in}-{hidden}-1 teacher-student n={n}", model, (x, y), losses.gaussian_nll, None, {"num_params": d})
