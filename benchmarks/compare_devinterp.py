@@ -195,7 +195,7 @@ def fmt(value: float, digits: int = 3) -> str:
 
 def targets(results: dict[str, dict[str, dict]], ref: str) -> list[str]:
     """Issue 4's targets, read off this run (lambdahat = the default call)."""
-    lines = [f"(lambdahat = the default call; times are the fastest of the repeats)"]
+    lines = ["(lambdahat = the default call; times are the fastest of the repeats)"]
 
     def t(key, tool):
         r = results.get(key, {}).get(tool)

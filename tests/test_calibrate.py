@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import lambdahat as lh
-from lambdahat import tasks, truth
+from lambdahat import tasks
 from lambdahat.calibrate import LENGTH_CHECKS, SETTING_CHECKS, CalibrationResult, calibrate
 
 # 200 steps per chain: the sampler records the MALA acceptance every 50 steps, so fewer would leave

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 

@@ -35,7 +35,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-import torch
 
 import lambdahat as lh
 from lambdahat import losses, tasks, truth

@@ -147,7 +147,7 @@ def read_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def resolve_inputs(config: dict[str, Any]):
     """(model, data, loss_fn, truth or None, sampled_params or None) from the inputs in ``config``."""
-    from . import datafiles, losses, models, tasks
+    from . import datafiles, losses, models
 
     sources = [k for k in ("model", "hf", "task") if config.get(k)]
     if len(sources) != 1:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_estimate import SETTING_FLAGS, add_setting_arguments, load_config, resolve_inputs
+from .cli_estimate import add_setting_arguments, load_config, resolve_inputs
 
 __all__ = ["add_parser", "read_config", "STAGE_FLAGS"]
 

@@ -6,7 +6,6 @@ ids, e.g. a Hugging Face tokenizer), else byte-level (ids 0–255, for a vocabul
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
