@@ -205,9 +205,19 @@ def estimate_settings(config: dict[str, Any]) -> dict[str, Any]:
     return dict(config.get("estimate", {}))
 
 
-def run(args: argparse.Namespace) -> int:
+def set_threads(requested: int | None, model) -> None:
+    """Torch intra-op threads for a command: as requested, else 1 for a model under 1M weights,
+    which gains nothing from more and loses up to 20× when the cores are shared (measured on 2)."""
     import torch
 
+    threads = requested
+    if threads is None and sum(p.numel() for p in model.parameters()) < 1_000_000:
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> int:
     from .estimate import estimate_llc
 
     config = read_config(args)
@@ -215,11 +225,7 @@ def run(args: argparse.Namespace) -> int:
     settings = estimate_settings(config)
     if sampled is not None:
         settings["sampled_params"] = sampled
-    threads = args.threads
-    if threads is None and sum(p.numel() for p in model.parameters()) < 1_000_000:
-        threads = 1  # small models gain nothing from more, and lose up to 20× when cores are shared
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(args.threads, model)
     try:
         result = estimate_llc(model, data, loss_fn, progress=not (args.no_progress or args.json), **settings)
     except (ValueError, TypeError) as err:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_estimate import add_setting_arguments, load_config, resolve_inputs
+from .cli_estimate import add_setting_arguments, load_config, resolve_inputs, set_threads
 
 __all__ = ["add_parser", "read_config", "STAGE_FLAGS"]
 
@@ -136,8 +136,6 @@ def read_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from .trajectory import trajectory
 
     config = read_config(args)
@@ -153,11 +151,7 @@ def run(args: argparse.Namespace) -> int:
     def make_model():  # a fresh copy of the factory's (or folder's) model for each checkpoint
         return copy.deepcopy(template)
 
-    threads = args.threads
-    if threads is None and sum(p.numel() for p in template.parameters()) < 1_000_000:
-        threads = 1  # small models gain nothing from more threads, and lose a lot when cores are shared
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(args.threads, template)
     out = Path(config.get("out") or "trajectory")
     out.mkdir(parents=True, exist_ok=True)
     cache = None if args.no_cache else Path(config.get("cache_dir") or out / "cache")
