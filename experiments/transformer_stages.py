@@ -1,0 +1,367 @@
+"""The LLC of a small transformer language model over training, and the stages it marks.
+
+Claim (Hoogland et al., "The developmental landscape of in-context learning" / "Loss landscape
+degeneracy and stagewise development in transformers", arXiv 2402.02364): the local learning
+coefficient applies to transformer language models, and the critical points of λ̂(w_t) along
+training (where its slope vanishes) divide training into developmental stages, which line up with
+changes in what the model computes (bigrams, then induction heads, ...).
+
+Protocol: a 2-layer attention-only :class:`lambdahat.models.TinyTransformer` trained with AdamW on
+the bytes of CPython's ``pydoc_data.topics`` (a fixed held-out split), checkpoints on a log-spaced
+schedule; one sampler setting for every checkpoint, chosen by :func:`lambdahat.calibrate` on an
+early and the last checkpoint; then :func:`lambdahat.trajectory`, :func:`lambdahat.detect_stages`
+(on log step) and :func:`lambdahat.plot.plot_trajectory`. Alongside λ̂ we record the train and
+held-out loss and an induction probe: the loss on the second copy of a repeated random string,
+which only an induction-like mechanism (copy what followed this token last time) can push below
+the loss on the first copy (Olsson et al. 2022, "In-context learning and induction heads").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import lambdahat as lh
+from lambdahat.calibrate import SETTING_CHECKS
+from lambdahat.datafiles import byte_tokens, python_docs_text, token_windows
+from lambdahat.models import TinyTransformer, load_weights
+
+from ._common import REPO, markdown_table, parse
+
+NAME = "transformer_stages"
+TITLE = "Developmental stages of a transformer language model"
+#: The model of docs/trajectory.md: 2 layers, attention only, d_model 32, 4 heads (26,304 weights).
+MODEL = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4, seq_len=32, attention_only=True)
+NBETA = 30.0  # the paper family's nβ for 2-layer attention-only LMs (REFERENCE §3.7)
+HELD_OUT = 0.1
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much to train and how long to sample."""
+
+    train_steps: int
+    checkpoints: tuple[int, ...]
+    train_batch: int
+    lr: float
+    calibrate: bool
+    num_chains: int
+    num_burnin_steps: int
+    num_draws: int
+    sgld_batch: int
+
+
+FULL = Size(
+    train_steps=4000,
+    checkpoints=(0, 10, 20, 35, 50, 75, 100, 150, 200, 300, 400, 550, 750, 1000, 1400, 2000, 2800, 4000),
+    train_batch=64, lr=3e-3, calibrate=True, num_chains=4, num_burnin_steps=200, num_draws=400, sgld_batch=16,
+)
+QUICK = Size(
+    train_steps=400, checkpoints=(20, 100, 400), train_batch=32, lr=3e-3, calibrate=False,
+    num_chains=2, num_burnin_steps=100, num_draws=150, sgld_batch=16,
+)
+#: The setting for the quick run (which has no time to calibrate): nβ and γ of the paper family,
+#: ε as the full run's calibration chose it (docs/results/transformer_stages.md).
+QUICK_SETTING = dict(step_size=2.5e-4, nbeta=NBETA, localization=100.0)
+
+
+# --- data and model -------------------------------------------------------------------------
+
+
+def corpus(seq_len: int = MODEL["seq_len"], seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Byte windows of the pydoc topics, (N, seq_len + 1), split once at random into train and held out."""
+    windows = token_windows(byte_tokens(python_docs_text()), seq_len)
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
+    cut = int(round((1 - HELD_OUT) * len(windows)))
+    return windows[order[:cut]], windows[order[cut:]]
+
+
+def make_model() -> TinyTransformer:
+    return TinyTransformer(**MODEL)
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, windows: Tensor, batch: int = 1024) -> float:
+    """L = mean over windows and positions of −log p(x_{t+1} | x_{≤t}), in eval mode."""
+    model.eval()
+    total = sum(lh.losses.next_token(model, windows[i : i + batch]).item() * len(windows[i : i + batch])
+                for i in range(0, len(windows), batch))
+    return total / len(windows)
+
+
+@torch.no_grad()
+def induction_probe(model: torch.nn.Module, num: int = 512, half: int = 16, seed: int = 1234) -> tuple[float, float]:
+    """Loss on the first and on the second copy of a random lowercase string repeated twice.
+
+    The first copy is unpredictable beyond letter frequencies; the second is predictable only by
+    looking back for the current letter and copying its successor (an induction head, Olsson et
+    al. 2022). Positions 1..half−2 score the first copy, half..2·half−1 the second.
+    """
+    g = torch.Generator().manual_seed(seed)
+    letters = torch.randint(ord("a"), ord("z") + 1, (num, half), generator=g)
+    seqs = torch.cat([letters, letters, letters[:, :1]], dim=1)  # (num, 2·half + 1)
+    model.eval()
+    logits = model(seqs[:, :-1])
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), seqs[:, 1:], reduction="none")
+    return float(nll[:, 1 : half - 1].mean()), float(nll[:, half : 2 * half].mean())
+
+
+# --- training (cached) ----------------------------------------------------------------------
+
+
+def train(size: Size, train_windows: Tensor, folder: Path, seed: int = 0) -> tuple[list[tuple[int, Path]], list[float]]:
+    """AdamW (weight decay 0.05, as Hoogland et al.) on minibatches of train windows; a state dict
+    at each step of ``size.checkpoints``. Returns the checkpoints and the minibatch loss of every
+    step. Reuses a folder that holds the same run (keyed by its configuration)."""
+    config = dict(model=MODEL, steps=size.train_steps, checkpoints=size.checkpoints, batch=size.train_batch,
+                  lr=size.lr, seed=seed, n=len(train_windows))
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    folder = folder / f"train_{key}"
+    paths = [(s, folder / f"step_{s:06d}.pt") for s in size.checkpoints]
+    log = folder / "losses.json"
+    if log.is_file() and all(p.is_file() for _, p in paths):
+        return paths, json.loads(log.read_text())["losses"]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=size.lr, weight_decay=0.05)
+    g = torch.Generator().manual_seed(seed + 1)
+    losses: list[float] = []
+    wanted = dict(paths)
+    for step in range(size.train_steps + 1):
+        if step in wanted:
+            torch.save(model.state_dict(), wanted[step])
+        if step == size.train_steps:
+            break
+        model.train()
+        batch = train_windows[torch.randint(len(train_windows), (size.train_batch,), generator=g)]
+        loss = lh.losses.next_token(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    log.write_text(json.dumps({"config": config, "losses": losses}))
+    return paths, losses
+
+
+def load(path: Path) -> TinyTransformer:
+    return load_weights(make_model(), path)
+
+
+# --- the sampler setting --------------------------------------------------------------------
+
+
+def choose_setting(size: Size, paths: list[tuple[int, Path]], train_windows: Tensor, scratch: Path) -> dict[str, Any]:
+    """One (ε, nβ, γ) for every checkpoint, by lh.calibrate on an early and the last checkpoint.
+
+    nβ is fixed at the paper family's 30; γ ∈ {10, 100}, ε ∈ {1e-4, 1e-3, 1e-2} coarse, then the
+    calibration's own refinement (module docstring of lambdahat.calibrate). If no setting passes
+    every setting check on both checkpoints, the fallback is the paper family's γ = 100 with the
+    largest ε that passes every setting check but localisation (said in the results)."""
+    if not size.calibrate:
+        return dict(QUICK_SETTING, source="fixed for the quick run")
+    early = next(s for s, _ in paths if s >= 100)
+    last = paths[-1][0]
+    chosen = {s: p for s, p in paths if s in (early, last)}
+    options = dict(step_sizes=(1e-4, 1e-3, 1e-2), nbetas=(NBETA,), localizations=(10.0, 100.0), num_chains=2,
+                   num_burnin_steps=300, num_draws=200, batch_size=size.sgld_batch, seed=0)
+    key = hashlib.sha256(json.dumps({"options": options, "ckpts": {str(s): hashlib.sha256(p.read_bytes()).hexdigest()
+                                                                   for s, p in chosen.items()}},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    cache = scratch / f"calibration_{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    models = {f"step {s}": load(p) for s, p in chosen.items()}
+    result = lh.calibrate(models, train_windows, lh.losses.next_token, progress=True, **options)
+    if result.recommended is not None:
+        rec = result.recommended
+        setting = dict(step_size=rec["step_size"], nbeta=rec["nbeta"], localization=rec["localization"],
+                       advised_draws=rec["num_draws"], source="lh.calibrate's recommendation")
+    else:
+        setting = _fallback(result.rows)
+    setting.update(table=result.table(), rule=result.rule, calibrated_on=sorted(chosen), seconds=sum(
+        r["seconds"] for r in result.rows if r["seconds"] is not None))
+    cache.write_text(json.dumps(setting, indent=1))
+    return setting
+
+
+def _fallback(rows: list[dict]) -> dict[str, Any]:
+    """γ = 100 and the largest ε sound on every model when localisation is not counted."""
+    others = [c for c in SETTING_CHECKS if c != "localization"]
+    by_eps: dict[float, bool] = {}
+    for row in rows:
+        if row["stage"] == "control" or row["localization"] != 100.0:
+            continue
+        failed = set(filter(None, (row["failed"] or "").split(";")))
+        by_eps[row["step_size"]] = by_eps.get(row["step_size"], True) and not (failed & set(others))
+    sound = [eps for eps, ok in by_eps.items() if ok]
+    if not sound:
+        raise RuntimeError("calibration found no usable step size at γ = 100; see its table.")
+    return dict(step_size=max(sound), nbeta=NBETA, localization=100.0, advised_draws=None,
+                source="fallback: no setting passed the localisation check; γ = 100 as the paper family, "
+                       "largest ε passing the other setting checks")
+
+
+# --- the experiment -------------------------------------------------------------------------
+
+
+def extra(parser) -> None:
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="folder for checkpoints and caches (default: experiments/out/transformer_stages_scratch, "
+                             "or OUT/transformer_stages_scratch with --quick)")
+
+
+def main(argv=None) -> dict:
+    run, args = parse(NAME, __doc__.splitlines()[0], argv, extra)
+    size = QUICK if run.quick else FULL
+    scratch = args.scratch or ((run.out if run.quick else REPO / "experiments" / "out") / f"{NAME}_scratch")
+    scratch.mkdir(parents=True, exist_ok=True)
+    train_windows, held_out = corpus()
+    paths, train_curve = train(size, train_windows, scratch)
+    setting = choose_setting(size, paths, train_windows, scratch)
+    settings = dict(step_size=setting["step_size"], nbeta=setting["nbeta"], localization=setting["localization"],
+                    num_chains=size.num_chains, num_burnin_steps=size.num_burnin_steps, num_draws=size.num_draws,
+                    batch_size=size.sgld_batch, seed=0)
+    traj = lh.trajectory(paths, make_model, train_windows, lh.losses.next_token, settings,
+                         cache_dir=scratch / "llc_cache", progress=not run.quick,
+                         stage_options=dict(log_steps=True))
+    stages = traj.stages
+    rows = table_rows(traj, paths, held_out)
+    fig = traj.plot(title="2-layer attention-only transformer, pydoc bytes")
+    fig.savefig(run.figure_path(NAME), dpi=120)
+    loss_fig = plot_losses(train_curve, rows, stages)
+    loss_fig.savefig(run.figure_path(NAME + "_losses"), dpi=120)
+    summary = dict(
+        steps=[r["step"] for r in rows], llc=[r["llc"] for r in rows], mcse=[r["mcse"] for r in rows],
+        train_loss=[r["train_loss"] for r in rows], held_out_loss=[r["held_out"] for r in rows],
+        copy_loss=[r["copy_2"] for r in rows], healthy=[r["healthy"] for r in rows],
+        stages=stages.to_dict()["stages"] if stages is not None else [],
+        boundaries=stages.to_dict()["boundaries"] if stages is not None else [],
+        boundary_kinds=list(stages.kinds) if stages is not None else [],
+        setting={k: v for k, v in settings.items()}, setting_source=setting["source"],
+        num_windows=len(train_windows) + len(held_out), seconds=run.elapsed(),
+    )
+    (run.out / f"{NAME}.json").write_text(json.dumps(summary, indent=1, default=float))
+    print(traj)
+    print(markdown_table(rows, COLUMNS))
+    if not run.quick:
+        path = run.write_section(section(rows, traj, setting, settings, size, summary))
+        print(f"wrote {path}")
+    return summary
+
+
+COLUMNS = [("step", "step"), ("train_loss", "train loss L_n(w*)"), ("held_out", "held-out loss"),
+           ("copy_1", "1st-copy loss"), ("copy_2", "2nd-copy loss"), ("llc", "λ̂"), ("mcse", "± MCSE"),
+           ("health", "health")]
+
+
+def table_rows(traj, paths: list[tuple[int, Path]], held_out: Tensor) -> list[dict[str, Any]]:
+    """One row per checkpoint: the trajectory's λ̂ and health with held-out and probe losses."""
+    by_step = dict(paths)
+    rows = []
+    for row in traj.rows:
+        model = load(by_step[row["step"]])
+        first, second = induction_probe(model)
+        rows.append(dict(
+            step=row["step"], train_loss=row["init_loss"], held_out=mean_loss(model, held_out),
+            copy_1=first, copy_2=second, llc=row["llc_mean"], mcse=row["llc_mcse"], healthy=row["healthy"],
+            health="ok" if row["healthy"] else "fails " + ", ".join(row["failing"]),
+        ))
+    return rows
+
+
+def plot_losses(train_curve: list[float], rows: list[dict], stages):
+    """Training loss (running mean of the minibatch loss), held-out loss and the induction probe
+    against log step, with the λ̂ stage boundaries."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    curve = np.asarray(train_curve)
+    width = 25
+    smooth = np.convolve(curve, np.ones(width) / width, mode="valid")
+    ax.plot(np.arange(width, len(curve) + 1), smooth, color="0.5", lw=1, label=f"train minibatch loss ({width}-step mean)")
+    steps = np.array([r["step"] for r in rows], dtype=float)
+    ax.plot(steps, [r["held_out"] for r in rows], "o-", color="C2", ms=4, label="held-out loss")
+    ax.plot(steps, [r["copy_1"] for r in rows], "s--", color="C1", ms=4, label="repeated string: 1st copy")
+    ax.plot(steps, [r["copy_2"] for r in rows], "s-", color="C3", ms=4, label="repeated string: 2nd copy")
+    if stages is not None:
+        for i, b in enumerate(stages.boundaries):
+            ax.axvline(b, color="black", ls=":", lw=1.2, label="λ̂ stage boundary" if i == 0 else None)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (nats per byte)")
+    ax.legend(fontsize="small")
+    ax.set_title("Loss curves and induction probe, with the boundaries of the λ̂ stages")
+    return fig
+
+
+def section(rows, traj, setting, settings, size: Size, summary) -> str:
+    """The Markdown section (the closing paragraph is written from the numbers by hand, below)."""
+    stages = traj.stages
+    stage_lines = "\n".join(f"- {s.kind}: steps {s.start:.4g} to {s.end:.4g}" for s in stages.stages) if stages else "- none"
+    bounds = ", ".join(f"{b:.4g} ({k.replace('_', ' ')})" for b, k in zip(stages.boundaries, stages.kinds)) if stages else "none"
+    calib = setting.get("table", "")
+    advised = setting.get("advised_draws")
+    return f"""## {TITLE}
+
+**Claim** (Hoogland et al., arXiv 2402.02364): the LLC applies to transformer language models,
+and the critical points of λ̂ along training mark developmental stages, which line up with
+changes in behaviour (in their 2-layer attention-only LM: bigram statistics, then the formation of
+induction heads, with a bump in the loss curve).
+
+**Protocol.** `TinyTransformer` with 2 layers, attention only, d_model 32, 4 heads, context 32
+(26,304 weights), trained from one seed with AdamW (lr {size.lr:g}, weight decay 0.05, batch
+{size.train_batch}) for {size.train_steps:,} steps on the bytes of CPython's `pydoc_data.topics`,
+cut into {summary['num_windows']:,} windows of 33 bytes; a fixed random {HELD_OUT:.0%} of the windows is held
+out. {len(rows)} checkpoints on a log-spaced schedule ({', '.join(str(r['step']) for r in rows)}).
+λ̂ is estimated on the training windows with `lh.trajectory`, one setting for every checkpoint:
+ε = {settings['step_size']:.3g}, nβ = {settings['nbeta']:g}, γ = {settings['localization']:g},
+{settings['num_chains']} chains × ({settings['num_burnin_steps']} burn-in + {settings['num_draws']} draws),
+SGLD minibatch {settings['batch_size']}. Setting source: {setting['source']}, run on the checkpoints at
+steps {setting.get('calibrated_on')} with nβ fixed at 30 (the paper family's value), γ ∈ {{10, 100}}
+and ε ∈ {{1e-4, 1e-3, 1e-2}} coarse, 2 chains × (300 + 200) steps per run ({setting.get('seconds', 0):.0f} s).
+{f"The calibration advised {advised:,} draws per chain for an ESS of 400; the budget (25 min on one thread) allowed {settings['num_draws']}, so expect the rhat/ess checks to fail." if advised else ""}
+Stages: `lh.detect_stages` on log₁₀(step + 1) with its default thresholds (noise estimated
+from the curve). The induction probe: loss on the first and on the second copy of a random
+16-letter lowercase string repeated twice (512 strings); only copying from context lowers the
+second below the first.
+
+Calibration runs:
+
+```
+{calib}
+```
+
+| | |
+|---|---|
+| Stage boundaries (step, kind) | {bounds} |
+
+Stages:
+
+{stage_lines}
+
+{markdown_table(rows, COLUMNS)}
+
+![λ̂ over training with stages](figures/{NAME}.png)
+
+![loss curves and induction probe with the λ̂ stage boundaries](figures/{NAME}_losses.png)
+
+{READING}
+"""
+
+
+#: Filled in by hand from the full run's numbers.
+READING = "**Reading.** (to be written from the full run)"
+
+
+if __name__ == "__main__":
+    main()
