@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 import lambdahat as lh
 from lambdahat.tasks import Task, relu_teacher_student
@@ -62,7 +61,7 @@ class Size:
 
 
 FULL = Size(
-    ns=(100, 1000, 10_000, 100_000), num_chains=4, burnin_time=2 * TAU, draws_time=6 * TAU,
+    ns=(100, 1000, 10_000, 100_000), num_chains=4, burnin_time=2 * TAU, draws_time=8 * TAU,
     min_burnin=500, min_draws=1500, pilot_chains=2, pilot_burnin=150, pilot_draws=150,
 )
 QUICK = Size(
@@ -216,14 +215,15 @@ COLUMNS = [
 
 
 def figure(rows: list[dict[str, Any]], path) -> None:
-    """λ̂ vs n for both samplers (and SGLD's Richardson value), and wall time vs n."""
+    """λ̂ vs n for both samplers, SGLD's relative gap to MALA (raw and Richardson), and wall time vs n."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ns = np.array([r["n"] for r in rows], dtype=float)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    mala = np.array([r["mala"]["llc"] for r in rows])
+    fig, (ax, gx, bx) = plt.subplots(1, 3, figsize=(15, 4.2))
     for key, label, shift, style in (("mala", "MALA (exact, full batch)", 0.94, "o"),
                                      ("sgld", "SGLD at its ε", 1.0, "s")):
         ax.errorbar(ns * shift, [r[key]["llc"] for r in rows], yerr=[r[key]["mcse"] for r in rows],
@@ -233,6 +233,15 @@ def figure(rows: list[dict[str, Any]], path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="n", ylabel="λ̂ ± MCSE",
            title=f"ReLU 4-16-1 (d = {rows[0]['d']}), nβ = n/log n, γ = {GAMMA:g}")
     ax.legend(fontsize=8)
+    gx.axhline(0.0, color="k", lw=0.8)
+    gx.errorbar(ns, [r["diff"] for r in rows] / mala, yerr=SIGMAS * np.array([r["sigma"] for r in rows]) / mala,
+                fmt="s-", capsize=3, color="C1", label="SGLD at its ε")
+    rich_sigma = np.array([math.hypot(r["richardson_mcse"], r["mala"]["mcse"]) for r in rows])
+    gx.errorbar(ns * 1.08, (np.array([r["richardson"] for r in rows]) - mala) / mala, yerr=SIGMAS * rich_sigma / mala,
+                fmt="^", mfc="none", capsize=3, color="C2", label="SGLD, 2λ̂(ε) − λ̂(2ε)")
+    gx.set(xscale="log", xlabel="n", ylabel="(λ̂_SGLD − λ̂_MALA) / λ̂_MALA",
+           title=f"gap to exact MALA, bars ± {SIGMAS:g} combined MCSE")
+    gx.legend(fontsize=8)
     bx.plot(ns, [r["mala"]["wall"] for r in rows], "o-", label="MALA")
     bx.plot(ns, [r["sgld"]["wall"] for r in rows], "s-", label="SGLD")
     bx.set(xscale="log", yscale="log", xlabel="n", ylabel="wall time of the run (s, 1 thread)",
@@ -278,14 +287,15 @@ Richardson within 3 of its combined σ. "Example-grads" = chains × steps × exa
 batch × 1.02 for the acceptance diagnostic every 50 steps). "Time per ESS ratio" = MALA's wall time per
 effective draw over SGLD's.
 
-**Why this model and γ.** The paper's 10-20-20-10 MLP (~850 weights) costs ≈ 9× the 4-16-1 per
-example, and MALA's full-batch steps at n = 10⁵ already take ≈ 22 ms each here on one thread
-(~0.2 s for the bigger net: one 4-chain run of a few thousand steps would exceed the whole
-20-minute budget). γ = {GAMMA:g} (the library default) keeps the relaxation of the directions that
-only γ holds (ReLU rescalings, dead units) at 2/(εγ) steps: at n = 10⁵ with γ = 1 MALA would need
-~10⁵ full-batch steps. The cost: at n ≤ 10⁴ the prior, not the loss, confines part of the posterior
-(the `localization` check), so λ̂ there is far below d/2 and far from the paper's values; both
-samplers still target the same posterior, which is what this experiment compares.
+**Why this model and γ.** The paper's 10-20-20-10 MLP (~850 weights) has ≈ 9× the weights of the
+4-16-1, so ≈ 9× its cost per example; MALA's full-batch steps at n = 10⁵ already took ≈ 22 ms each
+here on one thread (so ≈ 0.2 s for the bigger net, estimated: one 4-chain run of a few thousand
+steps would exceed the whole 20-minute budget). γ = {GAMMA:g} (the library default) keeps the relaxation of the directions that
+only γ holds (ReLU rescalings, dead units) at 2/(εγ) steps: at n = 10⁵ with γ = 1 and MALA's ε, one
+such relaxation time alone would be ~7 × 10⁴ full-batch steps. The cost: at small n the prior, not the
+loss, confines part of the posterior (the `localization` check), so λ̂ there is far below d/2 and far
+from the paper's values; both samplers still target the same posterior, which is what this
+experiment compares.
 
 {table}
 
@@ -293,7 +303,85 @@ samplers still target the same posterior, which is what this experiment compares
 
 Failed health checks (MALA's acceptance is exempt from the `mala_accept` band, which is about
 SGLD's bias): {checks}.
+
+{reading(rows)}
 """
+
+
+def _listed(ns: list[int]) -> str:
+    return ", ".join(f"{n:,}" for n in ns) if ns else "none"
+
+
+def reading(rows: list[dict[str, Any]]) -> str:
+    """The honest reading, from the numbers (so a rerun cannot leave stale prose behind)."""
+    gaps = ", ".join(
+        f"{(r['diff'] / r['mala']['llc']):+.1%} ({r['z']:+.1f}σ) at n = {r['n']:,}" for r in rows
+    )
+    agree = [r["n"] for r in rows if r["agree"]]
+    disagree = [r["n"] for r in rows if not r["agree"]]
+    positive_bias = [r["n"] for r in rows if r["bias_2eps"] > 0]
+    rich_ok = [r["n"] for r in rows if r["agree_richardson"]]
+    worst_rich = max(abs(r["richardson_z"]) for r in rows)
+    accept = f"{min(r['sgld']['acceptance'] for r in rows):.2f}–{max(r['sgld']['acceptance'] for r in rows):.2f}"
+    times = ", ".join(
+        f"{r['time_ratio']:.1f}× ({r['time_per_ess_ratio']:.1f}× per effective draw) at n = {r['n']:,}" for r in rows
+    )
+    big = rows[-1]
+    worst = max(rows, key=lambda r: abs(r["diff"]) / r["mala"]["llc"])
+    worst_gap = worst["diff"] / worst["mala"]["llc"]
+    slow = [r["n"] for r in rows if r["time_ratio"] < 1.5]
+    eps_ratio = big["mala"]["step_size"] / big["sgld"]["step_size"]
+    step_ratio = (big["sgld"]["burnin"] + big["sgld"]["draws"]) / (big["mala"]["burnin"] + big["mala"]["draws"])
+    lo, hi = min(r["mala"]["llc"] for r in rows), max(r["mala"]["llc"] for r in rows)
+    local = [r["n"] for r in rows if "localization" in r["mala"]["failed"]]
+    fast = [r for r in rows if r["time_ratio"] >= 1.5]
+    # gaps that step doubling explains less than half of (Richardson then agrees only by its wider error)
+    weak = [r for r in rows if r["z"] > 1 and abs(r["bias_2eps"]) < 0.5 * r["diff"]]
+    verdict = (
+        f"**Verdict.** *Same λ̂ within noise:* held within 3 combined MCSE at n = {_listed(agree)}"
+        + (f", not at n = {_listed(disagree)}" if disagree else "")
+        + (
+            "; every gap has the same sign (SGLD high) and is consistent with SGLD's own O(ε) bias, which its "
+            "step doubling removes (the Richardson value agrees at every n"
+            + (
+                ", though at n = " + _listed([r["n"] for r in weak])
+                + " only within its wider error: there b̂ is less than half the gap)" if weak else ")"
+            )
+            if all(r["diff"] > 0 for r in rows) and len(rich_ok) == len(rows) else ""
+        )
+        + f". *Less time:* {big['time_ratio']:.1f}× at n = {big['n']:,} (the paper: 7–33×)"
+        + (f", rising from n = {fast[0]['n']:,}" if fast else "")
+        + (f", none at n = {_listed(slow)}" if slow else "")
+        + "."
+    )
+    lines = [
+        verdict,
+        "**Reading.** *Agreement.* SGLD − MALA: " + gaps + f". Within 3 combined MCSE at n = {_listed(agree)}; "
+        f"outside at n = {_listed(disagree)}. "
+        + (
+            "SGLD sits above MALA at every n, and its own step doubling says why: "
+            if all(r["diff"] > 0 for r in rows) else "SGLD's own step doubling measures its step-size bias: "
+        )
+        + f"λ̂(2ε) > λ̂(ε) at n = {_listed(positive_bias)}, and the Richardson value 2λ̂(ε) − λ̂(2ε), which "
+        f"removes the O(ε) part without looking at MALA, agrees with MALA at n = {_listed(rich_ok)} "
+        f"(largest |Δ|/σ {worst_rich:.1f}). So SGLD and exact MALA target the same λ̂ here, and what separates "
+        f"them is SGLD's discretisation bias at the step its acceptance rule allows: with MALA acceptances "
+        f"of its own steps of {accept} (healthy by the library's check) SGLD was up to {worst_gap:+.1%} off "
+        f"(n = {worst['n']:,}). The acceptance diagnostic sees the step's error on one minibatch; it does not bound "
+        "the bias of λ̂ on this piecewise-linear network (docs/samplers.md saw the same, ~10% at n = 2,000).",
+        f"*Time.* MALA's wall time over SGLD's: {times}. The speed-up grows with n because a MALA step costs "
+        f"n example-gradients and an SGLD step at most {MAX_BATCH}; no speed-up (< 1.5×) at n = {_listed(slow)} "
+        "(small batches: per-step overhead dominates; per effective draw MALA, at a larger ε, is then the cheaper). The paper reports 7–33× on a larger network; "
+        f"here the largest n gives {big['time_ratio']:.1f}× in wall time although SGLD, at a "
+        f"{eps_ratio:.0f}× smaller ε, ran {step_ratio:.0f}× the steps ({big['grad_ratio']:.0f}× fewer "
+        "example-gradients). Wall times come from a 2-core machine shared with other jobs (load average 2–6), so they are indicative only.",
+        f"*What differs from the paper.* A {rows[0]['d']}-weight one-hidden-layer net instead of the 10-20-20-10 MLP "
+        f"(cost, above), so λ̂ is {lo:.2g}–{hi:.3g}, not ~350, and at γ = {GAMMA:g} the `localization` check "
+        f"says the prior holds part of MALA's posterior at n = {_listed(local)}. Noise-free targets: a first attempt with unit-variance label noise gave SGLD an "
+        "irreducible error from the minibatch losses themselves (nβ·sd(L_B) ≈ 275 per draw at n = 10⁵, "
+        "±4.5 on λ̂ ≈ 10 from 4 × 1,000 draws), which would have made any agreement vacuous.",
+    ]
+    return "\n\n".join(lines)
 
 
 def summary(rows: list[dict[str, Any]], run) -> dict[str, Any]:
