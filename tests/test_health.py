@@ -182,3 +182,13 @@ def test_runaway_verdict_for_a_chain_that_climbs_without_nan():
         assert not r.diverged
     assert not verdicts[3.96].ok and "ran away" in verdicts[3.96].verdict and "lower step_size" in verdicts[3.96].verdict
     assert verdicts[0.5].ok
+
+
+def test_exact_mala_acceptance_is_judged_on_efficiency_not_bias():
+    # exact MALA at an acceptance near 0.75 is unbiased: SGLD's 0.8 floor must not fire on it
+    result = _run(_dln(), sampler="mala", step_size=3e-3, batch_size=None, num_draws=300, num_burnin_steps=100)
+    check = _by_name(result)["mala_accept"]
+    assert 0.2 < check.value < 0.8 and check.ok and "exact MALA" in check.verdict
+    stuck = _by_name(_run(_dln(), sampler="mala", step_size=1.0, batch_size=None, num_draws=100,
+                          num_burnin_steps=0))["mala_accept"]
+    assert not stuck.ok and stuck.value < 0.2 and "Lower step_size" in stuck.verdict
