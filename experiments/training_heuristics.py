@@ -75,7 +75,7 @@ FULL = Plan(train_steps=2000, seeds=(0, 1, 2), sweeps=SWEEPS, num_chains=4, num_
 #: Δλ̂ ≈ −33 on every seed, against a combined sampler MCSE of ≈ 4); learning rate and batch size
 #: (Δλ̂ ≈ −9 to −20 per seed) would need the full chains to be told from noise
 QUICK = Plan(train_steps=2000, seeds=(0, 1), sweeps={"momentum": [0.0, 0.9]},
-             num_chains=2, num_burnin=250, num_draws=300, calibrate=False)
+             num_chains=2, num_burnin=200, num_draws=250, calibrate=False)
 
 
 # ---------------------------------------------------------------- data and model
@@ -211,9 +211,12 @@ def choose_setting(models: dict[str, nn.Module], data: tuple[Tensor, Tensor]) ->
     rows = [{k: row[k] for k in ("stage", "model", "step_size", "localization", "llc", "mcse", "failed", "mala_accept")}
             for row in cal.rows]
     if cal.recommended is None:  # stated in the section, not hidden: the run goes on with the trial setting
-        return (dict(QUICK_SETTING), f"**no setting was sound on both models** ({cal.rule}), so the run "
-                f"falls back to ε = {QUICK_SETTING['step_size']:g}, γ = {QUICK_SETTING['localization']:g}, the "
-                "setting a trial calibration on the baseline alone recommended.", rows)
+        return (dict(QUICK_SETTING), f"**no setting was sound on both models** ({cal.rule.split(', e.g.')[0].strip()}; "
+                "table below), so the run falls back to "
+                f"ε = {QUICK_SETTING['step_size']:g}, γ = {QUICK_SETTING['localization']:g}: the setting an exploratory "
+                "`lh.calibrate` on an earlier baseline model (1,500 steps, no warm-up; γ ∈ {1, 30}) recommended, "
+                "with the warning that λ̂ still depended on ε; it is also the largest ε of the grid whose MALA "
+                "acceptance is ≥ 0.95 on both models.", rows)
     rec = cal.recommended
     return {"step_size": rec["step_size"], "localization": rec["localization"]}, cal.rule, rows
 
@@ -355,7 +358,7 @@ def reading(summary: dict[str, Any]) -> str:
             f"{'; monotone over the sweep' if d['llc_monotone'] else '; not monotone over the sweep'}. "
             f"Test accuracy moved by {acc:+.2f} ± {acc_sem:.2f} points ({acc_word})."
             + (f" {failed} of {len(summary['plan']['seeds'])} trainings at {d['strong']:g} failed (diverged or "
-               "collapsed; table) and are left out of the pairs." if failed else "")
+               "collapsed; table), so this pair rests on the remaining seeds." if failed else "")
         )
     control = summary.get("control")
     if control:
@@ -372,15 +375,24 @@ def reading(summary: dict[str, Any]) -> str:
                else "not small next to the knob effects above, so they are partly a training-length effect")
             + f" ({smallest:.1f})."
         )
-    losses = np.log([r["train_loss"] for r in summary["records"]])
-    llcs = np.array([r["llc"] for r in summary["records"]])
+    for knob, d in summary["directions"].items():
+        values, loss = summary["knobs"][knob]["values"], summary["knobs"][knob]["train_loss"]
+        strong, weak = loss[values.index(d["strong"])], loss[values.index(d["weak"])]
+        if d["llc_lower"] and strong > weak:
+            lines.append(
+                f"- The {KNOB_LABEL[knob]} sweep runs against the training-loss explanation: its strong end ends at the "
+                f"higher train loss ({strong:.1e} at {d['strong']:g} against {weak:.1e} at {d['weak']:g}) and still at "
+                "the lower λ̂."
+            )
+    measured = [r for r in summary["records"] if math.isfinite(r["llc"])]
+    losses = np.log([r["train_loss"] for r in measured])
+    llcs = np.array([r["llc"] for r in measured])
     rho = float(np.corrcoef(np.argsort(np.argsort(losses)), np.argsort(np.argsort(llcs)))[0, 1])
     summary["spearman_train_loss_llc"] = rho
     lines.append(f"- Across all {len(llcs)} models, the rank correlation of λ̂ with the final train loss is {rho:+.2f}.")
     robust = epsilon_robustness(summary.get("calibration_rows", []))
     if robust:
         lines.append(robust)
-    measured = [r for r in summary["records"] if math.isfinite(r["llc"])]
     unconverged = sum("convergence" in r["failed"] for r in measured)
     if unconverged:
         lines.append(
@@ -390,10 +402,17 @@ def reading(summary: dict[str, Any]) -> str:
             "for every model, rather than a plateau value."
         )
     if "WARNING" in summary["calibration_rule"] or "no setting was sound" in summary["calibration_rule"]:
+        growth = []
+        for model in dict.fromkeys(r["model"] for r in summary.get("calibration_rows", [])):
+            llc = {r["step_size"]: r["llc"] for r in summary["calibration_rows"]
+                   if r["model"] == model and r["stage"] != "control" and r["llc"] is not None and math.isfinite(r["llc"])}
+            if len(llc) > 1 and llc[min(llc)] > 0:
+                growth.append(f"{llc[max(llc)] / llc[min(llc)]:.1f}× for the {model} model from ε = {min(llc):.2g} "
+                              f"to {max(llc):.2g}")
         lines.append(
-            "- The calibration warned that λ̂ still depends on ε at the chosen setting (its rule above): the "
-            "absolute values are those of this one setting, and only the comparison between models, all "
-            "measured with it, is the result."
+            f"- λ̂ depends on ε here (calibration table: {'; '.join(growth) or 'see the rule'}), "
+            "so no value above is *the* LLC of its network: the absolute values belong to this one setting and "
+            "chain length, and only the comparison between models, all measured with it, is the result."
         )
     return "\n".join(lines)
 
@@ -504,7 +523,7 @@ batch, momentum — and test accuracy is higher alongside.
 at 8×8 with 8 channels, a stride-2 conv, one residual block at 4×4 with 16 channels, global average
 pooling, linear head; {weights} weights; no BatchNorm, a zero-initialised residual scale instead)
 trained with plain SGD (a linear learning-rate warm-up over the first 200 steps, as ResNets usually
-are; without it, learning rate 0.2 diverged on one seed, and with it learning rate 0.2 still collapsed
+are: without it, learning rate 0.2 diverged on one seed of a trial run; with it, 0.2 still collapsed
 to a constant output on one of three seeds, so the sweep stops at 0.15), no weight decay, on scikit-learn's `load_digits` (fixed stratified split:
 {n_train} training, {n_test} test images). Baseline: learning rate 0.05, batch 32, no momentum; each
 sweep changes one knob. Every model trains for the **same number of SGD steps, {steps}**: same
@@ -533,6 +552,9 @@ every health check of the library.
 {directions}
 
 ![λ̂ and test accuracy against each training knob]({figure})
+
+*Top: λ̂ (mean ± sd over seeds; grey dots: single seeds); bottom: test accuracy (mean ± sd). Each
+column changes one knob, the others stay at the baseline (lr 0.05, batch 32, no momentum).*
 
 {reading}
 """
@@ -584,7 +606,8 @@ def main(argv=None) -> dict[str, Any]:
             continue
         result = measure(model, train_data, setting, plan, record["seed"])
         record.update(llc=result.llc_mean, llc_mcse=result.llc_mcse, healthy=bool(result.healthy),
-                      failed=[c.name for c in result.checks if not c.ok])
+                      failed=[c.name for c in result.checks if not c.ok],
+                      mala_accept=next((float(c.value) for c in result.checks if c.name == "mala_accept"), None))
         print(f"λ̂ {record['lr']}, {record['batch']}, {record['momentum']}, seed {record['seed']}, {record['steps']} steps: "
               f"{result.llc_mean:.1f} ± {result.llc_mcse:.1f} {record['failed'] or 'healthy'} "
               f"({time.perf_counter() - start:.0f}s)", flush=True)

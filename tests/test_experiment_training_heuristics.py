@@ -11,10 +11,13 @@ def test_training_heuristics_quick(tmp_path):
     assert (tmp_path / "training_heuristics.md").exists()
     assert (tmp_path / "training_heuristics.png").exists()
     for record in summary["records"]:
-        # every quick model fits its training set, and its estimate is finite and non-negative; the
-        # chain-length checks (convergence, R-hat, ESS) fail on the full run's estimates too (its section)
+        # every quick model fits its training set, and its estimate is finite, non-negative and not
+        # biased by too large a step; the chain-length checks (convergence, R-hat, ESS) fail on the full
+        # run's estimates too (its section), and a MALA acceptance above the band only marks a slow step
         assert record["train_acc"] == 1.0, record
-        assert set(record["failed"]) <= {"convergence", "rhat", "ess"}, record
+        assert set(record["failed"]) <= {"convergence", "rhat", "ess", "mala_accept"}, record
+        if "mala_accept" in record["failed"]:
+            assert record["mala_accept"] > 0.99, record
 
     momentum = summary["directions"]["momentum"]
     # Paired by seed (same initial weights and batch order): on every seed, momentum 0.9 ends at a
