@@ -136,7 +136,9 @@ def test_executor_gives_the_sequential_numbers(ckpt_dir):
     # chain_mode="sequential" steps each chain alone, as an executor task does: bit for bit equal
     # (a vectorised run equals it to float rounding only)
     sequential = _run(ckpt_dir, settings=dict(chain_mode="sequential"))
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork")) as pool:
+    # spawn, not fork: a fork taken while another thread holds one of torch's locks (seen: the lazy-init
+    # lock under torch.manual_seed) leaves the worker deadlocked; spawned workers start clean
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         parallel = _run(ckpt_dir, executor=pool, checkpoints_in_flight=3, settings=dict(chain_mode="sequential"))
     for a, b in zip(sequential.rows, parallel.rows):
         assert a["step"] == b["step"] and a["llc_mean"] == b["llc_mean"] and a["llc_mcse"] == b["llc_mcse"]
