@@ -439,15 +439,16 @@ def reading(rows: list[Row], reduced: list[Row], summary: dict) -> str:
         + f" Spearman over all networks {summary['spearman_all']:.4f} (target 0.95). "
         + f"Diverged chains: {sum(v['diverged_chains'] for v in bands.values())}.",
         "- By band and depth (mean absolute relative error, networks): " + "; ".join(depth) + ".",
-        "- **Small deep networks of low rank come out low** (1K band, L = 3, r ≤ 2: −12% to −21%) while "
-        "their chains are stationary (first and second halves agree). That is the finite-nβ gap, not the "
+        "- **Small depth-3 networks come out low** (1K band, L = 3: five of seven between −11% and −21%, "
+        "at ranks 1–7) while their chains are stationary (first and second halves agree). That is the "
+        "finite-nβ gap, not the "
         "sampler: for 22-8-21-21 at r = 1 (λ = 84, λ̂ = 69 here), a separate run at 8× the nβ "
         "(ε·nβ fixed, 4 chains × 32,000 steps) climbed through 61, 68, 70 to 73 and was still rising: "
         "E[nβ (L − L*)] approaches λ from below, slowly, as nβ grows.",
         f"- **Large networks are the hard part.** {len(retried)} of {len(rows)} networks were rerun at a "
         "smaller ε because their first attempt failed `convergence` (λ̂ still rising) or `mala_accept`; "
         "their first attempts were mostly high (up to +36%: the deep-network drift, where flat directions "
-        "spread under γ = 1 and stiffen the others), the reruns at ε/2 mostly low (−3% to −14%). Both are "
+        "spread under γ = 1 and stiffen the others), the reruns at ε/2 mostly low (−14% to +1%). Both are "
         "fixed-length answers, not plateaus: at these budgets (2 chains × 6,000 steps at 100K, × 3,000 "
         "at 1M) every 100K and 1M estimate fails `rhat` and `ess`, so the library says plainly that "
         "more steps are needed. "
