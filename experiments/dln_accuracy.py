@@ -1,6 +1,6 @@
 """Claim 1: the estimator recovers the known learning coefficient of deep linear networks.
 
-Lau et al. (arXiv 2308.12108, §5) and Furman & Lau (arXiv 2402.03698) estimate λ̂ for random
+Lau et al. (arXiv 2308.12108) and Furman & Lau (arXiv 2402.03698) estimate λ̂ for random
 deep linear networks (DLNs) f(x) = W_L ⋯ W_1 x from 1K to 100M weights and compare it with
 Aoyagi's exact λ (Neural Networks 172, 2024, Thm 1; REFERENCE §3.5).
 
@@ -492,7 +492,7 @@ def section(
                         f"{budget_for(b, False).draws})" for b in bands)
     return f"""## Deep linear networks: estimated vs exact λ
 
-**Claim** (Lau et al. §5; Furman & Lau, arXiv 2402.03698): λ̂ recovers the exact learning
+**Claim** (Lau et al.; Furman & Lau, arXiv 2402.03698): λ̂ recovers the exact learning
 coefficient of deep linear networks across sizes. **Targets** (issue 7): mean absolute relative
 error ≤ 10% in every band, Spearman ≥ 0.95 over all runs, no unexplained divergences.
 
