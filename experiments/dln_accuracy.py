@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 import lambdahat as lh
-from lambdahat import losses, tasks, truth
+from lambdahat import tasks, truth
 
-from ._common import REPO, markdown_table, parse
+from ._common import REPO, markdown_table, parse, spearman
 
 NAME = "dln_accuracy"
 FULL_BANDS = (1_000, 10_000, 100_000, 1_000_000)
@@ -117,18 +116,10 @@ def random_network(band: int, index: int, rank_reduced: bool, seed: int) -> Netw
 
 def teacher_task(net: Network, n: int, seed: int, device: str = "cpu") -> tasks.Task:
     """The DLN at its teacher, with n inputs x ~ N(0, I) and noise-free targets, on ``device``."""
-    gen = torch.Generator().manual_seed(seed)
-    layers = [nn.Linear(a, b, bias=False) for a, b in zip(net.widths[:-1], net.widths[1:])]
-    with torch.no_grad():
-        for layer, r in zip(layers, net.layer_ranks):
-            layer.weight.copy_(tasks._rank_r_matrix(layer.out_features, layer.in_features, r, gen))
-    model = nn.Sequential(*layers)
-    x = torch.randn(n, net.widths[0], generator=gen)
-    model, x = model.to(device), x.to(device)
-    with torch.no_grad():
-        y = model(x)
-    lc = truth.deep_linear_network(list(net.widths), net.rank)
-    return tasks.Task(f"dln {'-'.join(map(str, net.widths))}", model, (x, y), losses.gaussian_nll, lc)
+    task = tasks.deep_linear_network(net.widths, net.rank, n=n, seed=seed, layer_ranks=net.layer_ranks)
+    task.model = task.model.to(device)
+    task.data = tuple(t.to(device) for t in task.data)
+    return task
 
 
 def top_curvature(task: tasks.Task, samples: int = 4096, iterations: int = 20) -> float:
@@ -223,12 +214,6 @@ def estimate_one(net: Network, n: int, settings: dict, budget: Budget, seed: int
         step_size=settings["step_size"],
         accept=next((c.value for c in result.checks if c.name == "mala_accept"), float("nan")),
     )
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (no ties expected among continuous estimates)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def summarize(rows: list[Row]) -> dict:

@@ -223,3 +223,20 @@ def test_ordering_follows_the_true_learning_coefficient():
         assert higher.llc_mean - lower.llc_mean > 3 * np.hypot(lower.llc_mcse, higher.llc_mcse), [
             round(r.llc_mean, 2) for r in results
         ]
+
+
+def test_deep_linear_network_teacher_layer_ranks():
+    # the default teacher has every layer of rank r; layer_ranks sets them one by one (the
+    # rank-reduced protocol), the product keeping the smallest rank, and bad ranks are refused
+    task = tasks.deep_linear_network([6, 5, 7, 4], 2, n=50, seed=3)
+    assert [int(torch.linalg.matrix_rank(m.weight)) for m in task.model] == [2, 2, 2]
+    same = tasks.deep_linear_network([6, 5, 7, 4], 2, n=50, seed=3, layer_ranks=[2, 2, 2])
+    assert all(torch.equal(a, b) for a, b in zip(task.model.parameters(), same.model.parameters()))
+    mixed = tasks.deep_linear_network([6, 5, 7, 4], 2, n=50, seed=3, layer_ranks=[5, 2, 4])
+    assert [int(torch.linalg.matrix_rank(m.weight)) for m in mixed.model] == [5, 2, 4]
+    product = mixed.model[2].weight @ mixed.model[1].weight @ mixed.model[0].weight
+    assert int(torch.linalg.matrix_rank(product)) == 2 and mixed.truth == task.truth
+    with pytest.raises(ValueError, match="minimum rank=2"):
+        tasks.deep_linear_network([6, 5, 7, 4], 2, layer_ranks=[3, 3, 3])
+    with pytest.raises(ValueError, match=r"layer_ranks\[0\] = 6"):
+        tasks.deep_linear_network([6, 5, 7, 4], 2, layer_ranks=[6, 2, 2])

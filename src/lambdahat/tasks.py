@@ -61,6 +61,7 @@ def deep_linear_network(
     n: int = 10_000,
     noise: float = 0.0,
     seed: int = 0,
+    layer_ranks: Sequence[int] | None = None,
 ) -> Task:
     """A bias-free deep linear network f(x) = W_L ⋯ W_1 x at a teacher whose every layer has rank r.
 
@@ -69,20 +70,33 @@ def deep_linear_network(
     learning coefficient (Neural Networks 172, 2024, Thm 1) the local one at w* (REFERENCE §3.5:
     a layer of rank above r would make the map locally more regular). Inputs x ~ N(0, I);
     targets y = f(x) + noise · N(0, I); loss ½‖y − f(x)‖² (Gaussian NLL).
+
+    ``layer_ranks`` gives each layer its own rank instead (Lau et al.'s rank-reduced teachers);
+    their minimum must be ``rank``, the rank of the product. ``truth`` is then still Aoyagi's
+    global λ for that rank, which the LLC at such a w* can exceed.
     """
     widths = [int(w) for w in widths]
     lc = truth.deep_linear_network(widths, rank)
+    ranks = [rank] * (len(widths) - 1) if layer_ranks is None else [int(r) for r in layer_ranks]
+    if len(ranks) != len(widths) - 1 or min(ranks) != rank:
+        raise ValueError(
+            f"layer_ranks must give one rank per layer ({len(widths) - 1}) with minimum rank={rank}, got {layer_ranks}"
+        )
+    for i, (r, a, b) in enumerate(zip(ranks, widths[:-1], widths[1:])):
+        if r > min(a, b):
+            raise ValueError(f"layer_ranks[{i}] = {r} exceeds that layer's size {b} × {a}")
     gen = torch.Generator().manual_seed(seed)
     layers = [nn.Linear(a, b, bias=False) for a, b in zip(widths[:-1], widths[1:])]
     with torch.no_grad():
-        for layer in layers:
-            layer.weight.copy_(_rank_r_matrix(layer.out_features, layer.in_features, rank, gen))
+        for layer, r in zip(layers, ranks):
+            layer.weight.copy_(_rank_r_matrix(layer.out_features, layer.in_features, r, gen))
     model = nn.Sequential(*layers)
     x = torch.randn(n, widths[0], generator=gen)
     with torch.no_grad():
         y = model(x) + noise * torch.randn(n, widths[-1], generator=gen)
     name = f"dln {'-'.join(map(str, widths))} r={rank}"
-    return Task(name, model, (x, y), losses.gaussian_nll, lc, {"widths": widths, "rank": rank, "noise": noise})
+    return Task(name, model, (x, y), losses.gaussian_nll, lc,
+                {"widths": widths, "rank": rank, "layer_ranks": ranks, "noise": noise})
 
 
 def reduced_rank_regression(
