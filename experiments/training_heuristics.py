@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 import lambdahat as lh
 
-from ._common import markdown_table, parse
+from ._common import markdown_table, parse, spearman
 
 NAME = "training_heuristics"
 TITLE = "Training heuristics: stronger implicit regularisation, lower LLC"
@@ -387,7 +387,7 @@ def reading(summary: dict[str, Any]) -> str:
     measured = [r for r in summary["records"] if math.isfinite(r["llc"])]
     losses = np.log([r["train_loss"] for r in measured])
     llcs = np.array([r["llc"] for r in measured])
-    rho = float(np.corrcoef(np.argsort(np.argsort(losses)), np.argsort(np.argsort(llcs)))[0, 1])
+    rho = spearman(losses, llcs)
     summary["spearman_train_loss_llc"] = rho
     lines.append(f"- Across all {len(llcs)} models, the rank correlation of λ̂ with the final train loss is {rho:+.2f}.")
     robust = epsilon_robustness(summary.get("calibration_rows", []))
