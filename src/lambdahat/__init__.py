@@ -1,8 +1,8 @@
 """lambdahat: the local learning coefficient (LLC) of PyTorch models, verified against exact answers.
 
     import lambdahat as lh
-    result = lh.estimate_llc(model, (x, y), lh.losses.gaussian_nll, step_size=2e-5, localization=100.0)
-    print(result)
+    result = lh.estimate_llc(model, (x, y), lh.losses.gaussian_nll)   # settings adapted on the run
+    print(result)                                                        # λ̂ ± MCSE and CERTIFIED or why not
 
 Lau, Furman, Wang, Murfet, Wei, "The Local Learning Coefficient: A Singularity-Aware Complexity
 Measure", arXiv 2308.12108.
@@ -12,6 +12,7 @@ from . import diagnostics, health, losses, plot, report, samplers, tasks, truth
 from .calibrate import CalibrationResult, calibrate
 from .estimate import LLCResult, estimate_llc, llc_from_trace
 from .samplers import SamplerConfig
+from .settings import Settings
 from .report import write_report
 from .trace import Trace
 from .stages import detect_stages
@@ -27,6 +28,7 @@ __all__ = [
     "llc_from_trace",
     "LLCResult",
     "SamplerConfig",
+    "Settings",
     "Trace",
     "diagnostics",
     "losses",

@@ -25,7 +25,7 @@ import os
 import pickle
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,43 +93,19 @@ class ChainJob:
         """Every step sees the full data, so chains can share one batch."""
         return self.batch_size >= self.data.n
 
-    def _build(self, loss_and_grad) -> Any:
-        return self.sampler.build(
-            loss_and_grad, self.potential.w_star, step_size=self.step_size, nbeta=self.nbeta, localization=self.localization
-        )
-
     def run(self, chain: int, bar=None) -> ChainRecord:
-        """Chain ``chain`` on its own."""
-        device = self.potential.w_star.device
-        noise_seed, batch_seed, model_seed = chain_seeds(self.seed, chain)
-        # the model's own randomness (dropout in train mode) comes from the global RNG: fork it
-        # so each chain is reproducible from (seed, chain) and the caller's RNG is left alone
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(model_seed)
-            noise = torch.Generator(device=device).manual_seed(noise_seed)
-            batches = self.data.minibatches(self.batch_size, torch.Generator().manual_seed(batch_seed))
-            sampler = self._build(self.potential.loss_and_grad)
-            records, first_bad = _loop(sampler, self.potential.w_star, batches, noise, self.num_steps, self.check_every, bar)
-        return records, first_bad[0] if first_bad is not None else None
+        """Chain ``chain`` on its own, all ``num_steps`` steps at the job's settings."""
+        chains = ChainSet(self, [chain], "sequential")
+        chains.advance(self.num_steps, self.step_size, bar=bar)
+        records, bad = chains.records()
+        return {name: values[0] for name, values in records.items()}, bad[0]
 
     def run_stacked(self, chains: Sequence[int], bar=None) -> list[ChainRecord]:
         """Chains ``chains`` together as one (K, d) state, each with its own generators."""
-        w_star = self.potential.w_star
-        device = w_star.device
-        seeds = [chain_seeds(self.seed, c) for c in chains]
-        noise = [torch.Generator(device=device).manual_seed(s[0]) for s in seeds]
-        if self.shared_batch:
-            batches = self.data.minibatches(self.batch_size, torch.Generator())
-        else:
-            orders = [self.data.minibatch_indices(self.batch_size, torch.Generator().manual_seed(s[1])) for s in seeds]
-            batches = _stacked_batches(self.data, orders)
-        sampler = self._build(self.potential.stacked_loss_and_grad(self.shared_batch))
-        w_start = w_star.expand(len(chains), -1)
-        records, first_bad = _loop(sampler, w_start, batches, noise, self.num_steps, self.check_every, bar)
-        return [
-            ({name: values[k] for name, values in records.items()}, first_bad[k] if first_bad is not None else None)
-            for k in range(len(chains))
-        ]
+        stacked = ChainSet(self, chains, "vectorized")
+        stacked.advance(self.num_steps, self.step_size, bar=bar)
+        records, bad = stacked.records()
+        return [({name: values[k] for name, values in records.items()}, bad[k]) for k in range(len(chains))]
 
     def check_stacked(self) -> str | None:
         """Try one vectorised loss-and-gradient call; the reason it fails, or None."""
@@ -151,6 +127,124 @@ class ChainJob:
         return None
 
 
+class ChainSet:
+    """Chains of one job that advance segment by segment, keeping their state in between.
+
+    Each chain's noise, batch order and model randomness come from (seed, chain) alone and
+    continue from one segment to the next, so a run split into segments at fixed settings is
+    bit-identical to one long segment. Between segments the step size (and, with
+    :meth:`restart`, the localisation) may change: that is how the warm-up of
+    :mod:`lambdahat.adapt` adapts, and the draws after it run at frozen settings.
+    ``mode`` is ``"sequential"`` (one chain after another) or ``"vectorized"`` (one (K, d) state).
+    """
+
+    def __init__(self, job: ChainJob, chains: Sequence[int], mode: str):
+        self.job, self.mode, self.chains = job, mode, list(chains)
+        w_star = job.potential.w_star
+        device = w_star.device
+        seeds = [chain_seeds(job.seed, c) for c in self.chains]
+        self.localization = job.localization
+        self._segments: list[dict[str, np.ndarray]] = []
+        self.first_bad: list[int | None] = [None] * len(self.chains)
+        self.steps = 0
+        self.keep = True  # False: segments are run and returned but not recorded (a side measurement)
+        if mode == "vectorized":
+            self._noise = [[torch.Generator(device=device).manual_seed(s[0]) for s in seeds]]
+            if job.shared_batch:
+                self._batches = [job.data.minibatches(job.batch_size, torch.Generator())]
+            else:
+                orders = [job.data.minibatch_indices(job.batch_size, torch.Generator().manual_seed(s[1])) for s in seeds]
+                self._batches = [_stacked_batches(job.data, orders)]
+            self._loss_and_grad = job.potential.stacked_loss_and_grad(job.shared_batch)
+            self._starts = [w_star.expand(len(self.chains), -1)]
+            self._rng = [None]
+        else:
+            self._noise = [torch.Generator(device=device).manual_seed(s[0]) for s in seeds]
+            self._batches = [job.data.minibatches(job.batch_size, torch.Generator().manual_seed(s[1])) for s in seeds]
+            self._loss_and_grad = job.potential.loss_and_grad
+            self._starts = [w_star] * len(self.chains)
+            self._rng = [("seed", s[2]) for s in seeds]  # the model's own RNG (dropout), per chain
+        self._states: list[Any] = [None] * len(self._starts)
+
+    def restart(self, localization: float) -> None:
+        """Send every chain back to w* (its generators continue), with a new localisation."""
+        self.localization = localization
+        self._states = [None] * len(self._starts)
+
+    def reset(self) -> None:
+        """Send every chain back to w* and forget every record so far (a warm-up that starts
+        over); the generators continue."""
+        self._states = [None] * len(self._starts)
+        self._segments.clear()
+        self.first_bad = [None] * len(self.chains)
+        self.steps = 0
+
+    def params(self) -> Tensor:
+        """The chains' current weights, shaped (K, d)."""
+        rows = [self._starts[i] if s is None else s.params for i, s in enumerate(self._states)]
+        return rows[0] if self.mode == "vectorized" else torch.stack(rows)
+
+    def advance(self, num_steps: int, step_size: float, *, options: Mapping[str, Any] | None = None, bar=None) -> dict[str, np.ndarray]:
+        """Run every chain ``num_steps`` more steps at ``step_size``; return this segment's records,
+        float64 arrays shaped (chain, step). A chain that diverged stays NaN from its first
+        non-finite step on."""
+        job = self.job
+        config = SamplerConfig(job.sampler.name, **{**job.sampler.options, **dict(options or {})}) if options else job.sampler
+        sampler = config.build(
+            self._loss_and_grad, job.potential.w_star, step_size=step_size, nbeta=job.nbeta, localization=self.localization
+        )
+        device = job.potential.w_star.device
+        rows = []
+        for i in range(len(self._starts)):
+            if self.mode != "vectorized" and self.first_bad[i] is not None and self._segments:
+                names = self._segments[-1].keys()  # a diverged chain is not stepped again
+                rows.append(({name: np.full((1, num_steps), np.nan) for name in names}, None))
+                continue
+            state = self._states[i]
+            if state is None:
+                state = sampler.init(self._starts[i])
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                rng = self._rng[i]
+                if isinstance(rng, tuple):
+                    torch.manual_seed(rng[1])
+                elif rng is not None:
+                    torch.set_rng_state(rng)
+                state, records, bad = _loop(sampler, state, self._batches[i], self._noise[i], num_steps, job.check_every, bar)
+                if rng is not None:
+                    self._rng[i] = torch.get_rng_state()
+            self._states[i] = state
+            rows.append((records, bad))
+        if self.mode == "vectorized":
+            records, bad = rows[0]
+        else:
+            records = {name: np.concatenate([r[name] for r, _ in rows]) for name in rows[0][0]}
+            bad = [b[0] if b is not None else None for _, b in rows]
+            bad = bad if any(b is not None for b in bad) else None
+        first_bad = list(self.first_bad)
+        if bad is not None:
+            for k, step in enumerate(bad):
+                if step is not None and first_bad[k] is None:
+                    first_bad[k] = self.steps + step
+        for k, step in enumerate(first_bad):  # a chain that diverged earlier stays diverged
+            if step is not None and step < self.steps + num_steps:
+                for values in records.values():
+                    values[k, max(0, step - self.steps):] = np.nan
+        if self.keep:
+            self.first_bad = first_bad
+            self._segments.append(records)
+            self.steps += num_steps
+        return records
+
+    def recorded(self, name: str) -> np.ndarray:
+        """Every recorded step of ``name`` so far, shaped (chain, step)."""
+        return np.concatenate([seg[name] for seg in self._segments], axis=1)
+
+    def records(self) -> tuple[dict[str, np.ndarray], list[int | None]]:
+        """Every step of every segment, shaped (chain, step), and each chain's first bad step."""
+        names = self._segments[0].keys()
+        return {name: np.concatenate([seg[name] for seg in self._segments], axis=1) for name in names}, list(self.first_bad)
+
+
 def _stacked_batches(data: DataSource, orders):
     """Endless batches shaped (K, B, ...): row k is chain k's next minibatch."""
     while True:
@@ -164,14 +258,14 @@ def _run_chain_task(job: ChainJob, chain: int, submitter: int) -> ChainRecord:
     return job.run(chain)
 
 
-def _loop(sampler, w_start: Tensor, batches, generator, num_steps: int, check_every: int, bar):
-    """Step one chain (w_start of shape (d,)) or a stack (shape (K, d)); return per-step records
-    as float64 arrays shaped (num_steps,) or (K, num_steps), and each chain's first non-finite
-    step (None if none)."""
+def _loop(sampler, state, batches, generator, num_steps: int, check_every: int, bar):
+    """Step one chain (params of shape (d,)) or a stack (shape (K, d)) ``num_steps`` times from
+    ``state``; return the final state, per-step records as float64 arrays shaped (num_steps,) or
+    (K, num_steps), and each chain's first non-finite step (None if none)."""
+    w_start = state.params
     device = w_start.device
     stacked = w_start.dim() == 2
     shape = (w_start.shape[0], num_steps) if stacked else (num_steps,)
-    state = sampler.init(w_start)
     per_step: dict[str, Tensor] = {}
     first_bad = np.full(shape[:-1] or (1,), -1)
     done = 0
@@ -197,8 +291,10 @@ def _loop(sampler, w_start: Tensor, batches, generator, num_steps: int, check_ev
     if bar is not None:
         bar.update((num_steps - done) * len(first_bad))
     records = {name: values.double().cpu().numpy() for name, values in per_step.items()}
+    if not stacked:
+        records = {name: values[None] for name, values in records.items()}
     bad_steps = [int(s) if s >= 0 else None for s in first_bad]
-    return records, (bad_steps if any(s is not None for s in bad_steps) else None)
+    return state, records, (bad_steps if any(s is not None for s in bad_steps) else None)
 
 
 def choose_mode(job: ChainJob, num_chains: int, chain_mode: str, train_mode: bool) -> tuple[str, str | None]:
@@ -253,6 +349,11 @@ def run_chains(
     try:
         if executor is not None:
             mode = "executor"
+            if isinstance(executor, ThreadPoolExecutor):
+                raise ValueError(
+                    "executor: a ThreadPoolExecutor would run chains concurrently on the one shared model and data in "
+                    "this process, which is not safe; use a ProcessPoolExecutor or a Dask client's get_executor()."
+                )
             if isinstance(executor, ProcessPoolExecutor):
                 _check_picklable(job)
             futures = [executor.submit(_run_chain_task, job, chain, os.getpid()) for chain in range(num_chains)]

@@ -10,10 +10,9 @@ eval mode; the default nβ is n / log n (β* = 1 / log n).
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from concurrent.futures import Executor
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from . import diagnostics, health
-from .chains import CHAIN_MODES, ChainJob, run_chains
+from .adapt import Adaptation, adapt_and_sample
+from .chains import ChainJob, ChainSet, choose_mode, run_chains
 from .data import as_data_source
-from .potential import Potential, select_params
-from .samplers import SamplerConfig, as_sampler_config
+from .potential import Potential, default_nbeta, select_params
+from .samplers import as_sampler_config
+from .settings import AUTO, Settings, default_max_steps
 from .trace import Trace
 
 __all__ = ["LLCResult", "estimate_llc", "llc_from_trace"]
@@ -33,20 +34,27 @@ __all__ = ["LLCResult", "estimate_llc", "llc_from_trace"]
 
 @dataclass
 class LLCResult:
-    """An LLC estimate with its uncertainty and everything that produced it.
+    """An LLC estimate with its uncertainty, its verdict and everything that produced it.
 
     - ``llc_mean``: mean of the per-chain estimates over the chains that did not diverge.
     - ``llc_std``: the standard deviation of one chain's estimate: across chains (ddof = 1) when
       two or more chains are healthy, else the single chain's own Monte Carlo standard error.
     - ``llc_mcse``: Monte Carlo standard error of ``llc_mean``: nβ · sd(L) / √ESS over all healthy
-      draws (split-chain ESS; Vehtari et al. 2021), or, when larger, the between-chain standard
+      draws (ESS of the mean; Vehtari et al. 2021), or, when larger, the between-chain standard
       error ``llc_std`` / √(healthy chains). The ESS route trusts every chain to have mixed; with
       minibatch losses it can even exceed the number of draws (batches drawn without replacement
       within an epoch are anti-correlated), and chains that settle in different places show up
       only between chains.
     - ``llc_per_chain``: λ̂_c per chain, NaN for a diverged chain.
-    - ``init_loss``: L_n(w*), on ``init_loss_samples`` samples, in eval mode.
+    - ``init_loss``: L_n(w*), on all n samples, in eval mode.
     - ``diverged``: {chain: first step with a non-finite loss}.
+    - ``settings``: the :class:`~lambdahat.settings.Settings` that ran, every ``"auto"`` replaced by
+      the value chosen; ``estimate_llc(other, data, loss, **result.settings)`` runs at the same.
+    - ``adaptation``: what the warm-up chose and why (None when no setting was ``"auto"``).
+    - ``checks``: the health checks of :mod:`lambdahat.health`, computed once; ``certified`` is
+      true only when every one passed.
+    - ``gradient_evaluations``: loss-and-gradient evaluations of all chains together, warm-up and
+      bias check included (a MALA acceptance check on a step costs one more).
     """
 
     llc_mean: float
@@ -56,31 +64,50 @@ class LLCResult:
     init_loss: float
     nbeta: float
     trace: Trace
+    settings: Settings
+    num_params: int
     diverged: dict[int, int] = field(default_factory=dict)
     ess: float = float("nan")
     wall_time: float = float("nan")
+    adaptation: Adaptation | None = None
+    gradient_evaluations: int = 0
+    checks: tuple[health.Check, ...] = ()
+
+    @classmethod
+    def from_trace(cls, trace: Trace, init_loss: float, nbeta: float, settings: Settings, num_params: int,
+                   **extra: Any) -> LLCResult:
+        """λ̂, its error and the health checks of a Trace (computed once, stored on the result)."""
+        result = cls(init_loss=init_loss, nbeta=nbeta, trace=trace, settings=settings, num_params=num_params,
+                     **extra, **llc_from_trace(trace, init_loss, nbeta))
+        result.checks = tuple(health.check_health(result))
+        return result
 
     @property
     def config(self) -> dict[str, Any]:
+        """Every setting and derived number as JSON-ready values (what ``Trace.save`` stores)."""
         return self.trace.config
 
     @property
-    def checks(self) -> list[health.Check]:
-        """The health checks of :mod:`lambdahat.health` with their default thresholds, each with a
-        plain-English verdict (use :func:`lambdahat.health.check_health` for other thresholds)."""
-        return health.check_health(self)
+    def certified(self) -> bool:
+        """True only when every health check passed (see :attr:`checks`)."""
+        return bool(self.checks) and all(check.ok for check in self.checks)
 
     @property
     def healthy(self) -> bool:
-        """True when every health check passed (see :attr:`checks`)."""
-        return all(check.ok for check in self.checks)
+        """The same as :attr:`certified` (the older name)."""
+        return self.certified
+
+    @property
+    def ess_per_gradient(self) -> float:
+        """Effective draws per loss-and-gradient evaluation: the work-normalised efficiency."""
+        return self.ess / self.gradient_evaluations if self.gradient_evaluations else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        """The numbers, verdicts and configuration as plain JSON-ready values (no arrays of draws;
+        """The numbers, verdicts and settings as plain JSON-ready values (no arrays of draws;
         save ``trace`` for those). Non-finite numbers become None."""
 
         def number(x: float) -> float | None:
-            return float(x) if math.isfinite(x) else None
+            return float(x) if x is not None and math.isfinite(x) else None
 
         return dict(
             llc_mean=number(self.llc_mean),
@@ -91,9 +118,14 @@ class LLCResult:
             nbeta=self.nbeta,
             ess=number(self.ess),
             diverged={str(c): s for c, s in self.diverged.items()},
-            healthy=self.healthy,
+            certified=self.certified,
+            healthy=self.certified,
             checks=[dict(name=c.name, ok=c.ok, skipped=c.skipped, verdict=c.verdict) for c in self.checks],
+            bias=number(self.adaptation.bias) if self.adaptation and self.adaptation.bias is not None else None,
+            adaptation=self.adaptation.to_dict() if self.adaptation else None,
+            gradient_evaluations=self.gradient_evaluations,
             wall_time=number(self.wall_time),
+            settings=self.settings.to_dict(),
             config=self.config,
         )
 
@@ -104,7 +136,7 @@ class LLCResult:
         return self.nbeta * (np.cumsum(losses, axis=1) / counts - self.init_loss)
 
     def __str__(self) -> str:
-        cfg = self.config
+        cfg, st = self.config, self.settings
         healthy = len(self.llc_per_chain) - len(self.diverged)
         if healthy == 0:
             head = "LLC estimate: none — every chain diverged"
@@ -113,21 +145,30 @@ class LLCResult:
                 f"LLC estimate λ̂ = {self.llc_mean:.4g} ± {self.llc_mcse:.2g} (MCSE); "
                 f"std of a chain's estimate {self.llc_std:.3g}"
             )
+        failing = [check for check in self.checks if not check.ok]
+        if self.certified:
+            verdict = f"  CERTIFIED: every health check passed ({', '.join(c.name for c in self.checks if not c.skipped)})"
+        else:
+            verdict = (f"  NOT CERTIFIED: {len(failing)} of {len(self.checks)} checks failed "
+                       f"({', '.join(c.name for c in failing)}); do not trust this number as it stands")
+        sampler = st.sampler if isinstance(st.sampler, str) else st.sampler.name
         lines = [
             head,
+            verdict,
             "  per chain: " + ", ".join("diverged" if math.isnan(v) else f"{v:.4g}" for v in self.llc_per_chain),
             f"  L_n(w*) = {self.init_loss:.6g} on {cfg.get('init_loss_samples', '?')} samples; nβ = {self.nbeta:.6g}"
             + (" (n / log n)" if cfg.get("nbeta_default") else ""),
+            f"  sampler {sampler}{_options_text(cfg.get('sampler_options'))}: step_size {st.step_size:.4g}, "
+            f"localization {st.localization:g}, {st.num_chains} chains × {st.num_draws} draws after "
+            f"{st.num_burnin_steps} burn-in steps, batch {st.batch_size}, {self.num_params} sampled weights, seed {st.seed}",
+            f"  effective sample size {self.ess:.0f}; {self.gradient_evaluations} gradient evaluations"
+            + (f"; {self.wall_time:.1f} s" if math.isfinite(self.wall_time) else ""),
         ]
-        if cfg:
-            lines.append(
-                f"  sampler {cfg.get('sampler')}{_options_text(cfg.get('sampler_options'))}: step_size {cfg.get('step_size')}, localization {cfg.get('localization')}, "
-                f"{cfg.get('num_chains')} chains × {cfg.get('num_draws')} draws after {cfg.get('num_burnin_steps')} "
-                f"burn-in steps, batch {cfg.get('batch_size')}, {cfg.get('num_params')} sampled weights, seed {cfg.get('seed')}"
-            )
-        lines.append(
-            f"  effective sample size {self.ess:.0f}" + (f"; {self.wall_time:.1f} s" if math.isfinite(self.wall_time) else "")
-        )
+        if self.adaptation is not None:
+            lines.append("  chosen by the warm-up: " + "; ".join(self.adaptation.notes) + ".")
+            if self.adaptation.bias is not None and math.isfinite(self.adaptation.bias):
+                lines.append(f"  step-size bias, measured by halving ε: {self.adaptation.bias:+.3g} ± "
+                             f"{self.adaptation.bias_mcse:.2g}")
         if self.diverged:
             where = ", ".join(f"chain {c} at step {s}" for c, s in self.diverged.items())
             rest = f"the mean is over the other {healthy}" if healthy else "there is no estimate"
@@ -135,14 +176,8 @@ class LLCResult:
                 f"  WARNING: {len(self.diverged)} chain(s) diverged ({where}); {rest}. "
                 "Lower step_size, or raise localization."
             )
-        checks = self.checks
-        failing = [check for check in checks if not check.ok]
-        if not failing:
-            lines.append(f"  health: all health checks passed ({', '.join(c.name for c in checks if not c.skipped)})")
-        else:
-            lines.append(f"  health: {len(failing)} of {len(checks)} checks failed")
-            # divergence already has its WARNING line above
-            lines += [f"  - {c.name}: {c.verdict}" for c in failing if c.name != "divergence"]
+        # divergence already has its WARNING line above
+        lines += [f"  - {c.name}: {c.verdict}" for c in failing if c.name != "divergence"]
         return "\n".join(lines)
 
 
@@ -176,36 +211,14 @@ def llc_from_trace(trace: Trace, init_loss: float, nbeta: float) -> dict[str, An
     return dict(llc_mean=mean, llc_std=std, llc_mcse=mcse, llc_per_chain=per_chain, diverged=diverged, ess=ess)
 
 
-def _positive(name: str, value: float, hint: str) -> None:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}; {hint}")
-
-
-def _whole(name: str, value: int, minimum: int, hint: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}; {hint}")
-
-
 def estimate_llc(
     model: nn.Module,
     data: Any,
     loss_fn: Callable[..., Tensor],
     *,
-    step_size: float = 2e-5,
-    localization: float = 100.0,
-    nbeta: float | None = None,
-    num_chains: int = 4,
-    num_draws: int = 1000,
-    num_burnin_steps: int = 500,
-    batch_size: int | None = None,
-    sampled_params: Sequence[str] | Callable[[str, Tensor], bool] | Mapping[str, Tensor] | None = None,
-    sampler: str | SamplerConfig = "sgld",
-    seed: int = 0,
-    chain_mode: str = "auto",
     executor: Executor | None = None,
-    train_mode: bool = False,
-    init_loss_batch_size: int = 4096,
     progress: bool = True,
+    **settings: Any,
 ) -> LLCResult:
     """Estimate the local learning coefficient of ``model`` at its current weights w*.
 
@@ -213,75 +226,61 @@ def estimate_llc(
     (Lau et al., arXiv 2308.12108), sampled by default with SGLD (see
     :func:`lambdahat.samplers.sgld.build` for the exact update and its step-size convention).
 
+    With no settings, the step size, the localisation and the chain length are chosen on the run
+    by the warm-up of :mod:`lambdahat.adapt` and the result is certified or not by the health
+    checks; ``print(result)`` says which, what was chosen and why.
+
     Args:
         model: the trained model; it is left exactly as it was (weights, buffers, requires_grad,
             train/eval mode).
-        data: ``(inputs, targets)`` tensors (fast path), a ``Dataset`` or a ``DataLoader``.
+        data: ``(inputs, targets)`` tensors (fast path), a single tensor, a ``Dataset`` or a
+            ``DataLoader``.
         loss_fn: ``loss_fn(output, target)`` (a criterion such as ``nn.MSELoss()``) or
             ``loss_fn(model, batch)`` (first parameter named ``model``); must return the batch
             mean of a per-sample loss. See :mod:`lambdahat.losses` for ready-made ones.
-        step_size: ε, the SGLD step size and noise variance.
-        localization: γ, the strength of the pull toward w*.
-        nbeta: nβ, the inverse temperature times n. None means n / log n. Use one fixed value
-            for every model you compare.
-        num_chains, num_draws, num_burnin_steps: each chain runs burn-in + draws steps; the
-            estimate averages the loss over the draws only.
-        batch_size: minibatch size for the sampler's gradient (default: the DataLoader's, else
-            256; clipped to n, where the sampler becomes full-batch).
-        sampled_params: sample only these parameters (names or submodule prefixes, or a
-            predicate ``(name, param) -> bool``, or ``{name: boolean mask}`` for single entries
-            such as one attention head's rows); the rest stay frozen at w*. This is the
-            weight-refined LLC (Wang et al., arXiv 2410.02984). For the data-refined LLC, pass
-            the data of interest as ``data``: it is used by the sampler and the estimate alike.
-        sampler: the sampler's name (``"sgld"``, ``"rmsprop_sgld"``, ``"sghmc"``, ``"sgnht"``,
-            ``"mala"``) or a :class:`lambdahat.samplers.SamplerConfig` with its own settings.
-            ``"mala"`` is exact and full-batch: it uses the whole data every step.
-        seed: the run's seed. Chain c's noise and batch order depend on (seed, c) only.
-        chain_mode: ``"sequential"`` (one chain after another), ``"vectorized"`` (all chains in
-            one ``torch.func.vmap`` call per step; falls back to sequential with a warning where
-            vmap cannot run the model) or ``"auto"`` (vectorised for small models: at most 2¹⁶
-            sampled weights and weights × batch size ≤ 2²³, not in train mode). Each chain's result is the same
-            either way, to float rounding.
         executor: run one chain per task on this ``concurrent.futures.Executor`` (a
-            ``ProcessPoolExecutor``, or ``dask.distributed.Client(...).get_executor()``). The
-            model, data and loss are pickled to the workers; the result is identical to the
-            sequential run's.
-        train_mode: sample with the model in train mode (dropout on, BatchNorm on batch
-            statistics). Off by default: dropout noise would read as spurious complexity.
-        init_loss_batch_size: batch size for the full-data evaluation of L_n(w*).
-        progress: show a progress bar.
+            ``ProcessPoolExecutor``, or ``dask.distributed.Client(...).get_executor()``), with
+            fixed settings (the warm-up adapts across chains in this process). The result is
+            identical to the sequential run's.
+        progress: show a progress bar (quiet when output is not a terminal).
+        **settings: any field of :class:`lambdahat.settings.Settings` (the one place their
+            defaults and meanings are written): ``step_size``, ``localization``, ``nbeta``,
+            ``num_chains``, ``num_burnin_steps``, ``num_draws``, ``batch_size``, ``sampler``,
+            ``max_steps``, ``target_rel_mcse``, ``seed``, ``chain_mode``, ``train_mode``,
+            ``init_loss_batch_size``; or ``**result.settings`` of an earlier run. A given setting is
+            kept as given. ``sampled_params`` (names, submodule prefixes, a predicate
+            ``(name, param) -> bool`` or ``{name: boolean mask}``) samples only part of the model
+            (the weight-refined LLC, Wang et al., arXiv 2410.02984); for the data-refined LLC pass
+            the data of interest as ``data``.
     """
     start = time.perf_counter()
-    _positive("step_size", step_size, "try 2e-5 and calibrate from there.")
-    if not isinstance(localization, numbers.Real) or not math.isfinite(localization) or localization < 0:
-        raise ValueError(f"localization must be a finite number ≥ 0, got {localization!r}.")
-    if nbeta is not None:
-        _positive("nbeta", nbeta, "pass None for n / log n, or a fixed value such as 30.")
-    _whole("num_chains", num_chains, 1, "run at least one chain (4 or more to judge convergence).")
-    _whole("num_draws", num_draws, 1, "the estimate needs draws after burn-in.")
-    _whole("num_burnin_steps", num_burnin_steps, 0, "use 0 for no burn-in.")
-    _whole("init_loss_batch_size", init_loss_batch_size, 1, "use a positive batch size.")
-    if batch_size is not None:
-        _whole("batch_size", batch_size, 1, "use a positive minibatch size, e.g. 256.")
-    sampler_config = as_sampler_config(sampler)
-    if chain_mode not in CHAIN_MODES:
-        raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {chain_mode!r}.")
-    if executor is not None and not isinstance(executor, Executor):
-        raise TypeError(
-            f"executor must be a concurrent.futures.Executor (e.g. ProcessPoolExecutor, or a Dask "
-            f"Client's get_executor()), got {type(executor).__name__}."
+    sampled_params = settings.pop("sampled_params", None)
+    settings = Settings.from_mapping(settings, where="estimate_llc")
+    sampler_config = as_sampler_config(settings.sampler)
+    if settings.step_size == AUTO and sampler_config.name in ("sghmc", "sgnht"):
+        raise ValueError(
+            f"step_size='auto' needs a sampler that records a MALA acceptance (sgld, rmsprop_sgld or mala); "
+            f"sampler {sampler_config.name!r} does not: pass step_size (e.g. from a run with sampler='sgld')."
         )
+    if executor is not None:
+        if not isinstance(executor, Executor):
+            raise TypeError(
+                f"executor must be a concurrent.futures.Executor (e.g. ProcessPoolExecutor, or a Dask "
+                f"Client's get_executor()), got {type(executor).__name__}."
+            )
+        if settings.auto_fields:
+            raise ValueError(
+                f"executor: the settings {settings.auto_fields} are 'auto', and the warm-up that chooses them adapts "
+                "across chains in this process; run estimate_llc once without an executor and pass its "
+                "**result.settings, or give those settings explicitly."
+            )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
 
     source = as_data_source(data)
     n = source.n
-    if nbeta is None:
-        if n < 2:
-            raise ValueError("nbeta=None means n / log n, which needs n ≥ 2 samples; pass nbeta explicitly.")
-        nbeta_value, nbeta_default = n / math.log(n), True
-    else:
-        nbeta_value, nbeta_default = float(nbeta), False
+    nbeta, nbeta_default = (default_nbeta(n), True) if settings.nbeta is None else (float(settings.nbeta), False)
+    batch_size = settings.batch_size
     if sampler_config.full_batch:
         if batch_size is not None and batch_size < n:
             raise ValueError(
@@ -290,6 +289,7 @@ def estimate_llc(
             )
         batch_size = n
     batch_size = min(batch_size or source.default_batch_size or 256, n)
+    settings = settings.replace(batch_size=batch_size)
 
     names = select_params(model, sampled_params)
     masks = sampled_params if isinstance(sampled_params, Mapping) else None
@@ -303,58 +303,69 @@ def estimate_llc(
         model.eval()
         potential = Potential(model, loss_fn, names, masks)
         potential.check_loss(source.batch(torch.arange(min(batch_size, n))))
-        init_loss = potential.full_loss(potential.w_star, source, init_loss_batch_size)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(settings.seed)  # a stochastic eval-mode forward gives the same L_n(w*) every time
+            init_loss = potential.full_loss(potential.w_star, source, settings.init_loss_batch_size)
         if not math.isfinite(init_loss):
             raise ValueError(f"loss_fn is not finite at w* on the full data (L_n(w*) = {init_loss}).")
-        model.train(train_mode)
+        model.train(settings.train_mode)
         job = ChainJob(
-            model=model,
-            loss_fn=loss_fn,
-            sampled_names=names,
-            masks=masks,
-            data=source,
-            sampler=sampler_config,
-            step_size=step_size,
-            nbeta=nbeta_value,
-            localization=localization,
-            num_steps=num_burnin_steps + num_draws,
-            batch_size=batch_size,
-            seed=seed,
-            _potential=potential,
+            model=model, loss_fn=loss_fn, sampled_names=names, masks=masks, data=source, sampler=sampler_config,
+            step_size=settings.step_size, nbeta=nbeta, localization=settings.localization,
+            num_steps=0, batch_size=batch_size, seed=settings.seed, _potential=potential,
         )
-        config = dict(
-            sampler=sampler_config.name,
-            sampler_options=dict(sampler_config.options),
-            step_size=step_size,
-            localization=localization,
-            nbeta=nbeta_value,
-            nbeta_default=nbeta_default,
-            num_chains=num_chains,
-            num_draws=num_draws,
-            num_burnin_steps=num_burnin_steps,
-            batch_size=batch_size,
-            n=n,
-            init_loss_samples=n,
-            num_params=potential.num_params,
+        extras = dict(
+            sampler=sampler_config.name, sampler_options=dict(sampler_config.options), nbeta=nbeta,
+            nbeta_default=nbeta_default, n=n, init_loss_samples=n, num_params=potential.num_params,
             sampled_params=names,
             masked_params={name: int(mask.sum()) for name, mask in masks.items() if name in names} if masks else None,
-            seed=seed,
-            train_mode=train_mode,
         )
-        trace = run_chains(
-            job,
-            num_chains=num_chains,
-            num_burnin_steps=num_burnin_steps,
-            config=config,
-            chain_mode=chain_mode,
-            train_mode=train_mode,
-            executor=executor,
-            progress=progress,
-        )
+        adaptation = None
+        if not settings.auto_fields:
+            job.num_steps = settings.num_burnin_steps + settings.num_draws
+            trace = run_chains(
+                job, num_chains=settings.num_chains, num_burnin_steps=settings.num_burnin_steps,
+                config={**settings.to_dict(), **extras}, chain_mode=settings.chain_mode,
+                train_mode=settings.train_mode, executor=executor, progress=progress,
+            )
+            evaluations = settings.num_chains * job.num_steps * _evaluations_per_step(sampler_config)
+        else:
+            job.localization = 1.0 if settings.localization == AUTO else float(settings.localization)
+            trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress)
+            evaluations = settings.num_chains * adaptation.gradient_evaluations
     finally:
         for module, mode in modes.items():
             module.training = mode
-    stats = llc_from_trace(trace, init_loss, nbeta_value)
-    return LLCResult(
-        init_loss=init_loss, nbeta=nbeta_value, trace=trace, wall_time=time.perf_counter() - start, **stats
-    )
+    result = LLCResult.from_trace(trace, init_loss, nbeta, settings, potential.num_params, adaptation=adaptation,
+                                  gradient_evaluations=int(evaluations))
+    result.wall_time = time.perf_counter() - start
+    return result
+
+
+def _evaluations_per_step(sampler) -> float:
+    """Loss-and-gradient evaluations per step: one, plus the acceptance check's share."""
+    every = sampler.options.get("acceptance_every", 0)
+    return 1.0 + (1.0 / every if every else 0.0) + (1.0 if sampler.name == "mala" else 0.0)
+
+
+def _adaptive_run(job: ChainJob, settings: Settings, init_loss: float, nbeta: float, extras: dict[str, Any],
+                  progress: bool) -> tuple[Trace, Settings, Adaptation]:
+    """The warm-up, the draws and the bias check of :mod:`lambdahat.adapt`, as one Trace."""
+    from tqdm.auto import tqdm
+
+    mode, message = choose_mode(job, settings.num_chains, settings.chain_mode, settings.train_mode)
+    if message:
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
+    chains = ChainSet(job, range(settings.num_chains), mode)
+    budget = default_max_steps(job.potential.num_params) if settings.max_steps == AUTO else settings.max_steps
+    bar = tqdm(total=settings.num_chains * budget, desc="adaptive sampling (warm-up, draws, bias check)", unit="step",
+               disable=not progress, leave=False)
+    try:
+        records, burnin, first_bad, resolved, adaptation = adapt_and_sample(
+            chains, settings, init_loss=init_loss, nbeta=nbeta, num_params=job.potential.num_params, bar=bar)
+    finally:
+        bar.close()
+    config = {**resolved.to_dict(), **extras, "chain_mode": mode, "adaptation": adaptation.to_dict()}
+    return Trace(records, burnin, first_bad, config), resolved, adaptation

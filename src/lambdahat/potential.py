@@ -20,9 +20,16 @@ from torch import Tensor, nn
 from .data import DataSource
 from .losses import make_batch_loss
 
-__all__ = ["Potential", "select_params"]
+__all__ = ["Potential", "select_params", "default_nbeta"]
 
 ParamSelector = Sequence[str] | Callable[[str, Tensor], bool] | Mapping[str, Tensor] | None
+
+
+def default_nbeta(n: int) -> float:
+    """nβ = n / log n, the paper's β* = 1 / log n (Lau et al., arXiv 2308.12108; Watanabe 2013)."""
+    if n < 2:
+        raise ValueError("nbeta=None means n / log n, which needs n ≥ 2 samples; pass nbeta explicitly.")
+    return n / math.log(n)
 
 
 def select_params(model: nn.Module, sampled_params: ParamSelector) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AUTO", "Settings", "CHAIN_MODES", "parse_setting"]
+__all__ = ["AUTO", "Settings", "CHAIN_MODES", "parse_setting", "default_max_steps"]
 
 AUTO = "auto"
 CHAIN_MODES = ("auto", "sequential", "vectorized")
@@ -38,7 +38,7 @@ class Settings:
     """The settings of one LLC estimate (Lau et al., arXiv 2308.12108).
 
     Sampling targets p(w) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²) with SGLD,
-    w ← w − (ε/2) P [nβ ∇L_B(w) + γ (w − w*)] + √(ε P) ξ, and λ̂ = nβ (E[L_n(w)] − L_n(w*)).
+    w ← w − (ε/2) [nβ ∇L_B(w) + γ (w − w*)] + √ε ξ, and λ̂ = nβ (E[L_n(w)] − L_n(w*)).
     ``"auto"`` fields are chosen by the warm-up (see :mod:`lambdahat.adapt`).
     """
 
@@ -60,11 +60,10 @@ class Settings:
         "minibatch size; default the DataLoader's, else 256, clipped to n", "int"))
     sampler: Any = field(default="sgld", metadata=_help(
         "sgld, rmsprop_sgld, sghmc, sgnht or mala", "str"))
-    preconditioner: Any = field(default=AUTO, metadata=_help(
-        "diagonal preconditioner P of SGLD: auto (adapted in the warm-up from the chains' own variances, "
-        "then frozen), none, or an array of one positive value per sampled weight", "str"))
-    max_steps: int = field(default=40_000, metadata=_help(
-        "budget of steps per chain for the auto settings (warm-up, burn-in and draws together)", "int"))
+    max_steps: int | str = field(default=AUTO, metadata=_help(
+        "budget of steps per chain for the auto settings (warm-up, burn-in, draws and the bias check together); "
+        "auto: 40,000 up to 1,000 sampled weights, 20,000 up to 10,000, 10,000 up to 100,000, 5,000 beyond "
+        "(a count of steps, not of seconds, so that a seed gives the same result on any machine)", "int_or_auto"))
     target_rel_mcse: float = field(default=0.02, metadata=_help(
         "auto draws stop once the Monte Carlo standard error is at most this fraction of λ̂", "float"))
     seed: int = field(default=0, metadata=_help("the run's seed", "int"))
@@ -88,7 +87,7 @@ class Settings:
         _check_int("num_draws", self.num_draws, 1, "the estimate needs draws after burn-in; or 'auto'", auto=True)
         if self.batch_size is not None:
             _check_int("batch_size", self.batch_size, 1, "use a positive minibatch size, e.g. 256")
-        _check_int("max_steps", self.max_steps, 100, "the auto settings need a budget of at least 100 steps")
+        _check_int("max_steps", self.max_steps, 100, "the auto settings need a budget of at least 100 steps", auto=True)
         if not _is_real(self.target_rel_mcse) or not 0 < self.target_rel_mcse < 1:
             raise ValueError(f"target_rel_mcse must be a number in (0, 1), got {self.target_rel_mcse!r}; e.g. 0.02.")
         _check_int("seed", self.seed, 0, "use a non-negative integer seed")
@@ -104,15 +103,6 @@ class Settings:
                 f"sampler must be a name such as 'sgld' or a lambdahat.samplers.SamplerConfig, got {type(self.sampler).__name__}."
             )
         as_sampler_config(self.sampler)  # checks the name
-        pre = self.preconditioner
-        if isinstance(pre, str):
-            if pre not in (AUTO, "none"):
-                raise ValueError(f"preconditioner must be 'auto', 'none' or an array of positive values, got {pre!r}.")
-        else:
-            values = np.asarray(pre, dtype=float).reshape(-1)
-            if values.size == 0 or not np.all(np.isfinite(values)) or not np.all(values > 0):
-                raise ValueError("preconditioner: an array must hold one positive finite value per sampled weight.")
-            object.__setattr__(self, "preconditioner", tuple(float(v) for v in values))
 
     # --- a read-only mapping, so that **settings passes straight to estimate_llc -------------
     def keys(self) -> list[str]:
@@ -142,19 +132,16 @@ class Settings:
     @property
     def auto_fields(self) -> list[str]:
         """The fields left to the warm-up."""
-        return [k for k in ("step_size", "localization", "num_burnin_steps", "num_draws", "preconditioner")
-                if getattr(self, k) == AUTO]
+        return [k for k in ("step_size", "localization", "num_burnin_steps", "num_draws") if getattr(self, k) == AUTO]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values (a SamplerConfig as {"name", **options}; a preconditioner array as a list)."""
+        """JSON-ready values (a SamplerConfig as {"name", **options})."""
         from .samplers import SamplerConfig
 
         out = {}
         for key, value in self.items():
             if isinstance(value, SamplerConfig):
                 value = {"name": value.name, **dict(value.options)}
-            elif isinstance(value, tuple):
-                value = list(value)
             out[key] = value
         return out
 
@@ -180,13 +167,19 @@ class Settings:
 
     def __str__(self) -> str:
         def show(value: Any) -> str:
-            if isinstance(value, tuple):
-                return f"array of {len(value)}"
             if isinstance(value, float):
                 return f"{value:.4g}"
             return str(value)
 
         return ", ".join(f"{k}={show(v)}" for k, v in self.items())
+
+
+def default_max_steps(num_params: int) -> int:
+    """The step budget ``max_steps="auto"`` means for a model of ``num_params`` sampled weights."""
+    for limit, steps in ((1_000, 40_000), (10_000, 20_000), (100_000, 10_000)):
+        if num_params <= limit:
+            return steps
+    return 5_000
 
 
 def parse_setting(name: str, text: str) -> Any:

@@ -67,7 +67,7 @@ def deep_linear_network(
 
     ``widths`` run input → output. The teacher is the student at w*, so w* is a true parameter;
     every layer has rank exactly r (for r = 0, all weights are zero), which makes Aoyagi's global
-    learning coefficient (Neural Networks 172, 2024, Thm 1) the local one at w* (REFERENCE §3.5:
+    learning coefficient (Neural Networks 172, 2024, Thm 1) the local one at w* (
     a layer of rank above r would make the map locally more regular). Inputs x ~ N(0, I);
     targets y = f(x) + noise · N(0, I); loss ½‖y − f(x)‖² (Gaussian NLL).
 
@@ -133,7 +133,7 @@ def normal_crossing(
     """The normal-crossing model f(x; w) = w1^a w2^b x with pure-noise targets y ~ N(0, 1).
 
     The population loss is K(w) = ½ E[x²] (w1^a w2^b)² ∝ w1^{2a} w2^{2b}, so at the origin
-    λ = min(1/(2a), 1/(2b)) (REFERENCE §3.3); away from the origin it depends on the point:
+    λ = min(1/(2a), 1/(2b)) (Watanabe, "Algebraic Geometry and Statistical Learning Theory", 2009); away from the origin it depends on the point:
     at (0, 1) only w1 is constrained and λ = 1/(2a). ``copies`` independent copies (each with its
     own inputs) add up: λ_total = copies · λ, with multiplicity (copies·(m − 1) + 1).
     """
@@ -176,7 +176,7 @@ def quasi_homogeneous(
     """K(w) = Σ_i c_i |w_i|^{p_i}, at w* = 0, with γ = 0: E[nβ K] = Σ_i 1/p_i exactly, any nβ.
 
     Under exp(−nβ K) the coordinates are independent and nβ c |w|^p is Gamma(1/p)-distributed,
-    so E[nβ K] = Σ 1/p_i (REFERENCE §3.2). The data are a placeholder of one sample: pass nβ
+    so E[nβ K] = Σ 1/p_i exactly, for any nβ. The data are a placeholder of one sample: pass nβ
     explicitly and set localization = 0.
     """
     coefficients = list(coefficients) if coefficients is not None else [1.0] * len(powers)
@@ -195,7 +195,7 @@ def linear_regression(dim: int = 10, n: int = 1000, seed: int = 0) -> Task:
 
     L_n(w) − L_n(w*) = ½ (w − w*)ᵀ H (w − w*) exactly, H = XᵀX / n, so full-batch SGLD has a
     closed-form expectation at every ε, γ, nβ: ``truth.quadratic_expectation(eig(H), ...)``
-    (REFERENCE §3.1). ``info["hessian_eigenvalues"]`` holds eig(H).
+    (the Gaussian posterior of a quadratic loss). ``info["hessian_eigenvalues"]`` holds eig(H).
     """
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, generator=gen, dtype=torch.float64) * torch.linspace(0.5, 2.0, dim, dtype=torch.float64)

@@ -1,0 +1,195 @@
+"""Blind accuracy: the cases of ``benchmarks/blind_cases.py``, each estimated with no settings at all.
+
+    python benchmarks/blind_accuracy.py                       # every route, 2 worker processes
+    python benchmarks/blind_accuracy.py --routes auto --bands 100 1k
+    python benchmarks/blind_accuracy.py --report-only         # docs/accuracy.md from the cache
+
+Routes, each one process per (case, route), one torch thread:
+
+- ``auto``: ``lh.estimate_llc(model, data, loss)``, no settings (this version);
+- ``fixed``: a hand-tuned fixed setting, the rule of ``experiments/dln_accuracy`` (ε·nβ = 0.04,
+  γ = 1, 4 × (4000 + 4000) steps, batch 500), for the time-to-accuracy comparison;
+- ``old_defaults``: the defaults of the previous release (main at 56bf46a: ε = 2e-5, γ = 100,
+  4 × (500 + 1000)), run from a git worktree of that commit;
+- ``old_calibrate``: that release's ``lh.calibrate`` with its defaults, then ``estimate_llc`` at
+  its recommendation with the advised draws capped at 4000.
+
+Results are cached in ``benchmarks/out/blind_accuracy.jsonl`` (one line per case and route, keyed by
+the case and the route; delete the file to start over). The truth is only compared at the end: no
+route reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from blind_cases import BANDS, Case, cases  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+CACHE = OUT / "blind_accuracy.jsonl"
+OLD_COMMIT = "56bf46a"
+OLD_TREE = OUT / "old_release"
+ROUTES = ("auto", "fixed", "old_defaults", "old_calibrate")
+BAND_ORDER = (*BANDS, "rrr", "crossing")
+
+
+def _run_case(case_name: str, route: str) -> dict:
+    """One (case, route) in this worker process: returns the row (no truth read by the route)."""
+    import torch
+
+    torch.set_num_threads(1)
+    import lambdahat as lh
+    from blind_cases import build
+
+    case = next(c for c in cases() if c.name == case_name)
+    task = build(case)
+    start = time.perf_counter()
+    row: dict = dict(case=case.name, band=case.band, route=route)
+    if route == "auto":
+        result = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False)
+        row.update(certified=result.certified, failed=[c.name for c in result.checks if not c.ok],
+                   gradient_evaluations=result.gradient_evaluations, settings=result.settings.to_dict(),
+                   bias=result.adaptation.bias)
+    elif route == "fixed":
+        n = task.n
+        nbeta = n / math.log(n)
+        result = lh.estimate_llc(task.model, task.data, task.loss_fn, step_size=0.04 / nbeta, localization=1.0,
+                                 num_chains=4, num_burnin_steps=4000, num_draws=4000, batch_size=500, progress=False)
+        row.update(certified=result.certified, failed=[c.name for c in result.checks if not c.ok],
+                   gradient_evaluations=result.gradient_evaluations)
+    else:
+        result = _old_route(task, route)
+        row.update(certified=result.healthy, failed=[c.name for c in result.checks if not c.ok],
+                   gradient_evaluations=None)
+    row.update(llc=float(result.llc_mean), mcse=float(result.llc_mcse), seconds=time.perf_counter() - start,
+               num_params=int(sum(p.numel() for p in task.model.parameters())), n=task.n)
+    return row
+
+
+def _old_route(task, route: str):
+    """The previous release's defaults or calibrate route (lambdahat imported from its worktree)."""
+    import lambdahat as old
+
+    if route == "old_defaults":
+        return old.estimate_llc(task.model, task.data, task.loss_fn, progress=False)
+    cal = old.calibrate(task.model, task.data, task.loss_fn, progress=False)
+    if cal.recommended is None:
+        return old.estimate_llc(task.model, task.data, task.loss_fn, progress=False)
+    rec = cal.recommended
+    return old.estimate_llc(task.model, task.data, task.loss_fn, step_size=rec["step_size"], nbeta=rec["nbeta"],
+                            localization=rec["localization"], num_draws=min(rec["num_draws"], 4000), progress=False)
+
+
+def _job(args: tuple[str, str]) -> dict:
+    case_name, route = args
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    code = ("import json, sys; sys.path.insert(0, %r); import blind_accuracy as b; "
+            "print('ROW ' + json.dumps(b._run_case(%r, %r)))") % (str(ROOT / "benchmarks"), case_name, route)
+    if route.startswith("old"):
+        env["PYTHONPATH"] = str(OLD_TREE / "src")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT))
+    for line in proc.stdout.splitlines():
+        if line.startswith("ROW "):
+            return json.loads(line[4:])
+    return dict(case=case_name, route=route, error=(proc.stderr or proc.stdout)[-2000:])
+
+
+def _cached() -> dict[tuple[str, str], dict]:
+    if not CACHE.exists():
+        return {}
+    rows = [json.loads(line) for line in CACHE.read_text().splitlines() if line.strip()]
+    return {(r["case"], r["route"]): r for r in rows if "error" not in r}
+
+
+def _old_tree() -> None:
+    if not OLD_TREE.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(OLD_TREE), OLD_COMMIT], check=True)
+
+
+def run(routes: list[str], bands: list[str], workers: int) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    if any(r.startswith("old") for r in routes):
+        _old_tree()
+    done = _cached()
+    jobs = [(c.name, r) for r in routes for c in cases() if c.band in bands and (c.name, r) not in done]
+    print(f"{len(jobs)} runs to do ({len(done)} cached)", flush=True)
+    with ProcessPoolExecutor(workers) as pool:
+        for row in pool.map(_job, jobs):
+            with CACHE.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            if "error" in row:
+                print(f"  {row['route']:13} {row['case']}: ERROR {row['error'].splitlines()[-1]}", flush=True)
+            else:
+                print(f"  {row['route']:13} {row['case']}: λ̂ = {row['llc']:.4g} ± {row['mcse']:.2g}, "
+                      f"{'certified' if row['certified'] else 'not certified'}, {row['seconds']:.0f} s", flush=True)
+
+
+def report(path: Path) -> str:
+    """The tables of docs/accuracy.md from the cache (the truth enters here, and only here)."""
+    from blind_cases import build
+
+    rows = _cached()
+    truths = {c.name: float(build(c).truth.value) if c.kind != "dln" else _dln_truth(c) for c in cases()}
+    lines = ["| band | route | cases | mean abs. rel. error | worst | certified | certified off by > 10% | "
+             "gradient evals (mean) | wall time per estimate (mean, s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for band in BAND_ORDER:
+        for route in ROUTES:
+            got = [rows[(c.name, route)] for c in cases() if c.band == band and (c.name, route) in rows]
+            if not got:
+                continue
+            errs = [(r["llc"] - truths[r["case"]]) / truths[r["case"]] for r in got]
+            cert = [r for r, e in zip(got, errs) if r["certified"]]
+            bad = sum(1 for r, e in zip(got, errs) if r["certified"] and abs(e) > 0.10)
+            evals = [r["gradient_evaluations"] for r in got if r.get("gradient_evaluations")]
+            worst = max(errs, key=abs)
+            lines.append(
+                f"| {band} | {route} | {len(got)} | {sum(map(abs, errs)) / len(errs):.1%} | {worst:+.1%} | "
+                f"{len(cert)}/{len(got)} | {bad} | {(sum(evals) / len(evals)) if evals else float('nan'):.3g} | "
+                f"{sum(r['seconds'] for r in got) / len(got):.0f} |"
+            )
+    detail = ["| case | truth | route | λ̂ ± MCSE | error | certified | failed checks | s |", "|---|---|---|---|---|---|---|---|"]
+    for c in cases():
+        for route in ROUTES:
+            r = rows.get((c.name, route))
+            if r is None:
+                continue
+            t = truths[c.name]
+            detail.append(f"| {c.name} | {t:.4g} | {route} | {r['llc']:.4g} ± {r['mcse']:.2g} | {(r['llc'] - t) / t:+.1%} | "
+                          f"{'yes' if r['certified'] else 'no'} | {', '.join(r['failed']) or '—'} | {r['seconds']:.0f} |")
+    text = "\n".join(lines) + "\n\n" + "\n".join(detail) + "\n"
+    return text
+
+
+def _dln_truth(case: Case) -> float:
+    from lambdahat import truth
+
+    return float(truth.deep_linear_network(case.params["widths"], case.params["rank"]).value)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=ROUTES)
+    parser.add_argument("--bands", nargs="+", default=list(BAND_ORDER), choices=BAND_ORDER)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=OUT / "accuracy_tables.md")
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        run(args.routes, args.bands, args.workers)
+    text = report(args.out)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""The adaptive warm-up: choose the step size, the localisation and the chain length on the run.
+
+Every setting left ``"auto"`` is chosen here; every setting the user gave is kept as given.
+Adaptation happens during burn-in only and the draws run at frozen settings, as in Stan's
+warm-up, so the draws are one valid chain of fixed-step SGLD:
+
+1. **Step size (warm-up).** From ε₀ = 0.01 / nβ, windows of ``WINDOW`` steps record the
+   Metropolis–Hastings acceptance probability that MALA would give SGLD's own proposal
+   (Lau et al., arXiv 2308.12108, after Furman & Lau). For small steps the rejection rate of a
+   Langevin proposal grows like h^{3/2} with h = ε × curvature (Roberts & Rosenthal 1998), so
+   after each window ε ← ε · ((1 − target) / (1 − acceptance))^{2/3}, the factor clipped to
+   [1/2, 2]. A window with a non-finite loss sends every chain back to w* with ε / 10.
+   The chains move outward from w* into regions of higher curvature while they warm up, so the
+   adaptation follows them until the end of the warm-up.
+2. **Localisation.** γ = 1 (the value of Lau et al.'s deep-linear-network and ResNet runs). After
+   the warm-up the :func:`~lambdahat.health.check_localization` statistics are read on its last
+   half; while they say the prior, not the loss, confines the chain, γ is divided by 10 and the
+   warm-up restarts from w* (at most twice).
+3. **Draws.** In blocks at the frozen ε and γ, until the convergence, R̂ and ESS checks pass and
+   the Monte Carlo standard error is at most ``target_rel_mcse`` × λ̂, or the step budget
+   ``max_steps`` is spent. When the convergence check finds λ̂ still rising or falling, the first
+   half of the draws so far becomes burn-in (any prefix of a fixed-setting chain may be
+   discarded).
+4. **Bias.** After the draws, every chain continues for a segment at ε/2 (settling, then
+   measuring). SGLD's bias is about linear in ε for small ε (for a quadratic loss the factor is
+   1 / (1 − εa/4)), so 2 (λ̂(ε) − λ̂(ε/2)) estimates the bias at ε; it is reported with its
+   standard error and judged by the ``bias`` health check. Halving rather than doubling keeps
+   the segment from exploring further than the draws did (a larger step also travels faster
+   along flat directions, which a doubled segment would mistake for bias). The segment is not
+   part of the trace's draws.
+
+A run's randomness comes only from (seed, chain), and the budget is in steps, never seconds, so
+the same call gives the same result, bit for bit, on any machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import diagnostics
+from .chains import ChainSet
+from .settings import AUTO, Settings, default_max_steps
+
+__all__ = ["Adaptation", "adapt_and_sample", "WINDOW", "DRAW_ACCEPTANCE", "MALA_ACCEPTANCE"]
+
+WINDOW = 100
+#: The MALA acceptance of SGLD's own steps that the warm-up aims the step size at: Lau et al.
+#: (after Furman & Lau) call ≈ 0.9 healthy; the health check fails below 0.8.
+DRAW_ACCEPTANCE = 0.9
+#: Exact MALA's own acceptance biases nothing; ≈ 0.6 mixes well (Roberts & Rosenthal 1998: 0.574).
+MALA_ACCEPTANCE = 0.6
+#: The warm-up has settled when its last windows' acceptance is this close to the target.
+SETTLED_ACCEPTANCE = 0.05
+MAX_REWARMS = 3
+#: How often the warm-up records the acceptance (every step would double its cost).
+WARMUP_ACCEPTANCE_EVERY = 4
+#: During the draws (the sampler's option): enough to report the acceptance, cheap.
+DRAW_ACCEPTANCE_EVERY = 10
+MIN_WARMUP = 1_000
+MIN_DRAWS = 1_000
+DRAW_BLOCK = 1_000
+MIN_ESS = 400.0
+MAX_GAMMA_REDUCTIONS = 2
+
+
+@dataclass
+class Adaptation:
+    """What the warm-up chose and why.
+
+    ``phases``: one dict per phase (``name``, ``steps``, ``step_size``, ``localization``,
+    ``acceptance``); ``notes``: one sentence per auto setting saying how it got its value;
+    ``bias`` and ``bias_mcse``: λ̂(2ε) − λ̂(ε) and its standard error (None when not measured);
+    ``budget_spent``: the draws stopped at ``max_steps``, not because the checks passed;
+    ``gradient_evaluations``: per chain, every phase included (a proposal check costs one more).
+    """
+
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    bias: float | None = None
+    bias_mcse: float | None = None
+    budget_spent: bool = False
+    gradient_evaluations: int = 0
+    discarded_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(phases=self.phases, notes=self.notes, bias=self.bias, bias_mcse=self.bias_mcse,
+                    budget_spent=self.budget_spent, gradient_evaluations=self.gradient_evaluations,
+                    discarded_steps=self.discarded_steps)
+
+
+def _acceptance(records: dict[str, np.ndarray]) -> float:
+    values = records.get("mala_accept")
+    if values is None or not np.isfinite(values).any():
+        return float("nan")
+    return float(np.nanmean(values))
+
+
+def _finite(records: dict[str, np.ndarray]) -> bool:
+    return bool(np.isfinite(records["loss"]).all())
+
+
+def _step_factor(acceptance: float, target: float) -> float:
+    """The multiplicative change of ε that moves the acceptance toward ``target``."""
+    if not math.isfinite(acceptance):
+        return 0.5
+    ratio = max(1.0 - acceptance, 1e-3) / (1.0 - target)
+    return float(np.clip(ratio ** (-2.0 / 3.0), 0.5, 2.0))
+
+
+def _options(settings_sampler, every: int) -> dict[str, Any]:
+    """The sampler option that makes it record the acceptance ``every`` steps, where it has one."""
+    return {"acceptance_every": every} if "acceptance_every" in settings_sampler.options else {}
+
+
+def _llc_and_mcse(losses: np.ndarray, init_loss: float, nbeta: float) -> tuple[float, float]:
+    llc = nbeta * (float(losses.mean()) - init_loss)
+    if losses.shape[1] < 4 or np.ptp(losses) == 0:
+        return llc, 0.0
+    ess = diagnostics.ess(losses, method="mean")
+    mcse = nbeta * float(losses.std(ddof=1)) / math.sqrt(ess)
+    if losses.shape[0] >= 2:
+        per_chain = nbeta * (losses.mean(axis=1) - init_loss)
+        mcse = max(mcse, float(per_chain.std(ddof=1)) / math.sqrt(losses.shape[0]))
+    return llc, mcse
+
+
+def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, nbeta: float, num_params: int,
+                     bar=None) -> tuple[dict[str, np.ndarray], int, list[int | None], Settings, Adaptation]:
+    """Run ``chains`` with every auto field of ``settings`` chosen on the way (module docstring).
+
+    Returns the per-step records of burn-in and draws (chain, step), the number of burn-in
+    steps, each chain's first non-finite step, the settings with every auto field resolved, and
+    the :class:`Adaptation` record.
+    """
+    from . import health
+    from .samplers import as_sampler_config
+
+    sampler = as_sampler_config(settings.sampler)
+    log = Adaptation()
+    auto_step = settings.step_size == AUTO
+    auto_gamma = settings.localization == AUTO
+    auto_burnin = settings.num_burnin_steps == AUTO
+    auto_draws = settings.num_draws == AUTO
+    budget = default_max_steps(num_params) if settings.max_steps == AUTO else int(settings.max_steps)
+    target = MALA_ACCEPTANCE if sampler.name == "mala" else DRAW_ACCEPTANCE
+    low = health.MALA_ACCEPT_LOW if sampler.name != "mala" else 0.2
+    step = 0.01 / nbeta if auto_step else float(settings.step_size)
+    gamma = 1.0 if auto_gamma else float(settings.localization)
+    if chains.localization != gamma:
+        chains.restart(gamma)
+    warm_every = _options(sampler, WARMUP_ACCEPTANCE_EVERY) if auto_step else _options(sampler, DRAW_ACCEPTANCE_EVERY)
+    draw_every = _options(sampler, DRAW_ACCEPTANCE_EVERY)
+    cost = _cost(warm_every)
+    draw_cost = _cost(draw_every)
+    reserve = budget // 5 if auto_step and sampler.name != "mala" else 0  # for the bias check
+    budget_draws = budget - reserve
+    max_warmup = budget // 2 if auto_burnin else int(settings.num_burnin_steps)
+    min_warmup = min(MIN_WARMUP, max_warmup) if auto_burnin else max_warmup
+    draw_floor = MIN_DRAWS if auto_draws else int(settings.num_draws)
+    step_sizes: list[float] = []  # the ε of every kept step
+
+    def spend(records: dict[str, np.ndarray], per_step: float) -> None:
+        log.gradient_evaluations += int(round(records["loss"].shape[1] * per_step))
+
+    def warm_up(steps_min: int, steps_max: int) -> tuple[list[dict[str, np.ndarray]], float]:
+        """Adapt ε window by window until the acceptance and the loss level have settled."""
+        nonlocal step
+        done, windows = 0, []
+        while done < steps_max:
+            length = min(WINDOW, steps_max - done)
+            records = chains.advance(length, step, options=warm_every, bar=bar)
+            spend(records, cost)
+            if not _finite(records) and auto_step:
+                log.discarded_steps += chains.steps
+                log.notes.append(f"a chain diverged at ε = {step:.3g} during the warm-up: every chain restarted from w* "
+                                 "at ε / 10")
+                chains.reset()
+                step_sizes.clear()
+                step /= 10
+                done, windows = 0, []
+                continue
+            step_sizes.extend([step] * length)
+            done += length
+            windows.append(records)
+            if auto_step:
+                step *= _step_factor(_acceptance(records), target)
+            if done >= steps_min and _settled(windows, target if auto_step else None, init_loss, nbeta):
+                break
+        recent = windows[-3:]
+        return windows, float(np.nanmean([_acceptance(r) for r in recent])) if recent else float("nan")
+
+    # 1-2. warm-up: step size, then localisation
+    if bar is not None:
+        bar.set_description("warm-up")
+    reductions = 0
+    while True:
+        windows, warm_acc = warm_up(min_warmup, max_warmup)
+        if not auto_gamma or reductions >= MAX_GAMMA_REDUCTIONS or not windows:
+            break
+        half = windows[len(windows) // 2:]
+        share, elasticity = _prior_statistics(half, gamma, nbeta, num_params, init_loss)
+        if not health.localization_too_tight(share, elasticity):
+            break
+        log.notes.append(
+            f"γ = {gamma:g} confined the warm-up chains (prior share {share:.0%}, ∂ log λ̂ / ∂ log γ = {elasticity:.2f}): "
+            f"γ lowered to {gamma / 10:g} and the warm-up restarted from w*"
+        )
+        log.discarded_steps += chains.steps
+        gamma /= 10
+        reductions += 1
+        chains.reset()
+        chains.restart(gamma)
+        step_sizes.clear()
+    log.phases.append(dict(name="warm-up", steps=chains.steps, step_size=step, localization=gamma, acceptance=warm_acc))
+    burnin = chains.steps
+    rewarms = 0
+    if bar is not None:
+        bar.set_description("draws")
+
+    # 3. draws at frozen settings; back to the warm-up if their acceptance leaves the band
+    draws: list[dict[str, np.ndarray]] = []
+    while True:
+        have = sum(r["loss"].shape[1] for r in draws)
+        if not auto_draws:
+            if have >= draw_floor:
+                break
+            length = draw_floor - have
+        else:
+            if chains.steps >= budget_draws:
+                log.budget_spent = True
+                break
+            length = min(max(DRAW_BLOCK, draw_floor - have), budget_draws - chains.steps)
+        records = chains.advance(length, step, options=draw_every, bar=bar)
+        spend(records, draw_cost)
+        step_sizes.extend([step] * length)
+        draws.append(records)
+        if not auto_draws:
+            continue
+        healthy = [k for k, s in enumerate(chains.first_bad) if s is None]
+        if not healthy:
+            break
+        acc = _acceptance(records)
+        if auto_step and auto_burnin and rewarms < MAX_REWARMS and math.isfinite(acc) and acc < low \
+                and chains.steps + MIN_WARMUP < budget_draws:
+            # the chains moved on into steeper ground: adapt again, and count what came before as burn-in
+            rewarms += 1
+            log.notes.append(f"the draws' MALA acceptance fell to {acc:.2f} at ε = {step:.3g}: the warm-up resumed")
+            if bar is not None:
+                bar.set_description("warm-up (resumed)")
+            _, warm_acc = warm_up(MIN_WARMUP // 2, min(max_warmup, budget_draws - chains.steps - MIN_DRAWS))
+            if bar is not None:
+                bar.set_description("draws")
+            burnin = chains.steps
+            draws = []
+            log.phases.append(dict(name="warm-up", steps=chains.steps - log.phases[-1]["steps"], step_size=step,
+                                   localization=gamma, acceptance=warm_acc))
+            continue
+        losses = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
+        if losses.shape[1] < draw_floor:
+            continue
+        run = chains.recorded("loss")[healthy]
+        verdict = _draws_verdict(losses, init_loss, nbeta, settings.target_rel_mcse, run)
+        if verdict == "ok":
+            break
+        if verdict == "moving" and auto_burnin and losses.shape[1] >= 2 * MIN_DRAWS:
+            # the first half of the draws was still burn-in: move it there
+            half, moved, keep = losses.shape[1] // 2, 0, []
+            for r in draws:
+                size = r["loss"].shape[1]
+                if moved + size <= half and not keep:
+                    moved += size
+                    continue
+                keep.append(r)
+            burnin += moved
+            draws = keep
+    num_draws = sum(r["loss"].shape[1] for r in draws)
+    draw_acc = _acceptance({"mala_accept": np.concatenate([r["mala_accept"] for r in draws], axis=1)}) if (
+        draws and "mala_accept" in draws[0]) else float("nan")
+    log.phases.append(dict(name="draws", steps=num_draws, step_size=step, localization=gamma, acceptance=draw_acc))
+    if auto_step:
+        log.notes.append(
+            f"step_size ε = {step:.3g} (ε·nβ = {step * nbeta:.3g}), adapted in the warm-up so that the MALA acceptance of "
+            f"the sampler's own steps approaches {target} (draws: {draw_acc:.3f})"
+        )
+    if auto_gamma:
+        log.notes.append(f"localization γ = {gamma:g}" + (" (the default: the localization check passed in the warm-up)"
+                                                          if reductions == 0 else ""))
+    if auto_burnin:
+        log.notes.append(f"num_burnin_steps = {burnin}: the warm-up until the acceptance and the loss level settled"
+                         + (", and draws moved to burn-in while λ̂ was still moving" if burnin > _warmup_steps(log) else ""))
+    if auto_draws:
+        log.notes.append(
+            f"num_draws = {num_draws}: " + (f"the step budget max_steps = {budget} was spent before the length targets "
+                                            f"(convergence, R̂, ESS ≥ {MIN_ESS:.0f}, MCSE ≤ {settings.target_rel_mcse:.0%} of λ̂) "
+                                            "were all met" if log.budget_spent else
+                                            "extended in blocks until the convergence, R̂, ESS and MCSE targets passed")
+        )
+
+    # 4. the bias of ε by step halving, on a segment after the draws (not part of the trace)
+    healthy = [k for k, s in enumerate(chains.first_bad) if s is None]
+    if auto_step and sampler.name != "mala" and healthy and draws:
+        llc, mcse = _llc_and_mcse(np.concatenate([r["loss"] for r in draws], axis=1)[healthy], init_loss, nbeta)
+        if bar is not None:
+            bar.set_description("bias check at ε/2")
+        measure = min(max(MIN_DRAWS, num_draws // 2), max(reserve - reserve // 4, MIN_DRAWS // 2))
+        settle = max(2 * WINDOW, min(num_draws // 5, reserve // 4))
+        chains.keep = False
+        try:
+            settled = chains.advance(settle, step / 2, options=draw_every, bar=bar)
+            records = chains.advance(measure, step / 2, options=draw_every, bar=bar)
+        finally:
+            chains.keep = True
+        spend(settled, draw_cost)
+        spend(records, draw_cost)
+        llc_half, mcse_half = _llc_and_mcse(records["loss"][healthy], init_loss, nbeta)
+        # linear in ε: λ̂(ε) − λ̂(ε/2) is half the bias at ε
+        log.bias, log.bias_mcse = 2 * (llc - llc_half), 2 * math.hypot(mcse, mcse_half)
+        log.phases.append(dict(name="bias check", steps=settle + measure, step_size=step / 2, localization=gamma,
+                               acceptance=_acceptance(records)))
+
+    records, first_bad = chains.records()
+    records["step_size"] = np.broadcast_to(np.asarray(step_sizes, dtype=float), records["loss"].shape).copy()
+    resolved = settings.replace(step_size=step, localization=gamma, num_burnin_steps=burnin, num_draws=num_draws,
+                                max_steps=budget)
+    return records, burnin, first_bad, resolved, log
+
+
+def _warmup_steps(log: Adaptation) -> int:
+    return sum(p["steps"] for p in log.phases if p["name"] == "warm-up")
+
+
+def _cost(options: dict[str, Any]) -> float:
+    """Gradient evaluations per step: one, plus the acceptance check's share."""
+    every = options.get("acceptance_every", 0)
+    return 1.0 + (1.0 / every if every else 0.0)
+
+
+def _settled(windows: list[dict[str, np.ndarray]], target: float | None, init_loss: float, nbeta: float) -> bool:
+    """The warm-up may end: the last windows' acceptance is near ``target`` (when adapting ε) and
+    the loss level of the last fifth of the warm-up is within 5% (in λ̂) of the fifth before."""
+    if len(windows) < 10:
+        return False
+    if target is not None:
+        recent = [_acceptance(r) for r in windows[-3:]]
+        if not all(math.isfinite(a) and abs(a - target) <= SETTLED_ACCEPTANCE for a in recent):
+            return False
+    k = max(2, len(windows) // 5)
+    last = np.concatenate([r["loss"] for r in windows[-k:]], axis=1)
+    before = np.concatenate([r["loss"] for r in windows[-2 * k:-k]], axis=1)
+    if not (np.isfinite(last).all() and np.isfinite(before).all()):
+        return False
+    llc_last = nbeta * (float(last.mean()) - init_loss)
+    llc_before = nbeta * (float(before.mean()) - init_loss)
+    return abs(llc_last - llc_before) <= 0.05 * max(abs(llc_last), 1e-12)
+
+
+def _draws_verdict(losses: np.ndarray, init_loss: float, nbeta: float, target_rel_mcse: float,
+                   run: np.ndarray | None = None) -> str:
+    """"ok" when the draws pass the length checks, "moving" when λ̂ is still moving between the
+    halves of the draws, "travelling" when it moves on the scale of the whole ``run`` (the
+    ladder check), else "short"."""
+    from . import health
+
+    llc, mcse = _llc_and_mcse(losses, init_loss, nbeta)
+    drift = health.drift(losses, init_loss, nbeta, llc)
+    if not drift.ok:
+        return "moving"
+    if run is not None and not health.ladder(run, init_loss, nbeta, llc).ok:
+        return "travelling"
+    rhat = diagnostics.rhat(losses) if losses.shape[0] >= 1 else float("nan")
+    ess = diagnostics.ess(losses, method="mean")
+    rhat_ok = math.isnan(rhat) or rhat <= health.rhat_threshold(ess, losses.shape[0])
+    if rhat_ok and ess >= MIN_ESS and mcse <= target_rel_mcse * abs(llc):
+        return "ok"
+    return "short"
+
+
+def _prior_statistics(segments: list[dict[str, np.ndarray]], gamma: float, nbeta: float, d: int,
+                      init_loss: float) -> tuple[float, float]:
+    """The localisation check's prior share and elasticity (see ``health.check_localization``)."""
+    from . import health
+
+    losses = np.concatenate([r["loss"] for r in segments], axis=1)
+    distance = np.concatenate([r["distance"] for r in segments], axis=1)
+    llc = nbeta * (float(losses.mean()) - init_loss)
+    return health.prior_statistics(losses, distance, gamma, nbeta, d, llc)
