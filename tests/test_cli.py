@@ -7,6 +7,7 @@ CI) and writes its PNG. The plot functions return Figures for real, tiny estimat
 including ones where chains diverged.
 """
 
+import inspect
 import math
 
 import numpy as np
@@ -112,6 +113,154 @@ def test_demo_quick_writes_png(tmp_path, monkeypatch, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+# --- flags and TOML keys derived from Settings -------------------------------------------------
+
+
+def _subparser(name):
+    import argparse
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+@pytest.mark.parametrize("command", ["estimate", "trajectory", "demo", "calibrate"])
+def test_setting_flags_are_the_settings_fields(command):
+    """One flag per field of lambdahat.settings.Settings, its help from the field, its default appended."""
+    import dataclasses
+
+    from lambdahat.settings import Settings
+
+    actions = {a.dest: a for a in _subparser(command)._actions}
+    for f in dataclasses.fields(Settings):
+        action = actions[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")]
+        assert action.help.replace("%%", "%").startswith(f.metadata["help"])
+        if f.default is not None and not isinstance(f.default, bool):
+            assert action.help.endswith(f"(default: {f.default})"), action.help
+        if isinstance(f.default, bool):
+            assert action.nargs == 0  # --train-mode is a switch
+    if "preconditioner" in actions:
+        assert actions["preconditioner"].choices == ("auto", "none")
+
+
+def _sample_values():
+    """A valid, non-default value of every Settings field: (TOML text, flags, expected settings)."""
+    import dataclasses
+
+    from lambdahat.settings import Settings
+
+    strings = {"sampler": "sghmc", "chain_mode": "sequential", "preconditioner": "none"}
+    toml, flags, expected = [], [], {}
+    for f in dataclasses.fields(Settings):
+        kind = f.metadata["cli"].removesuffix("_or_auto")
+        value = strings.get(f.name, {"float": 0.5, "int": 123, "bool": True}.get(kind))
+        expected[f.name] = value
+        toml.append(f"{f.name} = {'true' if value is True else repr(value)}".replace("'", '"'))
+        flags += ["--" + f.name.replace("_", "-")] + ([] if value is True else [str(value)])
+    return "\n".join(toml) + "\n", flags, expected
+
+
+def test_toml_keys_and_flags_give_the_same_settings(tmp_path):
+    from lambdahat.cli.config import read_config
+    from lambdahat.cli.inputs import input_options
+
+    text, flags, expected = _sample_values()
+    (tmp_path / "top.toml").write_text(text)
+    (tmp_path / "table.toml").write_text("[estimate]\n" + text)
+    for argv in (["--config", str(tmp_path / "top.toml")], ["--config", str(tmp_path / "table.toml")], flags):
+        args = cli.build_parser().parse_args(["estimate", *argv])
+        assert read_config(args, input_options()).settings == expected
+
+
+def test_an_unknown_toml_key_lists_every_setting(tmp_path):
+    import dataclasses
+
+    from lambdahat.settings import Settings
+
+    (tmp_path / "run.toml").write_text('task = "dln:3,2,4:1"\nstep_sze = 1\n')
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["estimate", "--config", str(tmp_path / "run.toml")])
+    for f in dataclasses.fields(Settings):
+        assert f.name in str(exc.value)
+
+
+def test_only_the_given_settings_reach_estimate_llc(monkeypatch, capsys):
+    from lambdahat import estimate
+
+    seen = {}
+
+    def fake(model, data, loss_fn, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(estimate, "estimate_llc", fake)
+    assert cli.main(["estimate", "--task", "dln:3,2,4:1:20", "--num-chains", "3", "--no-progress"]) == 130
+    assert seen == {"num_chains": 3, "progress": False}  # the rest keep estimate_llc's own defaults
+
+
+def test_toml_is_read_only_for_a_config_and_by_tomli_on_python_3_10(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import types
+
+    code = "import sys; from lambdahat.cli import main; main(['truth', 'regular', '2']); print('tomllib' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-1] == "False", done.stderr
+
+    import tomllib
+
+    from lambdahat.cli import config
+
+    calls = []
+    fake = types.SimpleNamespace(loads=lambda text: calls.append(text) or tomllib.loads(text),
+                                 TOMLDecodeError=tomllib.TOMLDecodeError)
+    monkeypatch.setitem(sys.modules, "tomli", fake)
+    monkeypatch.setattr(sys, "version_info", (3, 10, 14))
+    (tmp_path / "run.toml").write_text("seed = 3\n")
+    assert config._load_toml(tmp_path / "run.toml") == {"seed": 3} and calls
+
+
+# --- calibrate and demo on the shared inputs ----------------------------------------------------
+
+
+def test_calibrate_takes_the_model_checkpoint_and_data_flags(tmp_path, capsys):
+    """Issue 16 item 5: `lambdahat calibrate` takes estimate's inputs; several checkpoints, one setting."""
+    import torch
+    from torch import nn
+
+    (tmp_path / "factory.py").write_text(
+        "from torch import nn\ndef make():\n    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))\n")
+    torch.manual_seed(0)
+    torch.save({"x": torch.randn(60, 3), "y": torch.randn(60, 1)}, tmp_path / "data.pt")
+    for name in ("first", "last"):
+        torch.save(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).state_dict(), tmp_path / f"{name}.pt")
+    sweep = "step_sizes" in inspect.signature(lh.calibrate).parameters  # the grid sweep, or the adaptive one
+    fixed = ["--step-sizes", "1e-3"] if sweep else ["--step-size", "1e-3", "--localization", "1"]
+    argv = ["calibrate", "--model", f"{tmp_path / 'factory.py'}:make", "--data", str(tmp_path / "data.pt"),
+            "--checkpoint", str(tmp_path / "first.pt"), str(tmp_path / "last.pt"), "--quick", *fixed,
+            "--num-chains", "2", "--num-draws", "20", "--num-burnin-steps", "5", "--no-progress",
+            "--out", str(tmp_path / "figs"), "--csv", str(tmp_path / "cal.csv")]
+    status = cli.main(argv)
+    printed = capsys.readouterr().out
+    assert status in (0, 1)  # 1: no setting was sound on every model (the table says why)
+    models = {row.split(",")[1] for row in (tmp_path / "cal.csv").read_text().splitlines()[1:]}
+    assert models == {"first", "last"}
+    assert "first" in printed and "last" in printed
+    if sweep:
+        assert (tmp_path / "figs" / "calibration_map.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_takes_estimate_setting_flags(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(cli.DEMO_SETTINGS, "task", {"widths": [3, 2, 3], "rank": 1, "n": 100, "seed": 0})
+    monkeypatch.setitem(cli.DEMO_SETTINGS, "estimate", dict(cli.DEMO_SETTINGS["estimate"], num_chains=1, batch_size=50))
+    monkeypatch.setitem(cli.DEMO_SETTINGS, "quick", {"num_draws": 40, "num_burnin_steps": 5})
+    assert cli.main(["demo", "--quick", "--num-draws", "12", "--out", str(tmp_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 chains × 12 draws after 5 burn-in steps" in printed
+    assert "lambdahat estimate --task dln:3,2,3:1:100" in _subparser("demo").description  # the one way to name it
+
+
 # --- plots ----------------------------------------------------------------------------------
 
 
@@ -138,6 +287,8 @@ def _with_diverged_chain(result: LLCResult, chain: int, step: int) -> LLCResult:
     diverged_at = list(result.trace.diverged_at)
     diverged_at[chain] = step
     trace = Trace(arrays, result.trace.num_burnin_steps, diverged_at, result.trace.config)
+    if hasattr(LLCResult, "from_trace"):  # the result computes its checks once, from the trace
+        return LLCResult.from_trace(trace, result.init_loss, result.nbeta, result.settings, result.num_params)
     stats = llc_from_trace(trace, result.init_loss, result.nbeta)
     return LLCResult(init_loss=result.init_loss, nbeta=result.nbeta, trace=trace, **stats)
 

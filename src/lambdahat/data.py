@@ -3,6 +3,18 @@
 In-memory tensors take a fast path: a batch is ``tensor.index_select(0, idx)`` for every tensor,
 with no per-item collation. A ``Dataset`` (or a ``DataLoader``'s dataset and ``collate_fn``) is
 read item by item and collated, as a ``DataLoader`` would.
+
+What the loss receives follows torch's convention: a bare tensor given as the data stays a bare
+tensor; a ``TensorDataset`` (or a sequence of tensors) of k tensors gives a sequence of k batch
+tensors, so a one-tensor ``TensorDataset(x)`` gives ``(x_batch,)`` as torch's collation gives
+``[x_batch]``. From a ``DataLoader`` lambdahat takes the dataset, the batch size, the
+``collate_fn`` (a custom one is used for every batch, also over a ``TensorDataset``) and the
+samples its sampler selects: a ``SubsetRandomSampler`` restricts the data to its indices (n is
+the subset's size), a ``SequentialSampler`` or a ``RandomSampler`` without replacement covers
+the whole dataset. Samplers that re-weight or repeat samples (``WeightedRandomSampler``, a
+``RandomSampler`` with replacement, custom samplers and batch samplers) are refused with an
+error: the estimator draws its own uniform minibatches, because the LLC is defined on the
+empirical loss L_n over n samples.
 """
 
 from __future__ import annotations
@@ -13,7 +25,19 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    SubsetRandomSampler,
+    TensorDataset,
+    default_collate,
+    default_convert,
+)
 
 __all__ = ["DataSource", "as_data_source"]
 
@@ -27,8 +51,11 @@ class DataSource:
         dataset: Dataset | None = None,
         collate_fn: Callable[[list[Any]], Any] = default_collate,
         default_batch_size: int | None = None,
+        bare: bool = False,
     ):
         self.tensors = tuple(tensors) if tensors is not None else None
+        # True only for a bare tensor given as the data: batches are then bare tensors too
+        self.bare = bool(bare and self.tensors is not None and len(self.tensors) == 1)
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.default_batch_size = default_batch_size
@@ -48,7 +75,8 @@ class DataSource:
     def to(self, device: torch.device) -> DataSource:
         if self.tensors is None:
             return self
-        return DataSource(tuple(t.to(device) for t in self.tensors), default_batch_size=self.default_batch_size)
+        return DataSource(tuple(t.to(device) for t in self.tensors), default_batch_size=self.default_batch_size,
+                          bare=self.bare)
 
     def batch(self, idx: Tensor) -> Any:
         """The samples ``idx``; a 2-D ``idx`` (chain, sample) gives every leaf a leading chain
@@ -57,19 +85,19 @@ class DataSource:
             if self.tensors is not None:
                 flat = idx.reshape(-1)
                 parts = tuple(t.index_select(0, flat.to(t.device)).view(*idx.shape, *t.shape[1:]) for t in self.tensors)
-                return parts[0] if len(parts) == 1 else parts
+                return parts[0] if self.bare else parts
             rows = [self.batch(row) for row in idx]
             return tree_map(lambda *leaves: torch.stack(leaves), rows[0], *rows[1:])
         if self.tensors is not None:
             parts = tuple(t.index_select(0, idx.to(t.device)) for t in self.tensors)
-            return parts[0] if len(parts) == 1 else parts
+            return parts[0] if self.bare else parts
         return self.collate_fn([self.dataset[int(i)] for i in idx])  # type: ignore[index]
 
     def all(self) -> Any | None:
         """The whole data as one batch, when it is in memory (used for full-batch sampling)."""
         if self.tensors is None:
             return None
-        return self.tensors[0] if len(self.tensors) == 1 else self.tensors
+        return self.tensors[0] if self.bare else self.tensors
 
     def minibatches(self, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
         """Endless minibatches of ``batch_size`` from a fresh random permutation each epoch.
@@ -100,21 +128,19 @@ class DataSource:
 
 
 def as_data_source(data: Any) -> DataSource:
-    """Accept ``(inputs, targets)`` tensors, a ``Dataset`` or a ``DataLoader``."""
+    """Accept ``(inputs, targets)`` tensors, a bare tensor, a ``Dataset`` or a ``DataLoader``."""
     if isinstance(data, DataSource):
         return data
     if isinstance(data, DataLoader):
-        source = as_data_source(data.dataset)
-        source.default_batch_size = data.batch_size
-        if source.tensors is None:
-            source.collate_fn = data.collate_fn or default_collate
-        return source
+        return _from_loader(data)
     if isinstance(data, TensorDataset):
         return _from_tensors(data.tensors)
     if isinstance(data, Tensor):
-        return _from_tensors((data,))
+        return _from_tensors((data,), bare=True)
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
         return _from_tensors(tuple(data))
+    if isinstance(data, IterableDataset):
+        raise ValueError(_ITERABLE)
     if isinstance(data, Dataset):
         return DataSource(dataset=data)
     raise TypeError(
@@ -123,11 +149,76 @@ def as_data_source(data: Any) -> DataSource:
     )
 
 
-def _from_tensors(tensors: Sequence[Tensor]) -> DataSource:
+_ITERABLE = ("data: an IterableDataset cannot be indexed, and the sampler needs random minibatches of a "
+             "fixed set of n samples; pass a map-style Dataset, or the samples as (inputs, targets) tensors.")
+
+
+def _from_loader(loader: DataLoader) -> DataSource:
+    """The samples a DataLoader would draw from, with its batch size and collate_fn."""
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(_ITERABLE)
+    sampler, batch_size = loader.sampler, loader.batch_size
+    if loader.batch_sampler is None:  # automatic batching off (batch_size=None): collate_fn sees single samples
+        if loader.collate_fn is not default_convert:
+            raise ValueError(
+                "data: a DataLoader with batch_size=None applies its collate_fn to single samples, but the "
+                "sampler needs minibatches; give the DataLoader a batch_size (its collate_fn then collates them)."
+            )
+        collate_fn = default_collate
+    else:
+        if type(loader.batch_sampler) is not BatchSampler:
+            raise ValueError(
+                f"data: the DataLoader's batch_sampler ({type(loader.batch_sampler).__name__}) decides which samples "
+                "form a batch, but lambdahat draws its own uniform minibatches of a fixed size; pass the dataset "
+                "(or a torch.utils.data.Subset of it) with batch_size instead."
+            )
+        sampler, batch_size = loader.batch_sampler.sampler, loader.batch_sampler.batch_size
+        collate_fn = loader.collate_fn or default_collate
+    indices = _sampler_indices(sampler, len(dataset))
+    if isinstance(dataset, TensorDataset) and collate_fn is default_collate:
+        tensors = dataset.tensors
+        if indices is not None:
+            index = torch.as_tensor(indices, dtype=torch.long)
+            tensors = tuple(t.index_select(0, index.to(t.device)) for t in tensors)
+        source = _from_tensors(tensors)
+    else:
+        source = DataSource(dataset=dataset if indices is None else Subset(dataset, indices), collate_fn=collate_fn)
+    source.default_batch_size = batch_size
+    return source
+
+
+def _sampler_indices(sampler: Any, n: int) -> list[int] | None:
+    """The sample indices a sampler selects (None: all n, each once), or a ValueError."""
+    if isinstance(sampler, SequentialSampler):
+        return None
+    if isinstance(sampler, RandomSampler) and not sampler.replacement and sampler.num_samples == n:
+        return None
+    if isinstance(sampler, SubsetRandomSampler):
+        indices = [int(i) for i in sampler.indices]
+        if not indices:
+            raise ValueError("data: the DataLoader's SubsetRandomSampler selects no samples; give it at least one index.")
+        if min(indices) < 0 or max(indices) >= n:
+            raise ValueError(f"data: the DataLoader's SubsetRandomSampler has indices outside 0..{n - 1}.")
+        return indices
+    raise ValueError(
+        f"data: the DataLoader's sampler ({type(sampler).__name__}) changes which samples are drawn or how often, "
+        "but lambdahat draws its own uniform minibatches (the LLC is defined on the empirical loss over n samples) "
+        "and cannot honour it; pass the samples you mean as a torch.utils.data.Subset of the dataset, or use "
+        "a SubsetRandomSampler."
+    )
+
+
+def _from_tensors(tensors: Sequence[Tensor], bare: bool = False) -> DataSource:
     sizes = [int(t.shape[0]) if t.dim() > 0 else -1 for t in tensors]
     if any(s != sizes[0] for s in sizes) or sizes[0] < 0:
         raise ValueError(
             f"data: the tensors must share their first (sample) dimension, got sizes {sizes}; "
             "pass inputs and targets with one row per sample."
         )
-    return DataSource(tensors=tensors)
+    if any(t.is_meta for t in tensors):
+        raise ValueError(
+            "data: a tensor is on the meta device, which holds shapes but no values; load the real data "
+            "(e.g. on 'cpu') before estimating."
+        )
+    return DataSource(tensors=tensors, bare=bare)

@@ -6,6 +6,7 @@ ids, e.g. a Hugging Face tokenizer), else byte-level (ids 0–255, for a vocabul
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,27 @@ def load_data(path: str | Path, *, tokenizer: Any | None = None, seq_len: int = 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data file {str(path)!r} does not exist.")
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}.")
     if path.suffix in (".pt", ".pth"):
-        return _as_tensors(torch.load(path, map_location="cpu", weights_only=True), path)
+        from .models import safe_torch_load
+
+        return _as_tensors(safe_torch_load(path, f"data file {str(path)!r}"), path)
     if path.suffix == ".npz":
-        with np.load(path) as arrays:
-            return _as_tensors({k: torch.from_numpy(arrays[k]) for k in arrays.files}, path)
-    text = path.read_text(encoding="utf-8")
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                loaded = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
+        except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"data file {str(path)!r} is not a readable .npz archive of numeric arrays "
+                             f"({type(err).__name__}); write one with numpy.savez(path, x=..., y=...).") from None
+        return _as_tensors(loaded, path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"data file {str(path)!r} is neither .pt/.pth/.npz tensors nor UTF-8 text; save tensors with torch.save "
+            "or numpy.savez."
+        ) from None
     tokens = _tokenize(text, tokenizer)
     return token_windows(tokens, seq_len)
 

@@ -297,6 +297,9 @@ def estimate_llc(
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
+    if device.type == "meta":
+        raise ValueError("model: its parameters are on the meta device (shapes without values); load its weights "
+                         "(e.g. model.to_empty(device='cpu') then load_state_dict) before estimating.")
     source = source.to(device)
     modes = {module: module.training for module in model.modules()}
     try:

@@ -54,6 +54,8 @@ def next_token(model: Callable[..., Tensor], batch: Any) -> Tensor:
     ``batch`` is a (B, T+1) tensor of token ids or a pair (inputs, targets) of (B, T) tensors;
     l = −log p(x_{t+1} | x_{≤t}), averaged over batch and positions.
     """
+    if isinstance(batch, (tuple, list)) and len(batch) == 1:  # torch's collation of a one-tensor dataset
+        batch = batch[0]
     if isinstance(batch, (tuple, list)):
         inputs, targets = batch
     else:

@@ -54,30 +54,89 @@ def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Tensor]
 
     ``checkpoint``: a state dict, or a ``.pt``/``.pth`` file holding one (directly or under the key
     ``"model"``, ``"state_dict"`` or ``"model_state_dict"``, as training loops usually save), or a
-    ``.safetensors`` file. Keys must match exactly (strict loading): a checkpoint of another
-    architecture is an error, not a silent partial load.
+    ``.safetensors`` file. Files are read with ``weights_only=True``: a checkpoint cannot run code.
+    Keys must match exactly (strict loading): a checkpoint of another architecture is an error
+    naming the missing, unexpected and mis-shaped entries, not a silent partial load.
     """
     state = checkpoint
+    where = "checkpoint"
     if isinstance(checkpoint, (str, Path)):
         path = Path(checkpoint)
+        where = f"checkpoint {str(path)!r}"
         if not path.is_file():
-            raise ValueError(f"checkpoint {str(path)!r} does not exist.")
+            raise ValueError(f"{where} does not exist.")
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            try:
+                state = load_file(str(path))
+            except Exception as err:  # safetensors raises its own error type for a corrupt header
+                raise ValueError(f"{where} is not a readable .safetensors file ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:200]}).") from None
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = safe_torch_load(path, where)
     if isinstance(state, Mapping):
         for key in ("model", "state_dict", "model_state_dict"):
             if key in state and isinstance(state[key], Mapping):
                 state = state[key]
                 break
     if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint must hold a state dict (name → tensor), got {type(state).__name__}.")
+        raise ValueError(f"{where} must hold a state dict (name → tensor), got {type(state).__name__}.")
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
+    if not_tensors:
+        raise ValueError(f"{where}: entries {_few(not_tensors)} are not tensors; a state dict maps names to tensors.")
+    _check_architecture(model, state, where)
     device = next(model.parameters(), torch.empty(0)).device
     model.load_state_dict({k: v.to(device) for k, v in state.items()})
     return model
+
+
+def safe_torch_load(path: Path, where: str) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors that never suggest unpickling code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            raise ValueError(
+                f"{where} holds a Python object of type {found.group(1)}, which lambdahat does not unpickle (files are "
+                "read with weights_only=True, so that loading one cannot run code); save tensors only, e.g. "
+                "torch.save(model.state_dict(), path)."
+            ) from None
+        raise ValueError(
+            f"{where} is not a file written by torch.save, or it is truncated or corrupted ({type(err).__name__}); "
+            "save it again with torch.save(model.state_dict(), path)."
+        ) from None
+
+
+def _check_architecture(model: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = [f"{k} {tuple(state[k].shape)} vs the model's {tuple(expected[k].shape)}"
+                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"Missing {len(missing)} entries ({_few(missing)})")
+    if unexpected:
+        problems.append(f"Unexpected {len(unexpected)} entries ({_few(unexpected)})")
+    if mis_shaped:
+        problems.append(f"size mismatch in {len(mis_shaped)} entries ({_few(mis_shaped)})")
+    if problems:
+        raise CheckpointMismatchError(
+            f"{where} does not fit the model: {'; '.join(problems)}; build the architecture the checkpoint was "
+            "saved from (e.g. the same --model and --model-kwargs)."
+        )
+
+
+class CheckpointMismatchError(ValueError, RuntimeError):
+    """A checkpoint of another architecture. A ValueError, and a RuntimeError as torch's
+    ``load_state_dict`` raises for the same mistake."""
+
+
+def _few(items: list[str], k: int = 3) -> str:
+    return ", ".join(items[:k]) + (f", … {len(items) - k} more" if len(items) > k else "")
 
 
 def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
@@ -212,6 +271,10 @@ class TinyTransformer(nn.Module):
     def __init__(self, vocab_size: int = 256, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
                  seq_len: int = 64, attention_only: bool = True, d_mlp: int | None = None):
         super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
+                            ("n_heads", n_heads), ("seq_len", seq_len)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TinyTransformer: {name} must be a positive integer, got {value!r}.")
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
         d_head = d_model // n_heads

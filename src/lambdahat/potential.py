@@ -49,6 +49,11 @@ def select_params(model: nn.Module, sampled_params: ParamSelector) -> list[str]:
                 "make the parameters to measure trainable, or choose them with sampled_params."
             )
         return trainable
+    if not (callable(sampled_params) or isinstance(sampled_params, (str, Sequence))):
+        raise TypeError(
+            f"sampled_params must be parameter names or submodule prefixes, a predicate (name, param) -> bool, or "
+            f"{{name: boolean mask}}; got {type(sampled_params).__name__} {sampled_params!r}."
+        )
     if callable(sampled_params):
         chosen = [name for name, p in model.named_parameters() if sampled_params(name, p)]
     else:
@@ -113,6 +118,12 @@ class Potential:
         self._batch_loss = make_batch_loss(model, loss_fn)
         named = dict(model.named_parameters())
         self.names = list(sampled_names)
+        dtypes = sorted({str(named[n].dtype).removeprefix("torch.") for n in self.names})
+        if len(dtypes) > 1:
+            raise ValueError(
+                f"model: the sampled parameters mix dtypes ({', '.join(dtypes)}); cast the model to one dtype first "
+                "(e.g. model.float() or model.double())."
+            )
         self.shapes = [named[n].shape for n in self.names]
         masks = masks or {}
         # for a masked parameter: the flat indices sampled, and the frozen values around them
@@ -185,10 +196,11 @@ class Potential:
 
     def check_loss(self, batch: Any) -> Tensor:
         """Evaluate the loss once at w*, turning the usual mistakes into clear errors."""
+        w = self.w_star.clone()  # a copy: a forward that writes its own weights must not touch w*
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)
             try:
-                loss = self.loss(self.w_star, batch)
+                loss = self.loss(w, batch)
             except UserWarning as warning:  # e.g. MSELoss broadcasting mismatched shapes
                 raise ValueError(f"loss_fn warned at w*: {warning}. Fix the shapes of outputs and targets.") from None
             except (RuntimeError, ValueError) as err:
@@ -202,6 +214,22 @@ class Potential:
                 f"loss_fn must return a scalar tensor (the batch-mean loss); got "
                 f"{type(loss).__name__} {tuple(loss.shape) if isinstance(loss, Tensor) else ''}."
             )
-        if not math.isfinite(float(loss)):
-            raise ValueError(f"loss_fn is not finite at w* (got {float(loss)}); check the model and data.")
+        if not torch.equal(w, self.w_star):
+            raise ValueError(
+                "model: its forward changed its own parameters in place (e.g. weight.data.fill_ inside forward); "
+                "sampling evaluates the model at many weights and cannot allow a forward that writes them."
+            )
+        if not math.isfinite(float(loss.detach())):
+            raise ValueError(f"loss_fn is not finite at w* (got {float(loss.detach())}); check the model and data.")
+        gen = torch.Generator(device=w.device).manual_seed(0)
+        moved = self.w_star + 1e-2 * (1 + self.w_star.abs()) * torch.randn(w.shape, generator=gen, device=w.device,
+                                                                            dtype=w.dtype)
+        with torch.no_grad():
+            other = self.loss(moved, batch)
+        if torch.equal(other.detach(), loss.detach()):
+            raise ValueError(
+                "loss_fn does not depend on the sampled weights: it returned exactly the same value at w* and at "
+                "weights moved by 1% (a cross-entropy over a single output is always 0, for instance); check loss_fn, "
+                "the model's output and sampled_params."
+            )
         return loss

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,18 +53,55 @@ class Trace:
         """The post-burn-in part of ``name``, shaped (chain, draw)."""
         return self.arrays[name][:, self.num_burnin_steps :]
 
-    def save(self, path: str | Path) -> None:
-        """Save to a ``.npz`` file (arrays, divergence steps and config as JSON)."""
-        meta = {
-            "num_burnin_steps": self.num_burnin_steps,
-            "diverged_at": self.diverged_at,
-            "config": self.config,
-        }
-        np.savez_compressed(Path(path), __meta__=np.array(json.dumps(meta)), **self.arrays)
+    def save(self, path: str | Path) -> Path:
+        """Save to a ``.npz`` file (arrays, divergence steps and config as JSON); returns its path.
+
+        ``.npz`` is appended when ``path`` lacks it (as numpy does), so ``save("x")`` writes
+        ``x.npz`` and ``load("x")`` reads it back. The file is written to a temporary name in the
+        same folder and renamed into place: a full disk or an interrupt leaves the old file (or
+        none), never a partial one.
+        """
+        target = _npz(Path(path))
+        meta = json.dumps(
+            {"num_burnin_steps": self.num_burnin_steps, "diverged_at": self.diverged_at, "config": self.config},
+            default=_json_value,
+        )
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, __meta__=np.array(meta), **self.arrays)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        with np.load(Path(path), allow_pickle=False) as archive:
+        """Read a file written by :meth:`save` (``path`` with or without its ``.npz``)."""
+        path = Path(path)
+        if not path.is_file() and _npz(path).is_file():
+            path = _npz(path)
+        with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["__meta__"]))
             arrays = {k: archive[k] for k in archive.files if k != "__meta__"}
         return cls(arrays, meta["num_burnin_steps"], meta["diverged_at"], meta["config"])
+
+
+def _npz(path: Path) -> Path:
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and arrays as plain Python values, for the JSON metadata."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Trace.save: config value {value!r} of type {type(value).__name__} is not JSON-serialisable.")
