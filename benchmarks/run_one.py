@@ -63,13 +63,15 @@ def run_lambdahat(w, model, x, y, options):
 
 
 def run_bare(w, model, x, y, options):
-    """Plain PyTorch SGLD, the same math as REFERENCE §2, chains one after another:
+    """Plain PyTorch SGLD, the update of Lau et al. (arXiv 2308.12108), chains one after another:
 
         w ← w − (ε/2) (nβ ∇L_B(w) + γ (w − w*)) + √ε ξ,   ξ ~ N(0, I)
 
     in-memory tensors, a minibatch by indexing a fresh permutation each epoch (the full data when
     the batch is the whole set), forward + backward, a torch._foreach update, the batch loss
-    recorded into a preallocated tensor (no .item() in the loop)."""
+    recorded into a preallocated tensor (no .item() in the loop). Runs on the data's device (the
+    generator and the loss buffer live there; on the CPU the draws do not depend on that)."""
+    device = x.device
     eps, gamma, nbeta = w.step_size, w.localization, w.nbeta
     n, batch_size, steps = w.n, min(w.batch_size, w.n), w.num_draws
     params = [p for p in model.parameters()]
@@ -81,9 +83,9 @@ def run_bare(w, model, x, y, options):
             w_star = [p.detach().clone() for p in params]
             init_loss = float(loss_fn(model(x), y))  # L_n(w*) on the full data
         noise = [torch.empty_like(p) for p in params]
-        losses = torch.empty(w.num_chains, steps)
+        losses = torch.empty(w.num_chains, steps, device=device)
         for chain in range(w.num_chains):
-            gen = torch.Generator().manual_seed(1000 + chain)
+            gen = torch.Generator(device=device).manual_seed(1000 + chain)
             with torch.no_grad():
                 torch._foreach_copy_(params, w_star)
             perm, pos = None, n
@@ -92,7 +94,7 @@ def run_bare(w, model, x, y, options):
                     xb, yb = x, y
                 else:
                     if pos + batch_size > n:
-                        perm, pos = torch.randperm(n, generator=gen), 0
+                        perm, pos = torch.randperm(n, generator=gen, device=device), 0
                     idx = perm[pos : pos + batch_size]
                     pos += batch_size
                     xb, yb = x.index_select(0, idx), y.index_select(0, idx)

@@ -78,7 +78,6 @@ def test_other_sections_have_their_numbers(quick_run):
     assert set(rows) == {"b", "c", "d"}
     for r in rows.values():
         assert r["bare"]["ms_per_step"] > 0 and r["ratio_sequential_over_bare"] > 0
-    assert secs["workloads"]["bare_port_equals_run_bare_on_cpu"]["identical"]
     mp = secs["mixed_precision"]
     assert mp["available"] is False or "float32" in mp or "error" in mp
 

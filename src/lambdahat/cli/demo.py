@@ -21,20 +21,13 @@ from .outputs import check_file, check_folder, make_folder, write_file
 __all__ = ["DEMO_SETTINGS", "add_parser", "run"]
 
 #: Everything ``lambdahat demo`` runs: the task (the dict form of ``--task dln:30,20,10:1:10000``),
-#: the sampler settings, and what ``--quick`` changes. The truth for this task is λ = 105
-#: (Aoyagi 2024, Theorem 1) with d = 800 weights.
+#: the sampler settings (none: the warm-up of ``lambdahat.adapt`` chooses them, as for a user who
+#: passes none), and what ``--quick`` changes. The truth for this task is λ = 105 (Aoyagi 2024,
+#: Theorem 1) with d = 800 weights.
 DEMO_SETTINGS: dict = {
     "task": {"widths": [30, 20, 10], "rank": 1, "n": 10_000, "seed": 0},
-    "estimate": {
-        "step_size": 5e-5,
-        "localization": 1.0,
-        "nbeta": None,
-        "num_chains": 4,
-        "num_draws": 2000,
-        "num_burnin_steps": 2000,
-        "batch_size": 500,
-    },
-    "quick": {"num_draws": 200, "num_burnin_steps": 200},
+    "estimate": {},
+    "quick": {"max_steps": 4000},
 }
 
 
@@ -51,7 +44,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                         help="folder for demo_llc.png, created if missing (default: here)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"a short run ({quick['num_burnin_steps']} burn-in steps, {quick['num_draws']} draws)")
+                        help="a short run (" + ", ".join(f"{k} {v}" for k, v in quick.items()) + ")")
     parser.add_argument("--report", type=Path, default=None, metavar="HTML",
                         help="also write a one-page HTML report (figures, numbers, health verdicts, configuration)")
     add_running_flags(parser)
@@ -74,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if inputs.truth is None:  # pragma: no cover - every built-in task has one
         raise UserError("the demo's task has no known answer.")
     print(f"Task: {inputs.description}.")
-    print("Sampling: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in settings.items() if k != "seed")
-          + (", nβ = n / log n" if "nbeta" not in settings else "") + f", seed {settings['seed']}.")
+    given_text = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items() if k != "seed")
+    print("Sampling: " + (given_text + "; the rest" if given_text else "no settings given: all")
+          + " chosen by the adaptive warm-up" + (", nβ = n / log n" if "nbeta" not in settings else "")
+          + f", seed {settings['seed']}.")
     result = run_estimate(inputs, settings, threads=args.threads, progress=not args.no_progress)
     print(result)
     print(truth_line(inputs, result))
