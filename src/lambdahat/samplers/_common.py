@@ -39,6 +39,12 @@ def uniform(like: Tensor, generator: Generators) -> Tensor:
     return out
 
 
+def drift_(grad: Tensor, offset: Tensor, nbeta: float, localization: float) -> Tensor:
+    """∇U = nβ ∇L_B(w) + γ (w − w*), built in ``grad``'s buffer (which it overwrites and returns):
+    the one place the localised potential's gradient is formed. ``offset`` is w − w*."""
+    return grad.mul_(nbeta).add_(offset, alpha=localization)
+
+
 def potential(loss: Tensor, w: Tensor, w_star: Tensor, nbeta: float, localization: float) -> Tensor:
     """U(w) = nβ L(w) + (γ/2)‖w − w*‖², per chain."""
     return nbeta * loss + 0.5 * localization * (w - w_star).square().sum(dim=-1)
@@ -95,7 +101,7 @@ def proposal_acceptance(
     """The MALA acceptance probability of an unadjusted Langevin move w → w' on ``batch``: one
     extra loss-and-gradient evaluation at w', for the SGLD-type samplers' step-size diagnostic."""
     loss_new, grad_new = loss_and_grad(w_new, batch)
-    grad_u_new = grad_new.mul_(nbeta).add_(w_new - w_star, alpha=localization)
+    grad_u_new = drift_(grad_new, w_new - w_star, nbeta, localization)
     log_alpha = langevin_log_accept(
         w,
         potential(loss, w, w_star, nbeta, localization),

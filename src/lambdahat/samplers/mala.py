@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, acceptance_probability, langevin_log_accept, normal_, potential, uniform
+from ._common import Generators, acceptance_probability, langevin_log_accept, normal_, potential, uniform, drift_
 
 __all__ = ["MALAState", "MALAInfo", "build"]
 
@@ -62,7 +62,7 @@ def build(
 
     def energy_and_grad(w: Tensor, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
         loss, grad = loss_and_grad(w, batch)
-        grad_energy = grad.mul_(nbeta).add_(w - w_star, alpha=localization)
+        grad_energy = drift_(grad, w - w_star, nbeta, localization)
         return loss, potential(loss, w, w_star, nbeta, localization), grad_energy
 
     def init(params: Tensor) -> MALAState:

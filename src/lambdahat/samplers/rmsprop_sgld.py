@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, proposal_acceptance
+from ._common import Generators, normal_, proposal_acceptance, drift_
 
 __all__ = ["RMSPropSGLDState", "RMSPropSGLDInfo", "RMSPropSGLDInfoWithAcceptance", "build"]
 
@@ -97,7 +97,7 @@ def build(
         precond = torch.clamp(precond, max=max_precond)
         offset = w - w_star
         dist = torch.linalg.vector_norm(offset, dim=-1)
-        drift = grad.mul_(nbeta).add_(offset, alpha=localization)  # ∇U, in the gradient's buffer
+        drift = drift_(grad, offset, nbeta, localization)
         check = acceptance_every and (count - 1) % acceptance_every == 0
         if check:
             w_old, drift_old = w.clone(), drift.clone()

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, proposal_acceptance
+from ._common import Generators, normal_, proposal_acceptance, drift_
 
 __all__ = ["SGLDState", "SGLDInfo", "SGLDInfoWithAcceptance", "build"]
 
@@ -82,7 +82,7 @@ def build(
         torch.sub(w, w_star, out=offset)
         dist = torch.linalg.vector_norm(offset, dim=-1)
         # drift = ∇U = nβ ∇L_B + γ (w − w*), built in the gradient's buffer
-        drift = grad.mul_(nbeta).add_(offset, alpha=localization)
+        drift = drift_(grad, offset, nbeta, localization)
         check = acceptance_every and count % acceptance_every == 0
         if check:
             w_old, drift_old = w.clone(), drift.clone()

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_
+from ._common import Generators, normal_, drift_
 
 __all__ = ["SGNHTState", "SGNHTInfo", "build"]
 
@@ -77,7 +77,7 @@ def build(
         loss, grad = loss_and_grad(w, batch)
         offset = w - w_star
         dist = torch.linalg.vector_norm(offset, dim=-1)
-        drift = grad.mul_(nbeta).add_(offset, alpha=localization)
+        drift = drift_(grad, offset, nbeta, localization)
         v.sub_(v * xi).add_(drift, alpha=-half_step)
         if noise_std > 0:
             v.add_(normal_(noise, generator), alpha=noise_std)
