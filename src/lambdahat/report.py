@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import tables
+
 __all__ = ["write_report", "render_report"]
 
 _STYLE = """
@@ -44,12 +46,10 @@ def _figure_html(fig: Any, alt: str) -> str:
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
-    if value is None:
-        return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else format(value, spec)
+    if value is None or isinstance(value, float):
+        return tables.fmt(value, spec, missing="–")
     return html.escape(str(value))
 
 
@@ -122,49 +122,65 @@ def _result_section(result: Any, truth: Any = None, title: str | None = None, le
     )
 
 
+_CALIBRATION_COLUMNS = ("stage", "model", "step_size", "nbeta", "localization", "num_burnin_steps", "num_draws", "llc",
+                        "mcse", "rel_error", "ess", "mala_accept", "certified", "failed", "seconds")
+
+
 def _calibration_section(calibration: Any) -> str:
-    from .plot import plot_calibration_curves, plot_calibration_map
+    from .plot import plot_calibration
 
     rec = calibration.recommended
-    if rec is None:
-        head = '<p class="fail">No setting recommended.</p>'
+    common = [row for row in calibration.rows if row["stage"] == "common"]
+    if not common:
+        verdict = '<p class="skip">Not verified: no model was run again at this setting (verify=False).</p>'
+    elif calibration.certified:
+        verdict = f'<p class="ok">Certified on every model ({len(common)} of {len(common)}).</p>'
     else:
-        head = (
-            f'<p class="headline">Recommended: step_size = {rec["step_size"]:.3g}, nbeta = {rec["nbeta"]:.6g}'
-            + (" (n / log n)" if rec.get("nbeta_default") else "")
-            + f', localization = {rec["localization"]:g}; final run with num_draws ≥ {rec["num_draws"]}</p>'
+        failing = [row for row in common if not row["certified"]]
+        verdict = (
+            f'<p class="fail">NOT certified on {len(failing)} of {len(common)} models:</p><ul>'
+            + "".join(f"<li><b>{html.escape(row['model'])}</b> ({html.escape(', '.join(row['failed']))}): "
+                      f"{html.escape(row['verdict'])}</li>" for row in failing)
+            + "</ul>"
         )
-    head += f'<p class="rule"><b>Rule.</b> {html.escape(calibration.rule)}</p>'
-    columns = ["stage", "model", "step_size", "nbeta", "localization", "llc", "mcse", "rel_error", "ess", "rhat",
-               "mala_accept", "prior_share", "failed", "seconds"]
+    head = (
+        f'<p class="headline">Recommended for every model: step_size = {rec.step_size:.3g}, nbeta = {rec.nbeta:.6g}, '
+        f"localization = {rec.localization:g}, num_burnin_steps = {rec.num_burnin_steps}, "
+        f"num_draws = {rec.num_draws}</p>{verdict}"
+        f'<p class="rule"><b>Rule.</b> {html.escape(calibration.rule)}</p>'
+    )
+    columns = list(_CALIBRATION_COLUMNS)
     if all(row["rel_error"] is None for row in calibration.rows):
         columns.remove("rel_error")
     body = []
     for row in calibration.rows:
-        is_rec = rec is not None and row["stage"] != "control" and (
-            row["step_size"], row["nbeta"], row["localization"]) == (rec["step_size"], rec["nbeta"], rec["localization"])
         cells = []
         for col in columns:
             v = row[col]
             if col == "rel_error" and v is not None:
                 text = f"{100 * v:+.1f}%"
             elif col == "failed":
-                text = "ok" if not v else html.escape(v.replace(";", ", "))
+                text = "–" if not v else html.escape(", ".join(v))
+            elif col == "certified":
+                text = '<span class="ok">yes</span>' if v else '<span class="fail">no</span>'
             else:
-                text = _fmt(v, ".3g" if col in ("step_size", "mcse", "prior_share") else ".4g")
-            cells.append(f"<td{' class=num' if isinstance(v, float) else ''}>{text}</td>")
-        body.append(f"<tr{' class=recommended' if is_rec else ''}>" + "".join(cells) + "</tr>")
+                text = _fmt(v, ".3g" if col in ("step_size", "mcse") else ".4g")
+            cells.append(f"<td{' class=num' if isinstance(v, (int, float)) and not isinstance(v, bool) else ''}>{text}</td>")
+        css = " class=recommended" if row["stage"] == "common" else ""
+        body.append(f"<tr{css}>" + "".join(cells) + "</tr>")
     table = "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" + "".join(body) + "</table>"
-    figures = _figure_html(plot_calibration_map(calibration), "calibration map")
-    figures += _figure_html(plot_calibration_curves(calibration), "LLC against step size")
+    figure = _figure_html(plot_calibration(calibration), "LLC per model at its own and at the common setting")
     runs = ""
     for model, result in calibration.recommended_results().items():
         truth = next((r["truth"] for r in calibration.rows if r["model"] == model and r["truth"] is not None), None)
         runs += f"<h3>{html.escape(model)}</h3>" + _result_section(result, truth=truth, title=model, level=4)
     return (
-        f"{head}<h2>Calibration map</h2>{figures}<h2>Every setting tried</h2>{table}"
-        + (f"<h2>The recommended setting's calibration run</h2>{runs}" if runs else "")
-        + f"<h2>Sweep configuration</h2>{_config_html(calibration.settings)}"
+        f"{head}<h2>Each model at its own and at the common setting</h2>{figure}"
+        f"<h2>Every run</h2><p>stage <i>adaptive</i>: the model's own warm-up; <i>common</i>: the recommended "
+        f"setting (highlighted).</p>{table}"
+        + (f"<h2>Each model at the recommended setting</h2>{runs}" if runs else "")
+        + "<h2>The recommended setting</h2><p>Pass it as <code>estimate_llc(model, data, loss, **cal.recommended)</code>."
+        f"</p>{_config_html(rec.to_dict())}"
     )
 
 

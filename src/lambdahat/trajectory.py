@@ -2,32 +2,27 @@
 
 λ̂(w_t) = nβ (E_w[L_n(w)] − L_n(w_t)) at each saved checkpoint w_t (Lau et al., arXiv 2308.12108),
 the curve whose critical points Hoogland et al. (arXiv 2402.02364) use to divide training into
-developmental stages (:mod:`lambdahat.stages`).
-
-Every checkpoint is estimated with the **same** setting (ε, nβ, γ, chains, draws, seed): λ̂ at
+developmental stages (:mod:`lambdahat.stages`). Every checkpoint gets the **same** setting: λ̂ at
 different nβ estimate different finite-nβ quantities, and a step size re-tuned per checkpoint
-makes neighbouring points incomparable (REFERENCE: calibrate once, on several checkpoints, with
-:func:`lambdahat.calibrate`, then fix that setting). Since the data, the seed and the setting are
-shared, the only thing that changes along the curve is the checkpoint.
-
-Each finished checkpoint is written to ``cache_dir`` as one JSON file, named by its step and keyed
-by a hash of the checkpoint's contents, the setting, the data and the loss; a rerun (after an
-interruption, or to add checkpoints) loads those and estimates only the rest.
+makes neighbouring points incomparable (calibrate once on several checkpoints, then fix it;
+``settings="auto"`` does that). Finished checkpoints are cached (:mod:`lambdahat.cache`), so a
+rerun estimates only the rest; :mod:`lambdahat.checkpoints` finds and loads them.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
+import dataclasses
+import importlib
 import inspect
-import json
 import math
+import multiprocessing
 import os
-import re
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,28 +31,37 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import cache as _cache
+from . import tables
+from .checkpoints import CHECKPOINT_SUFFIXES, as_checkpoint_list, checkpoint_identity, list_checkpoints, load_checkpoint
 from .estimate import LLCResult, estimate_llc
+from .settings import Settings
 from .stages import StageResult, detect_stages
 
-__all__ = ["TrajectoryResult", "trajectory", "list_checkpoints", "resolve_settings", "CHECKPOINT_SUFFIXES", "ROW_KEYS"]
+__all__ = ["TrajectoryResult", "TrajectoryInterrupted", "trajectory", "list_checkpoints", "resolve_settings",
+           "CHECKPOINT_SUFFIXES", "ROW_KEYS"]
 
-#: Files in a checkpoint directory that are read; the step is the last run of digits in the name.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 #: The columns of the table, in order.
 ROW_KEYS = (
     "step", "llc_mean", "llc_std", "llc_mcse", "init_loss", "nbeta", "ess", "diverged", "healthy", "failing",
     "wall_time", "path",
 )
+_FLOAT_KEYS = ("llc_mean", "llc_std", "llc_mcse", "init_loss", "nbeta", "ess", "wall_time")
+_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+#: estimate_llc arguments that are not sampling settings but belong to the problem (in the key too).
+_PROBLEM_KEYS = frozenset({"sampled_params"}) - _SETTING_NAMES
 _NOT_SETTINGS = ("model", "data", "loss_fn", "executor", "progress")
-_SETTING_NAMES = frozenset(inspect.signature(estimate_llc).parameters) - set(_NOT_SETTINGS)
-#: estimate_llc's own defaults, filled into every setting: the cache key then names the setting
-#: actually run, and a library whose defaults change does not reuse results made with the old ones.
-_DEFAULTS = {name: p.default for name, p in inspect.signature(estimate_llc).parameters.items()
-             if name in _SETTING_NAMES and p.default is not inspect.Parameter.empty}
-_CACHE_VERSION = 1
+_CALIBRATION_CHAIN = ("num_chains", "num_burnin_steps", "batch_size", "seed")
+_SHOWN = ("step_size", "nbeta", "localization", "num_chains", "num_draws", "num_burnin_steps", "batch_size", "seed")
 
 
-# --- the table ------------------------------------------------------------------------------
+class TrajectoryInterrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt (Ctrl-C) during :func:`trajectory`: ``done`` of ``total`` checkpoints
+    are in the cache (0 without one); ``partial`` is the table of the checkpoints finished."""
+
+    def __init__(self, done: int, total: int, partial: TrajectoryResult | None = None):
+        self.done, self.total, self.partial = done, total, partial
+        super().__init__(f"interrupted: {done} of {total} checkpoints cached; rerun the same command to resume")
 
 
 @dataclass
@@ -66,9 +70,9 @@ class TrajectoryResult:
 
     - ``rows``: one dict per checkpoint, by step, keys :data:`ROW_KEYS`: ``step``, ``llc_mean``,
       ``llc_std``, ``llc_mcse``, ``init_loss`` (L_n(w*)), ``nbeta``, ``ess``, ``diverged`` (number of
-      diverged chains), ``healthy`` (all health checks passed), ``failing`` (names of the failing
-      checks), ``wall_time`` (seconds the estimate took when it was computed) and ``path`` (the
-      checkpoint file, or None for an in-memory state dict). Non-finite numbers are NaN.
+      diverged chains), ``healthy`` (all health checks passed), ``failing`` (the list of names of the
+      failing checks), ``wall_time`` (seconds the estimate took when it was computed) and ``path``
+      (the checkpoint file, or None for an in-memory state dict). Missing numbers are NaN.
     - ``verdicts``: {step: {check name: verdict}} for the failing checks.
     - ``settings``: the estimate_llc keyword arguments used for every checkpoint.
     - ``stages``: :func:`lambdahat.stages.detect_stages` on the curve (None with fewer than 3
@@ -95,7 +99,7 @@ class TrajectoryResult:
         """One numeric column as an array (NaN where missing)."""
         if name not in ROW_KEYS:
             raise KeyError(f"no column {name!r}; columns are {ROW_KEYS}.")
-        return np.array([_float(row[name]) for row in self.rows], dtype=float)
+        return np.array([tables.as_float(row[name]) for row in self.rows], dtype=float)
 
     def detect_stages(self, **options: Any) -> StageResult:
         """Stage boundaries of the λ̂ curve (:func:`lambdahat.stages.detect_stages` options)."""
@@ -103,38 +107,22 @@ class TrajectoryResult:
 
     def to_dataframe(self):
         """The table as a ``pandas.DataFrame`` (needs pandas; ``to_csv``/``to_json`` do not)."""
-        try:
-            import pandas as pd
-        except ImportError as err:
-            raise ImportError("to_dataframe needs pandas (pip install pandas); to_csv(path) needs nothing.") from err
-        return pd.DataFrame([_csv_row(row) for row in self.rows], columns=list(ROW_KEYS))
+        return tables.to_dataframe(self.rows, ROW_KEYS, instead="to_csv(path)")
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the table as CSV, one row per checkpoint (``failing`` joined by ";"); returns the path."""
-        path = Path(path)
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(ROW_KEYS))
-            writer.writeheader()
-            writer.writerows(_csv_row(row) for row in self.rows)
-        return path
+        return tables.write_csv(path, self.rows, ROW_KEYS)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the traces, JSON-ready (non-finite numbers become None)."""
-        return {
-            "rows": [_json_row(row) for row in self.rows],
-            "verdicts": {str(step): v for step, v in self.verdicts.items()},
-            "settings": _jsonable(self.settings),
-            "stages": self.stages.to_dict() if self.stages is not None else None,
-            "computed": list(self.computed),
-            "cached": list(self.cached),
-            "wall_time": _number(self.wall_time),
-        }
+        return tables.jsonable(dict(
+            rows=self.rows, verdicts={str(step): v for step, v in self.verdicts.items()}, settings=self.settings,
+            stages=self.stages, computed=self.computed, cached=self.cached, wall_time=self.wall_time,
+        ))
 
     def to_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON; returns the path."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
-        return path
+        return tables.write_json(path, self.to_dict())
 
     def plot(self, stages: StageResult | None = None, title: str | None = None):
         """λ̂ ± MCSE band and L_n(w*) against training step, stage boundaries marked; a Figure
@@ -150,21 +138,19 @@ class TrajectoryResult:
             cached = " (cached)" if row["step"] in self.cached else ""
             health = "ok" if row["healthy"] else "FAIL: " + ", ".join(row["failing"])
             lines.append(
-                f"{row['step']:>10} {_fmt(row['llc_mean'], '.4g'):>10} {_fmt(row['llc_mcse'], '.2g'):>8} "
-                f"{_fmt(row['llc_std'], '.3g'):>8} {_fmt(row['init_loss'], '.5g'):>10} {_fmt(row['wall_time'], '.1f'):>7}"
+                f"{row['step']:>10} {tables.fmt(row['llc_mean'], '.4g', width=10)} "
+                f"{tables.fmt(row['llc_mcse'], '.2g', width=8)} {tables.fmt(row['llc_std'], '.3g', width=8)} "
+                f"{tables.fmt(row['init_loss'], '.5g', width=10)} {tables.fmt(row['wall_time'], '.1f', width=7)}"
                 f"  {health}{cached}"
             )
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        s = self.settings
         head = (
             f"LLC trajectory over {len(self.rows)} checkpoints ({len(self.computed)} estimated, {len(self.cached)} from "
             f"the cache)" + (f" in {self.wall_time:.1f} s" if math.isfinite(self.wall_time) else "")
         )
-        setting = ", ".join(f"{k} {v}" for k, v in s.items() if k in ("step_size", "nbeta", "localization",
-                                                                       "num_chains", "num_draws", "num_burnin_steps",
-                                                                       "batch_size", "seed"))
+        setting = ", ".join(f"{k} {v}" for k, v in self.settings.items() if k in _SHOWN)
         lines = [head, f"one setting for all: {setting or 'estimate_llc defaults'}", self.table()]
         if self.stages is not None:
             lines.append(str(self.stages))
@@ -174,238 +160,137 @@ class TrajectoryResult:
         return "\n".join(lines)
 
 
-def _float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if value is not None and math.isfinite(float(value)) else None
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None or not math.isfinite(float(value)) else format(float(value), spec)
-
-
-def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "failing": ";".join(row["failing"])}
-
-
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_number(v) if isinstance(v, float) else v) for k, v in row.items()}
-
-
-def _jsonable(value: Any) -> Any:
-    """Settings as JSON: tensors and callables become short descriptions."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Tensor):
-        return f"tensor{tuple(value.shape)} sha256:{_tensor_hash(value)[:12]}"
-    if isinstance(value, float):
-        return _number(value)
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
-    return repr(value)
-
-
-# --- checkpoints ----------------------------------------------------------------------------
-
-_STEP = re.compile(r"(\d+)(?!.*\d)")
-
-
-def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
-    """The checkpoint files of a directory as (step, path), sorted by step.
-
-    A checkpoint file ends in one of :data:`CHECKPOINT_SUFFIXES` and carries its training step as
-    the **last run of digits** in its name: ``step_000100.pt``, ``ckpt-100.pth``, ``model_100.bin``
-    and ``100.pt`` are all step 100. Other files are ignored; a checkpoint-like file with no digits
-    is skipped with a warning; two files with the same step are an error.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ValueError(f"checkpoints directory {str(directory)!r} does not exist (or is not a directory).")
-    found: dict[int, Path] = {}
-    skipped = []
-    for path in sorted(directory.iterdir()):
-        if not path.is_file() or path.suffix not in CHECKPOINT_SUFFIXES:
-            continue
-        match = _STEP.search(path.stem)
-        if match is None:
-            skipped.append(path.name)
-            continue
-        step = int(match.group(1))
-        if step in found:
-            raise ValueError(
-                f"two checkpoints for step {step} in {str(directory)!r}: {found[step].name} and {path.name}; "
-                "keep one, or pass checkpoints as a list of (step, path)."
-            )
-        found[step] = path
-    if skipped:
-        warnings.warn(f"skipped {skipped} in {directory}: no step number in the name (name files like step_000100.pt).",
-                      stacklevel=2)
-    if not found:
-        raise ValueError(
-            f"no checkpoint files in {str(directory)!r}: expected files ending in {', '.join(CHECKPOINT_SUFFIXES)} "
-            "whose names carry the training step, e.g. step_000100.pt."
-        )
-    return sorted(found.items())
-
-
-def _as_checkpoint_list(checkpoints: Any) -> list[tuple[int, str | Path | Mapping[str, Tensor]]]:
-    if isinstance(checkpoints, (str, Path)):
-        return list(list_checkpoints(checkpoints))
-    if isinstance(checkpoints, Mapping):
-        raise TypeError(
-            "checkpoints must be a directory or a sequence of (step, path or state_dict) pairs, not a dict; "
-            "for {step: checkpoint} pass list(d.items())."
-        )
-    items = []
-    for item in checkpoints:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise TypeError(f"each checkpoint must be a (step, path or state_dict) pair, got {item!r:.80}.")
-        step, source = item
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
-            raise TypeError(f"a checkpoint's step must be an integer, got {step!r}.")
-        if not isinstance(source, (str, Path, Mapping)):
-            raise TypeError(f"checkpoint for step {step} must be a file path or a state dict, got {type(source).__name__}.")
-        items.append((int(step), Path(source) if isinstance(source, str) else source))
-    steps = [s for s, _ in items]
-    if len(set(steps)) != len(steps):
-        raise ValueError(f"checkpoints has repeated steps: {sorted(s for s in set(steps) if steps.count(s) > 1)}.")
-    if not items:
-        raise ValueError("checkpoints is empty: give a directory or at least one (step, path) pair.")
-    return sorted(items, key=lambda item: item[0])
-
-
-# --- settings -------------------------------------------------------------------------------
+# --- settings and options, all checked before any work ---------------------------------------
 
 
 def resolve_settings(settings: Any) -> dict[str, Any]:
-    """estimate_llc keyword arguments from a dict, a calibration's recommended setting, or a
-    :class:`~lambdahat.calibrate.CalibrationResult` (its recommended ε, nβ, γ and num_draws, with
-    the chains, burn-in, batch size and seed of the calibration runs). Unknown keys are an error."""
-    from .calibrate import CalibrationResult
-
+    """estimate_llc keyword arguments from a dict or :class:`~lambdahat.settings.Settings`, or from
+    a calibration (an object with ``.recommended``, such as a
+    :class:`~lambdahat.calibrate.CalibrationResult`: its recommended setting, over the chains,
+    burn-in, batch size and seed of its runs where it records them). Unknown keys and bad values
+    are an error (values are checked by :class:`~lambdahat.settings.Settings`)."""
     if settings is None:
         return {}
-    if isinstance(settings, CalibrationResult):
+    if hasattr(settings, "recommended"):
         if settings.recommended is None:
             raise ValueError("the calibration recommended no setting (see its .rule); pass a settings dict instead.")
-        chain = {k: settings.settings[k] for k in ("num_chains", "num_burnin_steps", "batch_size", "seed")
-                 if settings.settings.get(k) is not None}
-        settings = {**chain, **settings.recommended}
-    if not isinstance(settings, Mapping):
-        raise TypeError(f"settings must be a dict of estimate_llc arguments or a CalibrationResult, got {type(settings).__name__}.")
+        runs = getattr(settings, "settings", None) or {}
+        chain = {k: runs[k] for k in _CALIBRATION_CHAIN if k in runs.keys() and runs[k] is not None}
+        settings = {**chain, **dict(settings.recommended.items())}
+    if not (isinstance(settings, (Mapping, Settings))):
+        raise TypeError(f"settings must be a dict of estimate_llc arguments, a calibration or 'auto', "
+                        f"got {type(settings).__name__}.")
     out = {k: v for k, v in settings.items() if k != "nbeta_default"}  # a recommended dict's note, not an argument
-    allowed = _SETTING_NAMES
-    unknown = sorted(set(out) - allowed)
+    unknown = sorted(set(out) - _SETTING_NAMES - _PROBLEM_KEYS)
     if unknown:
         hint = " (executor and progress are trajectory()'s own arguments)" if set(unknown) & set(_NOT_SETTINGS) else ""
-        raise ValueError(f"settings has unknown key(s) {unknown}{hint}; estimate_llc takes {sorted(allowed)}.")
-    return out
+        raise ValueError(f"settings has unknown key(s) {unknown}{hint}; estimate_llc takes "
+                         f"{sorted(_SETTING_NAMES | _PROBLEM_KEYS)}.")
+    checked = _as_settings(out)
+    sampled = out.get("sampled_params")
+    if not (sampled is None or callable(sampled) or isinstance(sampled, (str, Mapping))
+            or (isinstance(sampled, (list, tuple)) and all(isinstance(v, str) for v in sampled))):
+        raise TypeError(f"sampled_params must be parameter names, a predicate (name, tensor) -> bool or a mapping of "
+                        f"masks, got {type(sampled).__name__}.")
+    return {k: (getattr(checked, k) if k in _SETTING_NAMES else v) for k, v in out.items()}
 
 
-# --- fingerprints ---------------------------------------------------------------------------
+def _as_settings(settings: Mapping[str, Any]) -> Settings:
+    """The full Settings (defaults filled in) of the setting keys of ``settings``."""
+    return Settings.from_mapping({k: v for k, v in settings.items() if k in _SETTING_NAMES}, where="settings")
 
 
-def _tensor_hash(t: Tensor) -> str:
-    t = t.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _checkpoint_identity(source: str | Path | Mapping[str, Tensor]) -> str:
-    """sha256 of the checkpoint's contents: the file's bytes, or a state dict's names and tensors."""
-    h = hashlib.sha256()
-    if isinstance(source, Mapping):
-        for name in sorted(source):
-            value = source[name]
-            h.update(name.encode())
-            h.update(_tensor_hash(value).encode() if isinstance(value, Tensor) else repr(value).encode())
-        return h.hexdigest()
-    with Path(source).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _data_identity(data: Any) -> str:
-    """Tensors by content; a Dataset or DataLoader by its type and length only."""
-    if isinstance(data, Tensor):
-        return _tensor_hash(data)
-    if isinstance(data, (tuple, list)) and all(isinstance(t, Tensor) for t in data):
-        return hashlib.sha256("".join(_tensor_hash(t) for t in data).encode()).hexdigest()
+def _check_stage_options(options: Any, steps: list[int]) -> dict[str, Any]:
+    """Names and values of ``stage_options``, checked by running detect_stages on a stand-in curve."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"stage_options must be a dict of detect_stages options, got {type(options).__name__}.")
+    names = set(inspect.signature(detect_stages).parameters) - {"steps", "llc"}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"stage_options has unknown key(s) {unknown}; detect_stages takes {sorted(names)}.")
+    x = np.asarray(steps, dtype=float) if len(steps) >= 3 else np.arange(3.0)
     try:
-        size = len(data)
-    except TypeError:
-        size = "?"
-    return f"{type(data).__module__}.{type(data).__qualname__}[{size}]"
-
-
-def _settings_key(settings: dict[str, Any], data: Any, loss_fn: Any) -> str:
-    material = json.dumps(
-        {"settings": _jsonable(settings), "data": _data_identity(data), "loss": _jsonable(loss_fn),
-         "version": _CACHE_VERSION},
-        sort_keys=True, default=repr,
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
-
-
-# --- the run --------------------------------------------------------------------------------
+        detect_stages(x, np.linspace(0.0, 1.0, x.size), **options)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"stage_options: {err}") from None
+    return dict(options)
 
 
 def _row(step: int, source: Any, result: LLCResult) -> tuple[dict[str, Any], dict[str, str]]:
-    checks = result.checks
-    failing = [c for c in checks if not c.ok]
-    row = dict(
-        step=step,
-        llc_mean=float(result.llc_mean),
-        llc_std=float(result.llc_std),
-        llc_mcse=float(result.llc_mcse),
-        init_loss=float(result.init_loss),
-        nbeta=float(result.nbeta),
-        ess=float(result.ess),
-        diverged=len(result.diverged),
-        healthy=not failing,
-        failing=[c.name for c in failing],
-        wall_time=float(result.wall_time),
-        path=str(source) if isinstance(source, Path) else None,
-    )
-    return row, {c.name: c.verdict for c in failing}
+    failing = [c for c in result.checks if not c.ok]
+    values = {k: float(getattr(result, k)) for k in _FLOAT_KEYS}
+    values.update(step=step, diverged=len(result.diverged), healthy=not failing, failing=[c.name for c in failing],
+                  path=str(source) if isinstance(source, Path) else None)
+    return {k: values[k] for k in ROW_KEYS}, {c.name: c.verdict for c in failing}
 
 
-def _cache_file(cache_dir: Path, step: int, identity: str, key: str) -> Path:
-    return cache_dir / f"step_{step:012d}_{identity[:10]}_{key[:10]}.json"
+# --- the run's own worker pool: workers never outlive their parent ----------------------------
 
 
-def _read_cache(path: Path, identity: str, key: str) -> tuple[dict[str, Any], dict[str, str]] | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # missing or half-written: compute again
-    if record.get("checkpoint_sha256") != identity or record.get("settings_key") != key:
-        return None
-    row = {k: (_float(v) if k in ("llc_mean", "llc_std", "llc_mcse", "init_loss", "nbeta", "ess", "wall_time") else v)
-           for k, v in record["row"].items()}
-    return row, record.get("verdicts", {})
+def _worker_start(parent: int) -> None:
+    """Initializer of trajectory's own workers: one torch thread, Ctrl-C left to the parent (which
+    stops the pool), and exit as soon as the parent is gone (killed, even by SIGKILL)."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="lambdahat-parent-watch").start()
 
 
-def _write_cache(path: Path, identity: str, key: str, settings: dict, row: dict, verdicts: dict, result: LLCResult) -> None:
-    record = {
-        "checkpoint_sha256": identity,
-        "settings_key": key,
-        "settings": _jsonable(settings),
-        "row": _json_row(row),
-        "verdicts": verdicts,
-        "estimate": {k: v for k, v in result.to_dict().items() if k != "config"},
-    }
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=repr))
-    os.replace(tmp, path)  # atomic: an interrupted write leaves no half file under the real name
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)  # the parent is gone: nobody will read this worker's results
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_start, initargs=(os.getpid(),))
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop now: cancel what is queued and end the workers, without waiting for running chains."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before 3.14
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)
+
+
+# --- settings="auto" ---------------------------------------------------------------------------
+
+
+def _calibrated(items: list, make_model: Callable, data: Any, loss_fn: Any, cache: Path | None,
+                progress: bool, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One setting for all, from :func:`lambdahat.calibrate.calibrate` on the first, middle and last
+    checkpoint with the ``given`` settings kept; kept in ``cache`` (keyed by those checkpoints, the
+    problem and the given settings) for reruns."""
+    given = dict(given or {})
+    from . import __version__
+
+    calibration = importlib.import_module(".calibrate", __package__)  # the module: lambdahat.calibrate is the function
+
+    chosen = [items[i] for i in sorted({0, len(items) // 2, len(items) - 1})]
+    identity = _cache.fingerprint([checkpoint_identity(source) for _, source in chosen])
+    key = _cache.cache_key({k: v for k, v in given.items() if k != "sampled_params"}, data=data, loss_fn=loss_fn,
+                           make_model=make_model, sampled_params=given.get("sampled_params"),
+                           extra={"calibrate": "first, middle, last", "seed": 0, "lambdahat": __version__})
+    path = cache / f"calibration_{identity[:10]}_{key[:10]}.json" if cache is not None else None
+    if path is not None:
+        hit = _cache.read_entry(path, identity, key, lambda record: resolve_settings(record["settings"]))
+        if hit is not None:
+            return hit
+    models = {f"step {step}": load_checkpoint(make_model, step, source) for step, source in chosen}
+    result = calibration.calibrate(models, data, loss_fn, progress=progress, verify=False, **{"seed": 0, **given})
+    settings = {**resolve_settings(result), **({"sampled_params": given["sampled_params"]} if "sampled_params" in given else {})}
+    if path is not None:
+        _cache.write_entry(path, identity, key, settings=settings)
+    return settings
+
+
+# --- the run -------------------------------------------------------------------------------------
 
 
 def trajectory(
@@ -417,68 +302,79 @@ def trajectory(
     *,
     cache_dir: str | Path | None = None,
     executor: Executor | None = None,
+    workers: int | None = None,
     progress: bool = True,
     stage_options: Mapping[str, Any] | None = None,
     checkpoints_in_flight: int = 4,
 ) -> TrajectoryResult:
     """The LLC of every checkpoint of a training run, with one fixed setting.
 
-    λ̂(w_t) = nβ (E_w[L_n(w)] − L_n(w_t)) for each checkpoint w_t, by
-    :func:`~lambdahat.estimate_llc` with the same ``settings`` (Lau et al., arXiv 2308.12108),
-    then the stage boundaries of the curve (:func:`lambdahat.stages.detect_stages`, after
-    Hoogland et al., arXiv 2402.02364).
+    λ̂(w_t) by :func:`~lambdahat.estimate_llc` for each checkpoint w_t with the same ``settings``,
+    then the stages of the curve (:func:`lambdahat.stages.detect_stages`). Every argument and
+    option is checked before the first checkpoint is estimated. Guide: docs/trajectory.md.
 
     Args:
-        checkpoints: a directory of checkpoint files whose names carry the step (``step_000100.pt``;
-            see :func:`list_checkpoints`), or a sequence of ``(step, path or state_dict)``. Files
-            hold a state dict, directly or under ``"model"``/``"state_dict"``
-            (:func:`lambdahat.models.load_weights`).
-        make_model: ``make_model()`` returns a fresh model of the checkpoints' architecture; each
-            checkpoint is loaded into a new one.
+        checkpoints: a directory of files whose names carry the step (:func:`list_checkpoints`), or
+            a sequence of ``(step, path or state_dict)``.
+        make_model: ``make_model()`` returns a fresh model of the checkpoints' architecture, into
+            which each checkpoint is loaded; for a factory with arguments pass
+            ``functools.partial(factory, **kwargs)`` (the arguments are then in the cache key).
         data, loss_fn: as for :func:`~lambdahat.estimate_llc`; the same for every checkpoint.
-        settings: estimate_llc keyword arguments (``step_size``, ``nbeta``, ``localization``,
-            ``num_chains``, ``num_draws``, ``num_burnin_steps``, ``batch_size``, ``seed``, …), or a
-            :class:`~lambdahat.calibrate.CalibrationResult` (its recommended setting). One setting
-            for every checkpoint: give ``nbeta`` a fixed value (None means n / log n, which is fixed
-            too, as the data is). None: estimate_llc's defaults.
-        cache_dir: write each finished checkpoint here as JSON and reuse it on a rerun; the key is
-            the checkpoint's contents (sha256), the settings with estimate_llc's defaults filled
-            in (so an explicit default is the same setting), the data (tensors by content; a
-            Dataset only by type and length) and the loss function's name. None: no cache.
-        executor: a ``concurrent.futures.Executor`` (process pool, Dask's ``get_executor()``) to run
-            checkpoints × chains as tasks: up to ``checkpoints_in_flight`` checkpoints are prepared at
-            once, each submitting its chains as tasks (estimate_llc's ``executor`` path, one chain
-            per task; per-chain results equal the sequential run's), and each checkpoint is cached
-            as soon as its chains are back. Use processes (or Dask), not a ``ThreadPoolExecutor``:
-            a checkpoint's chains share one model, which threads would step on concurrently.
-            Without an executor, checkpoints run one after another, chains vectorised where
-            estimate_llc's ``chain_mode="auto"`` chooses.
-        progress: a progress bar over checkpoints (and over sampling steps, without an executor).
-        stage_options: keyword arguments for :func:`lambdahat.stages.detect_stages`.
-        checkpoints_in_flight: with an executor, how many checkpoints' models are loaded and have
-            chains queued at once (memory: one model each).
+        settings: estimate_llc keyword arguments (:class:`~lambdahat.settings.Settings` fields and
+            ``sampled_params``); a calibration (its ``recommended``); or ``"auto"``:
+            :func:`lambdahat.calibrate.calibrate` (seed 0) on the first, middle and last checkpoint
+            chooses the one setting, kept in the cache. Whatever is left ``"auto"`` (None: everything)
+            is chosen that way, once, with the given settings kept: checkpoints never adapt their
+            settings one by one, which would make neighbouring estimates incomparable.
+        cache_dir: each finished checkpoint is written here and reused on a rerun, keyed by its
+            contents and everything else the result depends on (:mod:`lambdahat.cache` says what
+            the key cannot see). None: no cache.
+        executor: a ``concurrent.futures.Executor`` (a process pool, Dask's ``get_executor()``, not
+            threads: a checkpoint's chains share one model) that runs the chains as tasks, for up to
+            ``checkpoints_in_flight`` checkpoints at once; each is cached when its chains are back.
+            Results equal the sequential run's with ``chain_mode="sequential"``.
+        workers: instead of ``executor``, a process pool of trajectory's own: one torch thread per
+            worker, stopped at once on Ctrl-C, and no worker outlives this process (even on SIGKILL).
+        progress: progress bars. stage_options: :func:`lambdahat.stages.detect_stages` options.
+        checkpoints_in_flight: with an executor, how many checkpoints are loaded at once.
 
     Returns:
-        A :class:`TrajectoryResult`: the table (``rows``; ``to_csv``, ``to_json``,
-        ``to_dataframe``), the stages, ``plot()``.
+        A :class:`TrajectoryResult` (``rows``, ``to_csv``, ``to_json``, ``stages``, ``plot()``).
+
+    Raises:
+        TrajectoryInterrupted: a KeyboardInterrupt that says how many checkpoints are cached. An
+            error in one checkpoint is raised once the others in flight are finished and cached; a
+            failing stage detection is a warning (``stages`` None), the table is kept.
     """
     start = time.perf_counter()
-    items = _as_checkpoint_list(checkpoints)
-    settings = resolve_settings(settings)
+    items = as_checkpoint_list(checkpoints)
+    auto = isinstance(settings, str) and settings == "auto"
+    if isinstance(settings, str) and not auto:
+        raise ValueError(f"settings must be a dict of estimate_llc arguments, a calibration or 'auto', got {settings!r}.")
+    settings = {} if auto else resolve_settings(settings)
     if not callable(make_model):
         raise TypeError(f"make_model must be a function returning a fresh nn.Module, got {type(make_model).__name__}.")
     if executor is not None and not isinstance(executor, Executor):
         raise TypeError(f"executor must be a concurrent.futures.Executor, got {type(executor).__name__}.")
+    if workers is not None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive integer (or None for no pool), got {workers!r}.")
+        if executor is not None:
+            raise ValueError("give executor or workers, not both.")
     if not isinstance(checkpoints_in_flight, int) or checkpoints_in_flight < 1:
         raise ValueError(f"checkpoints_in_flight must be a positive integer, got {checkpoints_in_flight!r}.")
-    stage_names = set(inspect.signature(detect_stages).parameters) - {"steps", "llc"}
-    unknown = sorted(set(stage_options or {}) - stage_names)
-    if unknown:  # checked now, not after every checkpoint has been estimated
-        raise ValueError(f"stage_options has unknown key(s) {unknown}; detect_stages takes {sorted(stage_names)}.")
+    stage_options = _check_stage_options(stage_options, [step for step, _ in items])
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
+        if cache.exists() and not cache.is_dir():
+            raise ValueError(f"cache_dir {str(cache)!r} is a file, not a folder; name a folder (it is created).")
         cache.mkdir(parents=True, exist_ok=True)
-    key = _settings_key({**_DEFAULTS, **settings}, data, loss_fn)
+        _cache.remove_stale_temporaries(cache)
+    if auto or _as_settings(settings).auto_fields:
+        # every checkpoint at one setting: what is left auto is calibrated once, not per checkpoint
+        settings = _calibrated(items, make_model, data, loss_fn, cache, progress, given=settings)
+    key = _cache.cache_key(_as_settings(settings).to_dict(), data=data, loss_fn=loss_fn, make_model=make_model,
+                           sampled_params=settings.get("sampled_params"))
 
     from tqdm.auto import tqdm
 
@@ -486,72 +382,87 @@ def trajectory(
     verdicts: dict[int, dict[str, str]] = {}
     results: dict[int, LLCResult] = {}
     cached: list[int] = []
-    todo = []
+    pool = _worker_pool(workers) if workers is not None else None
+    executor = pool or executor
+    threads: ThreadPoolExecutor | None = None
+    interrupted = False
     bar = tqdm(total=len(items), desc="checkpoints", unit="ckpt", disable=not progress)
+
+    def estimate(step: int, source: Any, inner_progress: bool) -> LLCResult:
+        model = load_checkpoint(make_model, step, source)
+        return estimate_llc(model, data, loss_fn, executor=executor, progress=inner_progress, **settings)
+
+    def finish(step: int, source: Any, identity: str, result: LLCResult) -> None:
+        rows[step], verdicts[step] = _row(step, source, result)
+        results[step] = result
+        if cache is not None:
+            summary = {k: v for k, v in result.to_dict().items() if k != "config"}
+            _cache.write_entry(_cache.entry_path(cache, step, identity, key), identity, key, settings=settings,
+                               row=rows[step], verdicts=verdicts[step], estimate=summary)
+        bar.update(1)
+
     try:
+        todo = []
         for step, source in items:
-            identity = _checkpoint_identity(source)
-            hit = _read_cache(_cache_file(cache, step, identity, key), identity, key) if cache is not None else None
+            identity = checkpoint_identity(source)
+            hit = None if cache is None else _cache.read_row(_cache.entry_path(cache, step, identity, key), identity,
+                                                              key, step=step, columns=ROW_KEYS, floats=_FLOAT_KEYS)
             if hit is not None:
                 rows[step], verdicts[step] = hit
+                rows[step]["path"] = str(source) if isinstance(source, Path) else None  # where it is now
                 cached.append(step)
                 bar.update(1)
             else:
                 todo.append((step, source, identity))
         bar.set_postfix(cached=len(cached))
-
-        def estimate(step: int, source: Any, inner_progress: bool) -> LLCResult:
-            model = make_model()
-            if not isinstance(model, nn.Module):
-                raise TypeError(f"make_model() returned {type(model).__name__}, not a torch.nn.Module.")
-            from .models import load_weights
-
-            try:
-                load_weights(model, source)
-            except (RuntimeError, ValueError) as err:
-                raise ValueError(f"checkpoint for step {step} ({source if isinstance(source, Path) else 'state dict'}) "
-                                 f"does not load into make_model()'s model: {err}") from err
-            return estimate_llc(model, data, loss_fn, executor=executor, progress=inner_progress, **settings)
-
-        def finish(step: int, source: Any, identity: str, result: LLCResult) -> None:
-            rows[step], verdicts[step] = _row(step, source, result)
-            results[step] = result
-            if cache is not None:
-                _write_cache(_cache_file(cache, step, identity, key), identity, key, settings, rows[step],
-                             verdicts[step], result)
-            bar.update(1)
-
         if executor is None:
             for step, source, identity in todo:
                 bar.set_description(f"checkpoint {step}")
                 finish(step, source, identity, estimate(step, source, progress))
         else:
             # threads only prepare checkpoints and wait: the chains run on the executor
-            with ThreadPoolExecutor(max_workers=checkpoints_in_flight) as threads:
-                futures = {threads.submit(estimate, step, source, False): (step, source, identity)
-                           for step, source, identity in todo}
-                errors = []
-                for future in as_completed(futures):
-                    try:
-                        finish(*futures[future], future.result())
-                    except Exception as err:  # keep caching the others; raise the first at the end
-                        errors.append(err)
-                if errors:
-                    raise errors[0]
+            threads = ThreadPoolExecutor(max_workers=checkpoints_in_flight)
+            futures = {threads.submit(estimate, step, source, False): (step, source, identity)
+                       for step, source, identity in todo}
+            errors = []
+            for future in as_completed(futures):
+                try:
+                    finish(*futures[future], future.result())
+                except Exception as err:  # keep caching the others; raise the first at the end
+                    errors.append(err)
+            if errors:
+                raise errors[0]
+    except KeyboardInterrupt as err:
+        interrupted = True
+        if pool is not None:
+            _stop_pool(pool)
+        partial = _result(items, rows, verdicts, results, cached, settings)
+        raise TrajectoryInterrupted(len(cached) + len(results) if cache else 0, len(items), partial) from err
     finally:
+        if threads is not None:
+            threads.shutdown(wait=not interrupted, cancel_futures=True)
+        if pool is not None and not interrupted:
+            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
-    ordered = [rows[step] for step, _ in items]
-    result = TrajectoryResult(
-        rows=ordered,
+    result = _result(items, rows, verdicts, results, cached, settings)
+    if np.isfinite(result.column("llc_mean")).sum() >= 3:
+        try:
+            result.stages = result.detect_stages(**stage_options)
+        except Exception as err:  # the table is complete and cached: do not lose it to the last step
+            warnings.warn(f"stage detection failed ({type(err).__name__}: {err}); the table is complete, stages is None.",
+                          stacklevel=2)
+    result.wall_time = time.perf_counter() - start
+    return result
+
+
+def _result(items: list, rows: dict, verdicts: dict, results: dict, cached: list, settings: dict) -> TrajectoryResult:
+    """The table of the checkpoints finished so far, in step order."""
+    return TrajectoryResult(
+        rows=[rows[step] for step, _ in items if step in rows],
         settings=settings,
         verdicts={step: v for step, v in verdicts.items() if v},
         computed=sorted(results),
         cached=cached,
         results=results,
     )
-    finite = np.isfinite(result.column("llc_mean"))
-    if finite.sum() >= 3:
-        result.stages = result.detect_stages(**(stage_options or {}))
-    result.wall_time = time.perf_counter() - start
-    return result
