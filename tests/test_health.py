@@ -209,3 +209,40 @@ def test_exact_mala_acceptance_is_judged_on_efficiency_not_bias():
     stuck = _by_name(_run(_dln(), sampler="mala", step_size=1.0, batch_size=None, num_draws=100,
                           num_burnin_steps=0))["mala_accept"]
     assert not stuck.ok and stuck.value < 0.2 and "Lower step_size" in stuck.verdict
+
+
+def test_one_ess_everywhere(good):
+    """The ESS the summary prints, the MCSE uses and the ess check judges is one number."""
+    check = _by_name(good)["ess"]
+    assert check.value == good.ess
+    assert f"effective sample size {good.ess:.0f}" in str(good)
+
+
+def test_localization_reads_share_and_sensitivity_together(good):
+    """A prior that holds the chain along directions the loss leaves flat (share ≈ 1, λ̂ unaffected)
+    passes and says so; the same share with the loss rising as the chain spreads (so a tighter prior
+    lowers λ̂: ∂ log λ̂ / ∂ log γ ≈ −1) fails."""
+    rng = np.random.default_rng(2)
+    d, gamma = good.num_params, good.settings.localization
+    radius = np.sqrt(d / gamma) * (1 + 0.05 * rng.standard_normal((4, 1000)))  # γ E‖w − w*‖² / d ≈ 1
+    flat = _replace(good, {"loss": _ar1(rng, (4, 1000), mean=good.init_loss + 0.04, scale=0.002), "distance": radius},
+                    burnin=0)
+    check = health.check_localization(flat)
+    assert check.ok and check.value > 0.9 and "hardly depends on γ" in check.verdict
+    coupled_loss = good.init_loss + 0.04 + 0.5 * (radius ** 2 - (radius ** 2).mean()) / d
+    coupled = _replace(good, {"loss": coupled_loss, "distance": radius}, burnin=0)
+    check = health.check_localization(coupled)
+    assert not check.ok and "localisation too tight" in check.verdict and "Lower localization" in check.verdict
+
+
+def test_ladder_catches_a_drift_the_halves_of_the_draws_miss(good):
+    """λ̂ still climbing through the second quarter of the run and flat over the draws (the second
+    half): the convergence check passes, the ladder check does not."""
+    rng = np.random.default_rng(3)
+    total = 4000
+    rise = np.concatenate([np.linspace(0.0, 0.04, total // 2), np.full(total // 2, 0.04)])
+    loss = good.init_loss + 0.01 + rise + _ar1(rng, (4, total), mean=0.0, scale=0.0005)
+    result = _replace(good, {"loss": loss}, burnin=total // 2)
+    assert health.check_convergence(result).ok
+    ladder = health.check_ladder(result)
+    assert not ladder.ok and "still rising" in ladder.verdict and "Run longer" in ladder.verdict
