@@ -1,30 +1,32 @@
-"""lambdahat.calibrate: the sweep, its table, the rule, and known answers recovered without the truth.
+"""lambdahat.calibrate: one setting for every model, found by the adaptive estimate of each.
 
-The known-answer tests give ``calibrate`` the truth only so the table can show the error; the rule
-never reads it (checked below by calibrating again without it). The CI tier runs one such case,
-a 4-3-8 deep linear network at n = 10⁵ (λ = 6, Aoyagi 2024), on the calibration's own short
-chains; the slow tier runs every family (DLN, reduced-rank regression, normal crossing, several
-checkpoints at once) and then a final run at the recommended setting, as a user would.
-
-Tolerance 10% (the issue's), against λ: as in tests/test_known_answers.py, these compare a
-finite-nβ estimate with the nβ → ∞ value, so the gap is not only Monte Carlo error.
+The rule (module docstring of lambdahat.calibrate): the adaptive warm-up of estimate_llc on each
+model, then the smallest step size and γ and the longest chains as the one setting, verified on
+every model. The tests run on a 4-3-2 deep linear network (n = 1000, 2 chains, a budget of 2000
+steps per chain: a few seconds per run) and check the contract: the recommended setting passes
+straight to estimate_llc and reproduces the verification run, the rule picks what it says, given
+settings are kept, the truth is only reported, and bad inputs are refused before any sampling.
+The slow test checks accuracy on known answers.
 """
 
 from __future__ import annotations
 
 import csv
-import math
+import importlib
 
 import pytest
-import torch
 
 import lambdahat as lh
 from lambdahat import tasks
-from lambdahat.calibrate import LENGTH_CHECKS, SETTING_CHECKS, CalibrationResult, calibrate
+from lambdahat.calibrate import ROW_KEYS, CalibrationResult, calibrate
+from lambdahat.potential import default_nbeta
+from lambdahat.settings import Settings
 
-# 200 steps per chain: the sampler records the MALA acceptance every 50 steps, so fewer would leave
-# the acceptance check a sample or two to go on
-TINY = dict(num_chains=2, num_draws=150, num_burnin_steps=50, batch_size=100, progress=False)
+calibrate_module = importlib.import_module("lambdahat.calibrate")  # the module: lambdahat.calibrate is the function
+TINY = dict(num_chains=2, max_steps=2000, progress=False)
+#: every setting fixed: no warm-up, 2 × (100 + 200) steps
+FIXED = dict(step_size=1e-3, localization=1.0, num_burnin_steps=100, num_draws=200, num_chains=2, batch_size=100,
+             progress=False)
 
 
 def _tiny_task(seed=0):
@@ -34,47 +36,47 @@ def _tiny_task(seed=0):
 @pytest.fixture(scope="module")
 def tiny():
     task = _tiny_task()
-    return task, calibrate(task.model, task.data, task.loss_fn, step_sizes=(3e-2, 3e-3, 3e-4), nbetas=(100.0,),
-                           localizations=(1.0, 1e3), truth=task.truth, **TINY)
+    return task, calibrate(task.model, task.data, task.loss_fn, truth=task.truth, **TINY)
 
 
-def _recommended_rows(cal: CalibrationResult):
-    rec = cal.recommended
-    return [r for r in cal.rows if r["stage"] != "control"
-            and (r["step_size"], r["nbeta"], r["localization"]) == (rec["step_size"], rec["nbeta"], rec["localization"])]
+@pytest.fixture(scope="module")
+def stiff_pair():
+    """The same network on its data and on the data scaled by 3: the loss is 9× as curved, so its
+    warm-up must choose a smaller ε (the SGLD stability limit scales like 1 / curvature)."""
+    task = _tiny_task()
+    x, y = task.data
+    models = {"x1": task.model, "x3": task.model}
+    cal = calibrate(models, [(x, y), (3 * x, 3 * y)], task.loss_fn, truth=[task.truth, task.truth], **TINY)
+    return task, cal
 
 
-def test_table_holds_every_run_and_the_rule_is_stated(tiny, tmp_path):
+def _rows(cal: CalibrationResult, stage: str) -> dict[str, dict]:
+    return {row["model"]: row for row in cal.rows if row["stage"] == stage}
+
+
+def test_rows_verdicts_and_text(tiny, tmp_path):
     task, cal = tiny
-    stages = [r["stage"] for r in cal.rows]
-    assert stages.count("coarse") == 3 * 1 * 2 and stages.count("control") == 1 and "fine" in stages
-    assert set(cal.rows[0]) >= {"step_size", "nbeta", "localization", "llc", "mcse", "sound", "healthy", "failed",
-                                "verdict", "truth", "rel_error"}
-    # every failing check of every run is named, and "sound" means no setting check failed (an
-    # acceptance above the band only says the step is small, which is not held against it)
+    assert [r["stage"] for r in cal.rows] == ["adaptive", "common"] and cal.models == ["model"]
     for row in cal.rows:
-        failed = set(filter(None, row["failed"].split(";")))
-        assert failed <= set(SETTING_CHECKS) | set(LENGTH_CHECKS)
-        if row["mala_accept"] is not None and row["mala_accept"] > 0.995:
-            failed.discard("mala_accept")
-        assert row["sound"] == (not failed & set(SETTING_CHECKS))
-    # γ = 1000 confines the chain: not chosen, and the table says why
-    assert all("localization" in r["failed"] for r in cal.rows if r["localization"] == 1e3 and r["stage"] == "coarse"
-               and not "divergence" in r["failed"])
-    rec = cal.recommended
-    assert rec is not None and rec["localization"] == 1.0 and rec["nbeta"] == 100.0
-    assert all(r["sound"] for r in _recommended_rows(cal))
-    assert "largest nβ and then the smallest γ" in cal.rule and "control" in cal.rule
+        assert tuple(row) == ROW_KEYS
+        result = cal.results[(row["stage"], row["model"])]
+        # the row is the run's own verdict: certified exactly when no check failed, failures named in order
+        assert row["failed"] == [c.name for c in result.checks if not c.ok]
+        assert row["certified"] == result.certified == (not row["failed"])
+        assert (row["verdict"] == "ok") == row["certified"]
+        assert row["llc"] == result.llc_mean and row["mcse"] == result.llc_mcse
+    assert cal.certified == _rows(cal, "common")["model"]["certified"]
+    assert isinstance(cal.recommended, Settings) and cal.recommended.auto_fields == []
     text = str(cal)
-    assert "Recommended: step_size=" in text and "Rule:" in text
-    # the control: same ε and γ as recommended, nβ shrunk by 10⁶, loss rising far higher
-    control = next(r for r in cal.rows if r["stage"] == "control")
-    assert control["step_size"] == rec["step_size"] and math.isclose(control["nbeta"], 1e-4)
-    assert control["loss_rise"] > 2 * _recommended_rows(cal)[0]["loss_rise"]
-    # CSV without pandas; to_dataframe with it, or a clear ImportError
+    assert "Recommended for every model: step_size=" in text and "Rule: " in text and "smallest" in cal.rule
+    assert ("— certified on every model" in text) == cal.certified != ("NOT certified on every model" in text)
+    assert len(cal.table().splitlines()) == 1 + len(cal.rows)
+    # CSV without pandas, one line per run, the failed checks joined by ";"
     path = cal.write_csv(tmp_path / "cal.csv")
     with path.open() as handle:
-        assert len(list(csv.DictReader(handle))) == len(cal.rows)
+        read = list(csv.DictReader(handle))
+    assert len(read) == len(cal.rows) and tuple(read[0]) == ROW_KEYS
+    assert [r["failed"] for r in read] == [";".join(r["failed"]) for r in cal.rows]
     try:
         import pandas  # noqa: F401
     except ImportError:
@@ -84,126 +86,132 @@ def test_table_holds_every_run_and_the_rule_is_stated(tiny, tmp_path):
         assert len(cal.to_dataframe()) == len(cal.rows)
 
 
+def test_recommended_passes_straight_to_estimate_llc(tiny):
+    """``estimate_llc(model, data, loss, **cal.recommended)`` runs at exactly that setting, and so
+    reproduces the calibration's own run at it bit for bit (same seed, fixed settings)."""
+    task, cal = tiny
+    again = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False, **cal.recommended)
+    assert again.settings == cal.recommended
+    assert again.adaptation is None  # nothing left to adapt
+    common = cal.recommended_results()["model"]
+    assert again.llc_mean == common.llc_mean and again.llc_mcse == common.llc_mcse
+    assert again.certified == common.certified
+    # and a different model at it is run at the same setting too (the point of one setting)
+    other = _tiny_task(seed=1)
+    assert lh.estimate_llc(other.model, other.data, other.loss_fn, progress=False,
+                           **cal.recommended).settings == cal.recommended
+
+
+def test_smallest_step_size_and_longest_chains_for_every_model(stiff_pair):
+    task, cal = stiff_pair
+    adaptive, common, rec = _rows(cal, "adaptive"), _rows(cal, "common"), cal.recommended
+    assert list(adaptive) == list(common) == ["x1", "x3"]
+    # the stiffer loss gets the smaller step: a factor 2 is far inside the 9× of the curvature
+    # (measured: 6×), so the adaptation's noise cannot reverse it
+    assert adaptive["x3"]["step_size"] < adaptive["x1"]["step_size"] / 2, cal
+    assert rec.step_size == min(r["step_size"] for r in adaptive.values()) == adaptive["x3"]["step_size"]
+    assert rec.localization == min(r["localization"] for r in adaptive.values())
+    assert rec.num_burnin_steps == max(r["num_burnin_steps"] for r in adaptive.values())
+    assert rec.num_draws == max(r["num_draws"] for r in adaptive.values())
+    # nβ: n / log n of the first model's data, one value for all
+    assert rec.nbeta == default_nbeta(1000) and all(r["nbeta"] == rec.nbeta for r in cal.rows)
+    for row in common.values():
+        assert (row["step_size"], row["localization"], row["num_burnin_steps"], row["num_draws"]) == (
+            rec.step_size, rec.localization, rec.num_burnin_steps, rec.num_draws)
+    assert cal.certified == all(r["certified"] for r in common.values())
+    assert set(cal.recommended_results()) == {"x1", "x3"}
+    assert f"{rec.step_size:.3g}" in cal.rule
+
+
+def test_given_settings_are_kept_as_given():
+    task = _tiny_task()
+    cal = calibrate(task.model, task.data, task.loss_fn, step_size=5e-4, localization=2.0, nbeta=50.0, seed=3,
+                    batch_size=100, **TINY)
+    for row in cal.rows:
+        assert (row["step_size"], row["localization"], row["nbeta"]) == (5e-4, 2.0, 50.0)
+    rec = cal.recommended
+    assert (rec.step_size, rec.localization, rec.nbeta, rec.seed, rec.batch_size, rec.num_chains) == (
+        5e-4, 2.0, 50.0, 3, 100, 2)
+    assert "(given)" in cal.rule
+    # the chain length was left to the warm-up: an integer within the budget
+    assert 0 < rec.num_burnin_steps + rec.num_draws <= TINY["max_steps"]
+
+
+def test_every_setting_given_runs_no_warm_up():
+    """With nothing left "auto" the adaptive and common runs are the same fixed run, on a second
+    model family (the normal crossing w1·w2² at (0, 1), λ = 1/2)."""
+    task = tasks.normal_crossing((1, 2), point=(0.0, 1.0), n=1000, seed=0)
+    cal = calibrate(task.model, task.data, task.loss_fn, nbeta=100.0, truth=task.truth, **FIXED)
+    rec = cal.recommended
+    assert (rec.step_size, rec.localization, rec.num_burnin_steps, rec.num_draws) == (1e-3, 1.0, 100, 200)
+    assert all(r.adaptation is None for r in cal.results.values())
+    adaptive, common = cal.rows
+    assert adaptive["llc"] == common["llc"]  # the same seed and settings: the same chains
+    assert common["truth"] == 0.5
+
+
 def test_the_truth_is_reported_but_never_used(tiny):
     task, with_truth = tiny
-    blind = calibrate(task.model, task.data, task.loss_fn, step_sizes=(3e-2, 3e-3, 3e-4), nbetas=(100.0,),
-                      localizations=(1.0, 1e3), **TINY)
+    blind = calibrate(task.model, task.data, task.loss_fn, **TINY)
     assert blind.recommended == with_truth.recommended
+    assert [r["llc"] for r in blind.rows] == [r["llc"] for r in with_truth.rows]
     assert all(r["truth"] is None and r["rel_error"] is None for r in blind.rows)
-    row = _recommended_rows(with_truth)[0]
-    assert row["truth"] == float(task.truth.value)
-    assert row["rel_error"] == pytest.approx((row["llc"] - row["truth"]) / row["truth"])
+    assert "error" not in blind.table().splitlines()[0]
+    for row in with_truth.rows:
+        assert row["truth"] == float(task.truth.value)
+        assert row["rel_error"] == pytest.approx((row["llc"] - row["truth"]) / row["truth"])
+    assert "error" in with_truth.table().splitlines()[0]
 
 
-def test_one_setting_for_several_checkpoints():
-    """Two models with their own data: the recommended setting is sound on both."""
-    models = {"seed 0": _tiny_task(0), "seed 1": _tiny_task(1)}
-    cal = calibrate({k: t.model for k, t in models.items()}, [t.data for t in models.values()],
-                    models["seed 0"].loss_fn, step_sizes=(1e-2, 1e-3), nbetas=(100.0,), localizations=(1.0,),
-                    truth=[t.truth for t in models.values()], **TINY)
-    assert cal.models == ["seed 0", "seed 1"]
-    rows = _recommended_rows(cal)
-    assert {r["model"] for r in rows} == {"seed 0", "seed 1"} and all(r["sound"] for r in rows)
-    assert set(cal.recommended_results()) == {"seed 0", "seed 1"}
-
-
-def test_nothing_sound_says_what_failed():
+def test_verify_false_runs_only_the_adaptive_estimates():
     task = _tiny_task()
-    cal = calibrate(task.model, task.data, task.loss_fn, step_sizes=(1.0, 0.3), nbetas=(100.0,), localizations=(1.0,),
-                    **TINY)
-    assert cal.recommended is None
-    assert "'divergence'" in cal.rule and "lower step_size" in cal.rule
-    assert "No setting recommended." in str(cal)
+    cal = calibrate(task.model, task.data, task.loss_fn, verify=False, **TINY)
+    assert [r["stage"] for r in cal.rows] == ["adaptive"]
+    assert not cal.certified and cal.recommended_results() == {}
+    assert cal.recommended.step_size == cal.rows[0]["step_size"] and "Not verified" in cal.rule
 
 
-def test_bad_arguments_name_themselves():
+def test_bad_inputs_are_refused_before_any_sampling(monkeypatch):
     task = _tiny_task()
-    with pytest.raises(ValueError, match="localizations"):
-        calibrate(task.model, task.data, task.loss_fn, localizations=(), **TINY)
-    with pytest.raises(ValueError, match="one entry per model"):
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("calibrate sampled before checking its inputs")
+
+    monkeypatch.setattr(calibrate_module, "estimate_llc", no_sampling)
+    args = (task.data, task.loss_fn)
+    with pytest.raises(ValueError, match="empty"):
+        calibrate([], *args, **TINY)
+    with pytest.raises(ValueError, match="empty"):
+        calibrate({}, *args, **TINY)
+    with pytest.raises(ValueError, match=r"data: a list needs one entry per model \(2\), got 1"):
         calibrate([task.model, task.model], [task.data], task.loss_fn, **TINY)
+    with pytest.raises(ValueError, match=r"truth: a list needs one entry per model \(2\), got 3"):
+        calibrate([task.model, task.model], *args, truth=[1.0, 2.0, 3.0], **TINY)
+    with pytest.raises(TypeError, match=r"model 'model 1' is a str, not an nn.Module"):
+        calibrate([task.model, "not a model"], *args, **TINY)
     with pytest.raises(TypeError, match="nn.Module"):
-        calibrate([task.model, "not a model"], task.data, task.loss_fn, **TINY)
-
-
-def _check_recommendation(task, cal, rel_tol=0.10):
-    rec = cal.recommended
-    assert rec is not None, cal.rule
-    row = next(r for r in _recommended_rows(cal) if r["model"] == "model")
-    target = float(task.truth.value)
-    error = (row["llc"] - target) / target
-    assert abs(error) <= rel_tol, f"{task.name}: λ̂ {row['llc']:.4g} vs λ = {target} ({error:+.1%})\n{cal}"
-    return row
-
-
-def test_calibrate_recovers_a_deep_linear_network_without_the_truth():
-    """CI tier: DLN 4-3-8 at rank 0 (λ = 6), n = 10⁵, nβ = n / log n, γ = 1, a 3-point coarse grid."""
-    task = tasks.deep_linear_network((4, 3, 8), 0, n=100_000, seed=1)
-    cal = calibrate(task.model, task.data, task.loss_fn, step_sizes=(1e-3, 1e-4, 1e-5), localizations=(1.0,),
-                    num_chains=4, num_draws=300, num_burnin_steps=300, batch_size=500, truth=task.truth,
-                    progress=False)
-    _check_recommendation(task, cal)
-    assert cal.recommended["nbeta_default"]
-
-
-def _noise_free_crossing(point, copies, n=64):
-    """w1·w2² with inputs scaled to mean(x²) = 1 per copy and targets 0: L_n − L_n(w*) = ½ Σ (w1 w2²)²."""
-    task = tasks.normal_crossing((1, 2), point=point, n=n, copies=copies, seed=0)
-    x = task.data[0]
-    x = x / x.pow(2).mean(dim=0).sqrt()
-    task.data = (x, torch.zeros_like(x))
-    return task
-
-
-_DRIFT = pytest.mark.xfail(
-    strict=True,
-    reason="measured: calibration (4 × 800 steps) picks ε = 5.76e-5 with λ̂ −1.4%, but the final run "
-    "(4 × 4200 steps) gives +11.2%; at γ = 1 λ̂ keeps rising with chain time (+10% at ε = 1.15e-4 and +6.6% at "
-    "2.88e-5 for the same ε × steps; γ = 10: +4.0%), the flat directions still spreading (README: known limitation). "
-    "Short calibration chains cannot see it: the change is ~2 MCSE.",
-)
-SLOW_CASES = {
-    "dln 4-3-8 r=0": (lambda: tasks.deep_linear_network((4, 3, 8), 0, n=100_000, seed=1), {}),
-    "dln 3-2-4 r=1": (lambda: tasks.deep_linear_network((3, 2, 4), 1, n=100_000, seed=1), {}),
-    "dln 30-20-10 r=1 (demo)": (lambda: tasks.deep_linear_network((30, 20, 10), 1, n=10_000, seed=0),
-                                dict(localizations=(1.0, 100.0))),
-    "rrr 3-3-3 r=1": (lambda: tasks.reduced_rank_regression(3, 3, 3, 1, n=100_000, seed=1), {}),
-    "rrr 2-1-5 r=1": (lambda: tasks.reduced_rank_regression(2, 1, 5, 1, n=100_000, seed=1), {}),
-    # at (0, 1) only w1 is constrained: λ = 1/2 per copy (REFERENCE §3.3); γ = 100 keeps w2 near 1
-    "normal crossing (0, 1) x200": (lambda: _noise_free_crossing((0.0, 1.0), 200),
-                                    dict(nbetas=(1e4,), localizations=(100.0,), batch_size=64)),
-}
+        calibrate("not a model", *args, **TINY)
+    # the old grid's arguments are unknown settings now, and the error names them
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['step_sizes'\]"):
+        calibrate(task.model, *args, step_sizes=(1e-3, 1e-4), **TINY)
+    with pytest.raises(TypeError, match=r"\['localizations', 'nbetas'\]"):
+        calibrate(task.model, *args, nbetas=(100.0,), localizations=(1.0,), **TINY)
+    with pytest.raises(ValueError, match="step_size must be a positive"):
+        calibrate(task.model, *args, step_size=-1e-3, **TINY)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [pytest.param(c, marks=_DRIFT) if c == "dln 4-3-8 r=0" else c for c in SLOW_CASES])
-def test_recommended_setting_recovers_known_answers(case, record_known_answer):
-    """Calibrate blind, then estimate at the recommended setting with the advised number of draws
-    (capped at 4000): both within 10% of λ."""
-    make, overrides = SLOW_CASES[case]
-    task = make()
-    settings = dict(localizations=(1.0,), batch_size=500, truth=task.truth, progress=False) | overrides
-    cal = calibrate(task.model, task.data, task.loss_fn, **settings)
-    _check_recommendation(task, cal)
-    rec = cal.recommended
-    draws = min(rec["num_draws"], 4000)
-    final = lh.estimate_llc(task.model, task.data, task.loss_fn, step_size=rec["step_size"], nbeta=rec["nbeta"],
-                            localization=rec["localization"], num_chains=4, num_draws=draws,
-                            num_burnin_steps=max(400, draws // 2), batch_size=settings["batch_size"], progress=False)
-    target = float(task.truth.value)
-    record_known_answer(f"{task.name} (calibrated ε = {rec['step_size']:.3g})", target, final, "λ, calibrated blind")
-    assert not final.diverged
-    assert abs(final.llc_mean - target) <= 0.10 * target, (
-        f"{case}: final λ̂ {final.llc_mean:.4g} ± {final.llc_mcse:.2g} vs λ = {target}\n{cal}"
-    )
-
-
-@pytest.mark.slow
-def test_one_setting_for_checkpoints_of_different_complexity():
-    """A 4-3-8 network at teachers of rank 0 and 1 (λ = 6 and 8.5): one setting, both within 10%."""
+def test_one_setting_for_checkpoints_of_different_complexity(record_known_answer):
+    """A 4-3-8 network at teachers of rank 0 and 1 (λ = 6 and 8.5, Aoyagi 2024), n = 10⁵, all
+    defaults: every estimate at the recommended setting that is certified is within 10% of λ
+    (issue 16: no certified estimate off by more than 10%; the gap to λ is not only Monte Carlo
+    error, since a finite-nβ estimate is compared with the nβ → ∞ value)."""
     made = [tasks.deep_linear_network((4, 3, 8), r, n=100_000, seed=1) for r in (0, 1)]
-    cal = calibrate({t.name: t.model for t in made}, [t.data for t in made], made[0].loss_fn, localizations=(1.0,),
-                    batch_size=500, truth=[t.truth for t in made], progress=False)
-    assert cal.recommended is not None, cal.rule
-    for row in _recommended_rows(cal):
-        assert abs(row["rel_error"]) <= 0.10, str(cal)
+    cal = calibrate({t.name: t.model for t in made}, [t.data for t in made], made[0].loss_fn,
+                    truth=[t.truth for t in made], progress=False)
+    for task in made:
+        record_known_answer(f"{task.name} (lh.calibrate, common setting)", float(task.truth.value),
+                            cal.recommended_results()[task.name], "λ, calibrated blind")
+    for row in _rows(cal, "common").values():
+        if row["certified"]:
+            assert abs(row["rel_error"]) <= 0.10, str(cal)

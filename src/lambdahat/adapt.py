@@ -56,6 +56,9 @@ MALA_ACCEPTANCE = 0.6
 #: The warm-up has settled when its last windows' acceptance is this close to the target.
 SETTLED_ACCEPTANCE = 0.05
 MAX_REWARMS = 3
+#: Restarts after a divergence before the step size is capped at half the one that diverged (and
+#: the steps thrown away count against ``max_steps``, so the warm-up always ends).
+MAX_FREE_RESTARTS = 3
 #: How often the warm-up records the acceptance (every step would double its cost).
 WARMUP_ACCEPTANCE_EVERY = 4
 #: During the draws (the sampler's option): enough to report the acceptance, cheap.
@@ -168,16 +171,19 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
 
     def warm_up(steps_min: int, steps_max: int) -> tuple[list[dict[str, np.ndarray]], float]:
         """Adapt ε window by window until the acceptance and the loss level have settled."""
-        nonlocal step
+        nonlocal step, restarts, ceiling
         done, windows = 0, []
         while done < steps_max:
             length = min(WINDOW, steps_max - done)
             records = chains.advance(length, step, options=warm_every, bar=bar)
             spend(records, cost)
-            if not _finite(records) and auto_step:
+            if not _finite(records) and auto_step and log.discarded_steps + chains.steps < budget:
                 log.discarded_steps += chains.steps
                 log.notes.append(f"a chain diverged at ε = {step:.3g} during the warm-up: every chain restarted from w* "
                                  "at ε / 10")
+                restarts += 1
+                if restarts > MAX_FREE_RESTARTS:  # diverging again and again: never climb back to where it broke
+                    ceiling = min(ceiling, step / 2)
                 chains.reset()
                 step_sizes.clear()
                 step /= 10
@@ -187,12 +193,13 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             done += length
             windows.append(records)
             if auto_step:
-                step *= _step_factor(_acceptance(records), target)
+                step = min(step * _step_factor(_acceptance(records), target), ceiling)
             if done >= steps_min and _settled(windows, target if auto_step else None, init_loss, nbeta):
                 break
-        recent = windows[-3:]
-        return windows, float(np.nanmean([_acceptance(r) for r in recent])) if recent else float("nan")
+        recent = [a for a in (_acceptance(r) for r in windows[-3:]) if math.isfinite(a)]
+        return windows, float(np.mean(recent)) if recent else float("nan")
 
+    restarts, ceiling = 0, math.inf
     # 1-2. warm-up: step size, then localisation
     if bar is not None:
         bar.set_description("warm-up")
@@ -306,8 +313,9 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         llc, mcse = _llc_and_mcse(np.concatenate([r["loss"] for r in draws], axis=1)[healthy], init_loss, nbeta)
         if bar is not None:
             bar.set_description("bias check at ε/2")
-        measure = min(max(MIN_DRAWS, num_draws // 2), max(reserve - reserve // 4, MIN_DRAWS // 2))
-        settle = max(2 * WINDOW, min(num_draws // 5, reserve // 4))
+        settle = min(max(2 * WINDOW, min(num_draws // 5, reserve // 4)), reserve // 2)
+        measure = max(WINDOW, min(max(MIN_DRAWS, num_draws // 2), max(reserve - reserve // 4, MIN_DRAWS // 2),
+                                  reserve - settle))
         chains.keep = False
         try:
             settled = chains.advance(settle, step / 2, options=draw_every, bar=bar)

@@ -20,8 +20,7 @@ if TYPE_CHECKING:
     from .estimate import LLCResult
 
 __all__ = [
-    "plot_loss_traces", "plot_running_llc", "plot_summary", "plot_calibration_map", "plot_calibration_curves",
-    "plot_trajectory",
+    "plot_loss_traces", "plot_running_llc", "plot_summary", "plot_calibration", "plot_trajectory",
 ]
 
 
@@ -176,128 +175,106 @@ def plot_summary(result: LLCResult, truth: Any = None, title: str | None = None)
 
 # --- calibration -----------------------------------------------------------------------------
 
-_VERDICT_STYLE = {
-    # verdict → (colour, marker, legend label)
-    "healthy": ("#2ca02c", "o", "healthy: every check passed"),
-    "sound": ("#bcbd22", "o", "sound setting, chains too short (R̂ / ESS)"),
-    "failed": ("#d62728", "s", "a setting check failed"),
-    "diverged": ("0.35", "X", "diverged"),
+_CERTIFIED, _NOT_CERTIFIED, _TRUTH = "#2ca02c", "#d62728", "crimson"
+#: stage → (marker, x offset within a model's slot, legend label)
+_STAGE_STYLE = {
+    "adaptive": ("o", -0.15, "adaptive: the model's own warm-up"),
+    "common": ("D", 0.15, "common: the recommended setting"),
 }
 
 
-def _verdict_of(rows: list[dict]) -> str:
-    """One verdict for a setting over its models: the worst of theirs."""
-    if any("divergence" in row["failed"].split(";") for row in rows):
-        return "diverged"
-    if not all(row["sound"] for row in rows):
-        return "failed"
-    return "healthy" if all(row["healthy"] for row in rows) else "sound"
+def _short_failed(failed: list[str], limit: int = 3) -> str:
+    return ", ".join(failed[:limit]) + (", …" if len(failed) > limit else "")
 
 
-def _settings(calibration: Any, model: str | None) -> dict[tuple[float, float, float], list[dict]]:
-    """Rows grouped by (ε, nβ, γ), the nβ → 0 control left out; one model's rows if ``model`` is given."""
-    groups: dict[tuple[float, float, float], list[dict]] = {}
-    for row in calibration.rows:
-        if row["stage"] == "control" or (model is not None and row["model"] != model):
-            continue
-        groups.setdefault((row["step_size"], row["nbeta"], row["localization"]), []).append(row)
-    return groups
+def plot_calibration(calibration: Any) -> Figure:
+    """What :func:`lambdahat.calibrate` found: λ̂ per model at its own and at the common setting,
+    and the step size each model's warm-up chose.
 
-
-def _mean_llc(rows: list[dict]) -> float:
-    values = [row["llc"] for row in rows if math.isfinite(row["llc"])]
-    return float(np.mean(values)) if values else math.nan
-
-
-def plot_calibration_map(calibration: Any, model: str | None = None) -> Figure:
-    """The calibration map: λ̂ and the verdict of every setting, over step size × nβ, one panel per γ.
-
-    Each setting of a :class:`~lambdahat.calibrate.CalibrationResult` is a marker at (ε, nβ) on
-    log axes, coloured by its verdict over all models (or over ``model`` alone): healthy, sound
-    (the setting checks passed but the short chains failed R̂ or ESS), failed, or diverged;
-    labelled with λ̂ (the mean over models). The recommended setting is ringed. The nβ → 0
-    control run is left out.
+    Left: λ̂ ± MCSE of every model, at the setting its adaptive run chose (circle) and at the one
+    recommended setting (diamond), green where the run is certified and red where it is not (the
+    failed checks are written beside it); each model's truth, when the calibration was given one,
+    is a dashed segment. The two λ̂ of a model need not agree: the common setting has the
+    smallest ε and γ of all models and the longest chains. Right: the ε each model's warm-up
+    chose (log scale) with its γ and chain length, and the recommended ε (the smallest) as a
+    dotted line.
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    groups = _settings(calibration, model)
-    gammas = sorted({key[2] for key in groups})
-    if not gammas:
-        raise ValueError("calibration has no runs to map.")
-    fig = Figure(figsize=(5.2 * len(gammas) + 0.6, 4.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(gammas), sharey=True, squeeze=False)[0])
-    rec = calibration.recommended
-    for ax, gamma in zip(axes, gammas):
-        for (step, nbeta, g), rows in sorted(groups.items()):
-            if g != gamma:
-                continue
-            color, marker, _ = _VERDICT_STYLE[_verdict_of(rows)]
-            ax.scatter([step], [nbeta], s=110, color=color, marker=marker, zorder=3, edgecolors="black", linewidths=0.5)
-            llc = _mean_llc(rows)
-            below = rows[0]["stage"] == "fine"  # fine steps sit close to coarse ones: label them underneath
-            ax.annotate("—" if math.isnan(llc) else f"{llc:.3g}", (step, nbeta), textcoords="offset points",
-                        xytext=(0, -17 if below else 9), ha="center", fontsize="small")
-            if rec is not None and (step, nbeta, g) == (rec["step_size"], rec["nbeta"], rec["localization"]):
-                ax.scatter([step], [nbeta], s=420, facecolors="none", edgecolors="black", linewidths=1.8, zorder=4)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.margins(x=0.15, y=0.35)
-        ax.set_xlabel("step size ε")
-        ax.set_title(f"γ = {gamma:g}")
-        ax.grid(True, which="major", alpha=0.3)
-    axes[0].set_ylabel("nβ")
-    handles = [Line2D([], [], ls="", marker=m, color=c, markeredgecolor="black", markersize=9, label=label)
-               for c, m, label in _VERDICT_STYLE.values()]
-    if rec is not None:
-        handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="black",
-                              markersize=15, label="recommended"))
-    axes[-1].legend(handles=handles, loc="best", fontsize="small", framealpha=0.9)
-    who = f" ({model})" if model is not None else (f" (worst of {len(calibration.models)} models)" if len(calibration.models) > 1 else "")
-    fig.suptitle(f"Calibration map: λ̂ and verdict per setting{who}")
-    return fig
-
-
-def plot_calibration_curves(calibration: Any, ax: Axes | None = None) -> Figure:
-    """λ̂ ± MCSE against the step size, one line per (model, nβ, γ), markers coloured by verdict.
-
-    Where the curve is flat the estimate no longer depends on ε; the recommended ε is marked by a
-    vertical line, and each model's truth (when the calibration was given one) by a dashed line.
-    """
-    ax = _axes(ax, figsize=(7.0, 4.6))
-    lines: dict[tuple[str, float, float], list[dict]] = {}
-    for row in calibration.rows:
-        if row["stage"] != "control":
-            lines.setdefault((row["model"], row["nbeta"], row["localization"]), []).append(row)
-    colors = _colors(len(lines))
+    models = list(calibration.models)
+    if not calibration.rows:
+        raise ValueError("calibration has no runs to plot.")
+    fig = Figure(figsize=(max(10.0, 5.0 + 1.6 * len(models)), 5.0), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
+    slot = {model: i for i, model in enumerate(models)}
     in_view = []
-    for color, ((model, nbeta, gamma), rows) in zip(colors, sorted(lines.items())):
-        rows = sorted(rows, key=lambda r: r["step_size"])
-        steps = np.array([r["step_size"] for r in rows])
-        llc = np.array([r["llc"] for r in rows])
-        mcse = np.array([r["mcse"] for r in rows])
-        name = (f"{model}, " if len(calibration.models) > 1 else "") + f"nβ = {nbeta:.4g}, γ = {gamma:g}"
-        ax.errorbar(steps, llc, yerr=np.where(np.isfinite(mcse), mcse, 0), color=color, lw=1.2, capsize=3, label=name)
-        for r in rows:
-            c, m, _ = _VERDICT_STYLE[_verdict_of([r])]
-            ax.scatter([r["step_size"]], [r["llc"]], color=c, marker=m, s=45, zorder=3, edgecolors="black", linewidths=0.4)
-        in_view.append(llc)
-        truths = {r["truth"] for r in rows if r["truth"] is not None}
-        for value in truths:
-            ax.axhline(value, color=color, ls="--", lw=1, alpha=0.8)
-            in_view.append(np.array([value]))
-    rec = calibration.recommended
-    if rec is not None:
-        ax.axvline(rec["step_size"], color="black", ls=":", lw=1.2, label=f"recommended ε = {rec['step_size']:.3g}")
-    ax.set_xscale("log")
-    limits = _padded_limits(np.concatenate(in_view)) if in_view else None
+    for row in calibration.rows:
+        marker, offset, _ = _STAGE_STYLE[row["stage"]]
+        x = slot[row["model"]] + offset
+        color = _CERTIFIED if row["certified"] else _NOT_CERTIFIED
+        llc, mcse = row["llc"], row["mcse"]
+        if llc is None or not math.isfinite(llc):
+            left.annotate("no estimate", (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                          textcoords="offset points", ha="center", fontsize="x-small", color=color, rotation=90)
+            continue
+        error = mcse if mcse is not None and math.isfinite(mcse) else 0.0
+        left.errorbar([x], [llc], yerr=[error], fmt=marker, color=color, markeredgecolor="black", markersize=8,
+                      capsize=4, lw=1.4, zorder=3)
+        in_view.append(np.array([llc - error, llc + error]))
+        if not row["certified"]:
+            left.annotate(_short_failed(row["failed"]), (x, llc), xytext=(6, -3), textcoords="offset points",
+                          fontsize="x-small", color=color, rotation=90, va="top")
+    for model in models:
+        truth = next((r["truth"] for r in calibration.rows if r["model"] == model and r["truth"] is not None), None)
+        if truth is not None:
+            i = slot[model]
+            left.plot([i - 0.35, i + 0.35], [truth, truth], ls="--", color=_TRUTH, lw=1.5)
+            in_view.append(np.array([truth]))
+    limits = _padded_limits(np.concatenate(in_view), pad=0.15) if in_view else None
     if limits is not None:
-        ax.set_ylim(*limits)
-    ax.set_xlabel("step size ε")
-    ax.set_ylabel("λ̂ (short calibration chains)")
-    ax.set_title("λ̂ against step size (dashed: truth)")
-    ax.legend(loc="best", fontsize="small", framealpha=0.9)
-    return ax.figure
+        left.set_ylim(*limits)
+    left.set_xticks(range(len(models)), models, rotation=20 if len(models) > 3 else 0)
+    left.set_xlim(-0.6, len(models) - 0.4)
+    left.set_ylabel("λ̂ ± MCSE")
+    left.set_title("λ̂ at each model's own setting and at the common one")
+    handles = [Line2D([], [], ls="", marker=m, color="0.6", markeredgecolor="black", markersize=8, label=label)
+               for m, _, label in _STAGE_STYLE.values()]
+    handles += [Line2D([], [], ls="", marker="s", color=_CERTIFIED, markersize=8, label="certified"),
+                Line2D([], [], ls="", marker="s", color=_NOT_CERTIFIED, markersize=8, label="NOT certified")]
+    if any(r["truth"] is not None for r in calibration.rows):
+        handles.append(Line2D([], [], ls="--", color=_TRUTH, lw=1.5, label="truth λ"))
+    left.legend(handles=handles, loc="best", fontsize="small", framealpha=0.9)
+
+    rec = calibration.recommended
+    adaptive = {r["model"]: r for r in calibration.rows if r["stage"] == "adaptive"}
+    for model, row in adaptive.items():
+        color = _CERTIFIED if row["certified"] else _NOT_CERTIFIED
+        right.scatter([slot[model]], [row["step_size"]], s=70, color=color, edgecolors="black", zorder=3)
+        right.annotate(f"γ = {row['localization']:g}\n{row['num_burnin_steps']} + {row['num_draws']}",
+                       (slot[model], row["step_size"]), xytext=(0, 8), textcoords="offset points", ha="center",
+                       fontsize="x-small")
+    right.axhline(float(rec.step_size), color="black", ls=":", lw=1.2,
+                  label=f"recommended ε = {float(rec.step_size):.3g} (the smallest)")
+    right.set_yscale("log")
+    right.set_xticks(range(len(models)), models, rotation=20 if len(models) > 3 else 0)
+    right.set_xlim(-0.6, len(models) - 0.4)
+    right.margins(y=0.3)
+    right.set_ylabel("step size ε chosen by the warm-up")
+    right.set_title("Each warm-up's ε, γ, burn-in + draws")
+    right.legend(loc="best", fontsize="small", framealpha=0.9)
+
+    common = [r for r in calibration.rows if r["stage"] == "common"]
+    if not common:
+        verdict = "not verified at the common setting"
+    elif calibration.certified:
+        verdict = f"certified on every model ({len(common)})"
+    else:
+        verdict = f"NOT certified on {sum(not r['certified'] for r in common)} of {len(common)} models"
+    fig.suptitle(f"Calibration of {len(models)} model{'s' if len(models) > 1 else ''}: {verdict}\n"
+                 f"recommended ε = {float(rec.step_size):.3g}, nβ = {float(rec.nbeta):.4g}, γ = {float(rec.localization):g}, "
+                 f"{rec.num_burnin_steps} burn-in + {rec.num_draws} draws")
+    return fig
 
 
 # --- LLC over training ------------------------------------------------------------------------

@@ -222,14 +222,16 @@ class Potential:
         if not math.isfinite(float(loss.detach())):
             raise ValueError(f"loss_fn is not finite at w* (got {float(loss.detach())}); check the model and data.")
         gen = torch.Generator(device=w.device).manual_seed(0)
-        moved = self.w_star + 1e-2 * (1 + self.w_star.abs()) * torch.randn(w.shape, generator=gen, device=w.device,
-                                                                            dtype=w.dtype)
+        # a large move (of the order of the weights themselves): a loss that depends on w changes under it
+        # even at a degenerate w* (w1·w2² at the origin moves by far less than float resolution under 1%)
+        moved = self.w_star + (1 + self.w_star.abs()) * torch.randn(w.shape, generator=gen, device=w.device,
+                                                                     dtype=w.dtype)
         with torch.no_grad():
             other = self.loss(moved, batch)
         if torch.equal(other.detach(), loss.detach()):
             raise ValueError(
                 "loss_fn does not depend on the sampled weights: it returned exactly the same value at w* and at "
-                "weights moved by 1% (a cross-entropy over a single output is always 0, for instance); check loss_fn, "
+                "weights moved by their own size (a cross-entropy over a single output is always 0, for instance); check loss_fn, "
                 "the model's output and sampled_params."
             )
         return loss

@@ -165,7 +165,8 @@ def _calibration_section(calibration: Any) -> str:
                 text = '<span class="ok">yes</span>' if v else '<span class="fail">no</span>'
             else:
                 text = _fmt(v, ".3g" if col in ("step_size", "mcse") else ".4g")
-            cells.append(f"<td{' class=num' if isinstance(v, (int, float)) and not isinstance(v, bool) else ''}>{text}</td>")
+            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(f"<td{' class=num' if numeric else ''}>{text}</td>")
         css = " class=recommended" if row["stage"] == "common" else ""
         body.append(f"<tr{css}>" + "".join(cells) + "</tr>")
     table = "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" + "".join(body) + "</table>"
@@ -179,8 +180,8 @@ def _calibration_section(calibration: Any) -> str:
         f"<h2>Every run</h2><p>stage <i>adaptive</i>: the model's own warm-up; <i>common</i>: the recommended "
         f"setting (highlighted).</p>{table}"
         + (f"<h2>Each model at the recommended setting</h2>{runs}" if runs else "")
-        + "<h2>The recommended setting</h2><p>Pass it as <code>estimate_llc(model, data, loss, **cal.recommended)</code>."
-        f"</p>{_config_html(rec.to_dict())}"
+        + "<h2>The recommended setting</h2><p>Pass it as "
+        f"<code>estimate_llc(model, data, loss, **cal.recommended)</code>.</p>{_config_html(rec.to_dict())}"
     )
 
 
