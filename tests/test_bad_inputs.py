@@ -417,6 +417,19 @@ def _save_and_load_without_suffix(tmp_path):
     assert Trace.load(tmp_path / "x").config == {"seed": 2, "step": 0.5}
 
 
+def _thread_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        return _estimate(executor=pool, num_chains=2)
+
+
+def _bfloat16_model_warns():
+    model, data = _tiny()
+    with pytest.warns(UserWarning, match="bfloat16.*float32"):
+        _estimate(model=model.to(torch.bfloat16), data=tuple(t.to(torch.bfloat16) for t in data))
+
+
 # (id, call(tmp_path), expected exception types, names in the message) — or None for "the correct result"
 API = [
     pytest.param(lambda t: _estimate(seed=None), (ValueError, TypeError), ["seed"], id="seed-None"),
@@ -428,6 +441,8 @@ API = [
     pytest.param(lambda t: _estimate(sampled_params=5), (ValueError, TypeError), ["sampled_params"],
                  id="sampled-params-int"),
     pytest.param(lambda t: _estimate(step_size=-1.0), (ValueError,), ["step_size"], id="step-size-negative"),
+    pytest.param(lambda t: _thread_pool(), (ValueError,), ["executor", "ThreadPoolExecutor"], id="thread-pool-executor"),
+    pytest.param(lambda t: _bfloat16_model_warns(), None, [], id="bfloat16-model-warns"),
     pytest.param(lambda t: _estimate(num_chains=0), (ValueError,), ["num_chains"], id="num-chains-0"),
     pytest.param(lambda t: _estimate(sampler="bogus"), (ValueError,), ["sampler"], id="sampler-unknown"),
     pytest.param(lambda t: _numpy_settings(t), None, [], id="numpy-scalar-settings"),
