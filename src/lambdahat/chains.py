@@ -36,11 +36,11 @@ from torch import Tensor, nn
 from .data import DataSource
 from .potential import Potential
 from .samplers import SamplerConfig
+from .settings import CHAIN_MODES
 from .trace import Trace
 
-__all__ = ["ChainJob", "chain_seeds", "run_chains", "CHAIN_MODES"]
+__all__ = ["ChainJob", "ChainSet", "chain_seeds", "run_chains", "progress_enabled", "CHAIN_MODES"]
 
-CHAIN_MODES = ("auto", "sequential", "vectorized")
 
 #: "auto" vectorises K chains when the model has at most this many sampled weights and the per-step
 #: work, weights × batch size, is at most AUTO_VECTORIZE_MAX_WORK. Measured for 4 chains of ReLU
@@ -51,6 +51,16 @@ AUTO_VECTORIZE_MAX_PARAMS = 2**16
 AUTO_VECTORIZE_MAX_WORK = 2**23
 
 ChainRecord = tuple[dict[str, np.ndarray], int | None]  # per-step arrays, first divergent step
+
+
+def progress_enabled(progress: bool) -> bool:
+    """Show a progress bar only when asked and someone can see it: a terminal or a notebook
+    (bars written into a log file or a pipe are noise)."""
+    if not progress:
+        return False
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)()) or "ipykernel" in sys.modules
 
 
 def chain_seeds(seed: int, chain: int) -> tuple[int, int, int]:
@@ -345,7 +355,7 @@ def run_chains(
     from tqdm.auto import tqdm
 
     total = num_chains * job.num_steps
-    bar = tqdm(total=total, desc="sampling", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="sampling", unit="step", disable=not progress_enabled(progress), leave=False)
     try:
         if executor is not None:
             mode = "executor"

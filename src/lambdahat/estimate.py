@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from . import diagnostics, health
 from .adapt import Adaptation, adapt_and_sample
-from .chains import ChainJob, ChainSet, choose_mode, run_chains
+from .chains import ChainJob, ChainSet, choose_mode, progress_enabled, run_chains
 from .data import as_data_source
 from .potential import Potential, default_nbeta, select_params
 from .samplers import as_sampler_config
@@ -242,7 +242,8 @@ def estimate_llc(
             ``ProcessPoolExecutor``, or ``dask.distributed.Client(...).get_executor()``), with
             fixed settings (the warm-up adapts across chains in this process). The result is
             identical to the sequential run's.
-        progress: show a progress bar (quiet when output is not a terminal).
+        progress: show a progress bar, with the phase (warm-up, draws, bias check); it stays quiet
+            when stderr is neither a terminal nor a notebook.
         **settings: any field of :class:`lambdahat.settings.Settings` (the one place their
             defaults and meanings are written): ``step_size``, ``localization``, ``nbeta``,
             ``num_chains``, ``num_burnin_steps``, ``num_draws``, ``batch_size``, ``sampler``,
@@ -380,7 +381,7 @@ def _adaptive_run(job: ChainJob, settings: Settings, init_loss: float, nbeta: fl
     chains = ChainSet(job, range(settings.num_chains), mode)
     budget = default_max_steps(job.potential.num_params) if settings.max_steps == AUTO else settings.max_steps
     bar = tqdm(total=settings.num_chains * budget, desc="adaptive sampling (warm-up, draws, bias check)", unit="step",
-               disable=not progress, leave=False)
+               disable=not progress_enabled(progress), leave=False)
     try:
         records, burnin, first_bad, resolved, adaptation = adapt_and_sample(
             chains, settings, init_loss=init_loss, nbeta=nbeta, num_params=job.potential.num_params, bar=bar)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from . import cache as _cache
 from . import tables
 from .checkpoints import CHECKPOINT_SUFFIXES, as_checkpoint_list, checkpoint_identity, list_checkpoints, load_checkpoint
+from .chains import progress_enabled
 from .estimate import LLCResult, estimate_llc
 from .settings import Settings
 from .stages import StageResult, detect_stages
@@ -386,7 +387,7 @@ def trajectory(
     executor = pool or executor
     threads: ThreadPoolExecutor | None = None
     interrupted = False
-    bar = tqdm(total=len(items), desc="checkpoints", unit="ckpt", disable=not progress)
+    bar = tqdm(total=len(items), desc="checkpoints", unit="ckpt", disable=not progress_enabled(progress))
 
     def estimate(step: int, source: Any, inner_progress: bool) -> LLCResult:
         model = load_checkpoint(make_model, step, source)
