@@ -76,7 +76,12 @@ def test_a_point_that_is_not_a_minimum_gives_the_negative_verdict():
     result = _run(_dln(perturb=0.3))
     assert result.llc_mean < 0
     checks = _by_name(result)
-    assert _failing(result) == {"negative"}, "\n".join(map(str, checks.values()))
+    # the loss falling below L_n(w*) is also a trace still moving: the drift checks may say so too,
+    # and when they do, their verdict names the fall (a falling trace, toward or below L_n(w*))
+    assert "negative" in _failing(result) and _failing(result) <= {"negative", "convergence", "ladder"}, \
+        "\n".join(map(str, checks.values()))
+    for name in _failing(result) - {"negative"}:
+        assert "falling" in checks[name].verdict
     assert "not a local minimum" in checks["negative"].verdict and "settles below" in checks["negative"].verdict
     assert "- negative:" in str(result)
 

@@ -225,7 +225,9 @@ def drift(losses: np.ndarray, init_loss: float, nbeta: float, llc: float, z: flo
     relative = abs(delta) / max(abs(llc), 1e-12)
     measured = (f"λ̂ over the first half of the draws {llc1:.4g}, over the second half {llc2:.4g} "
                 f"(a change of {relative:.0%}, z = {score:.1f})")
-    if relative <= min_relative or (score <= z and relative <= max_relative):
+    # the visible-change bar is relative to a positive plateau; at λ̂ ≤ 0 (the negative check's case) only z speaks
+    visible = relative > max_relative and llc > 0
+    if relative <= min_relative or (score <= z and not visible):
         return Check(name, True, f"running λ̂ is flat: {measured}.", score, z)
     if score <= z:
         what = (f"the halves differ by more than {max_relative:.0%}, and the draws are too noisy to tell whether that is "
@@ -534,7 +536,8 @@ def ladder(losses: np.ndarray, init_loss: float, nbeta: float, llc: float, dista
                   f"{dist[:, total // 2:].mean():.3g}")
     measured = (f"λ̂ over steps {total // 4}–{total // 2} of the run {llc1:.4g}, over steps {total // 2}–{total} "
                 f"{llc2:.4g} (a change of {relative:.0%}, z = {score:.1f}){spread}")
-    if relative <= min_relative or (relative <= max_relative and score <= z):
+    visible = relative > max_relative and llc > 0  # as in drift(): relative to a positive plateau only
+    if relative <= min_relative or (not visible and score <= z):
         return Check(name, True, f"λ̂ is steady over the run: {measured}.", relative, max_relative)
     return Check(
         name, False,
