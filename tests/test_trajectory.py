@@ -437,7 +437,7 @@ if __name__ == "__main__":
     ckpts, cache, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(64, 3, generator=gen)
-    settings = dict(step_size=1e-3, localization=10.0, nbeta=30.0, num_chains=2, num_draws=600, num_burnin_steps=10,
+    settings = dict(step_size=1e-3, localization=10.0, nbeta=30.0, num_chains=2, num_draws=2000, num_burnin_steps=10,
                     batch_size=32, seed=3, chain_mode="sequential")
     try:
         result = lh.trajectory(ckpts, make_model, (x, torch.sin(x[:, :2])), gaussian_nll, settings, cache_dir=cache,
