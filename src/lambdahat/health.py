@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -201,6 +201,35 @@ def check_runaway(result: LLCResult, factor: float = 2.0) -> Check:
     )
 
 
+class _Shift(NamedTuple):
+    """λ̂ over an earlier and a later window of draws, and how far apart they are."""
+
+    before: float
+    after: float
+    delta: float  # after − before
+    score: float  # |delta| in standard errors of the difference
+    relative: float  # |delta| / |λ̂|
+    flat: bool  # within min_relative, or within z standard errors and not visibly (> max_relative) changed
+
+
+def _shift(early: np.ndarray, late: np.ndarray, init_loss: float, nbeta: float, llc: float, z: float,
+           min_relative: float, max_relative: float) -> _Shift:
+    """Compare λ̂ over two windows of loss draws shaped (chain, draw); each window's standard error
+    from its own effective sample size. The visible-change bar is relative to a positive plateau;
+    at λ̂ ≤ 0 (the negative check's case) only the z score speaks."""
+
+    def mcse(a: np.ndarray) -> float:
+        return diagnostics.mcse_mean(a) if np.ptp(a) > 0 else 0.0
+
+    before, after = nbeta * (early.mean() - init_loss), nbeta * (late.mean() - init_loss)
+    delta = after - before
+    se = nbeta * math.hypot(mcse(early), mcse(late))
+    score = abs(delta) / se if se > 0 else (0.0 if delta == 0 else math.inf)
+    relative = abs(delta) / max(abs(llc), 1e-12)
+    visible = relative > max_relative and llc > 0
+    return _Shift(before, after, delta, score, relative, relative <= min_relative or (score <= z and not visible))
+
+
 def drift(losses: np.ndarray, init_loss: float, nbeta: float, llc: float, z: float = 3.0,
           min_relative: float = 0.05, max_relative: float = 0.10) -> Check:
     """The convergence check on an array of loss draws shaped (chain, draw); see
@@ -212,28 +241,17 @@ def drift(losses: np.ndarray, init_loss: float, nbeta: float, llc: float, z: flo
             name, False, f"only {n} draws per chain: too few to tell whether the chains settled; run at least 16 "
             "draws (a few hundred to judge).", float("nan"), z,
         )
-    first, second = losses[:, : n // 2], losses[:, n - n // 2 :]
-    llc1 = nbeta * (first.mean() - init_loss)
-    llc2 = nbeta * (second.mean() - init_loss)
-    delta = llc2 - llc1
-
-    def mcse(a: np.ndarray) -> float:
-        return diagnostics.mcse_mean(a) if np.ptp(a) > 0 else 0.0
-
-    se = nbeta * math.hypot(mcse(first), mcse(second))
-    score = abs(delta) / se if se > 0 else (0.0 if delta == 0 else math.inf)
-    relative = abs(delta) / max(abs(llc), 1e-12)
-    measured = (f"λ̂ over the first half of the draws {llc1:.4g}, over the second half {llc2:.4g} "
-                f"(a change of {relative:.0%}, z = {score:.1f})")
-    # the visible-change bar is relative to a positive plateau; at λ̂ ≤ 0 (the negative check's case) only z speaks
-    visible = relative > max_relative and llc > 0
-    if relative <= min_relative or (score <= z and not visible):
+    shift = _shift(losses[:, : n // 2], losses[:, n - n // 2 :], init_loss, nbeta, llc, z, min_relative, max_relative)
+    score = shift.score
+    measured = (f"λ̂ over the first half of the draws {shift.before:.4g}, over the second half {shift.after:.4g} "
+                f"(a change of {shift.relative:.0%}, z = {score:.1f})")
+    if shift.flat:
         return Check(name, True, f"running λ̂ is flat: {measured}.", score, z)
     if score <= z:
         what = (f"the halves differ by more than {max_relative:.0%}, and the draws are too noisy to tell whether that is "
                 "noise or a trend")
         fix = "run more draws"
-    elif delta > 0:
+    elif shift.delta > 0:
         what = "running λ̂ is still rising at the end: the chains have not reached their plateau"
         fix = "run more burn-in steps and more draws (or a larger step_size, if the MALA acceptance is near 1)"
     else:
@@ -519,33 +537,24 @@ def ladder(losses: np.ndarray, init_loss: float, nbeta: float, llc: float, dista
     total = losses.shape[1]
     if total < 64:
         return _skip(name, "the run is too short for a ladder")
-    early, late = losses[:, total // 4: total // 2], losses[:, total // 2:]
-    llc1, llc2 = nbeta * (early.mean() - init_loss), nbeta * (late.mean() - init_loss)
-
-    def mcse(a: np.ndarray) -> float:
-        return diagnostics.mcse_mean(a) if np.ptp(a) > 0 else 0.0
-
-    se = nbeta * math.hypot(mcse(early), mcse(late))
-    delta = llc2 - llc1
-    score = abs(delta) / se if se > 0 else (0.0 if delta == 0 else math.inf)
-    relative = abs(delta) / max(abs(llc), 1e-12)
+    shift = _shift(losses[:, total // 4: total // 2], losses[:, total // 2:], init_loss, nbeta, llc, z, min_relative,
+                   max_relative)
     spread = ""
     if distance is not None:
         dist = distance ** 2
         spread = (f"; ‖w − w*‖² went from {dist[:, total // 4: total // 2].mean():.3g} to "
                   f"{dist[:, total // 2:].mean():.3g}")
-    measured = (f"λ̂ over steps {total // 4}–{total // 2} of the run {llc1:.4g}, over steps {total // 2}–{total} "
-                f"{llc2:.4g} (a change of {relative:.0%}, z = {score:.1f}){spread}")
-    visible = relative > max_relative and llc > 0  # as in drift(): relative to a positive plateau only
-    if relative <= min_relative or (not visible and score <= z):
-        return Check(name, True, f"λ̂ is steady over the run: {measured}.", relative, max_relative)
+    measured = (f"λ̂ over steps {total // 4}–{total // 2} of the run {shift.before:.4g}, over steps {total // 2}–{total} "
+                f"{shift.after:.4g} (a change of {shift.relative:.0%}, z = {shift.score:.1f}){spread}")
+    if shift.flat:
+        return Check(name, True, f"λ̂ is steady over the run: {measured}.", shift.relative, max_relative)
     return Check(
         name, False,
-        f"λ̂ is still {'rising' if delta > 0 else 'falling'} on the time scale of the whole run ({measured}): the chains "
+        f"λ̂ is still {'rising' if shift.delta > 0 else 'falling'} on the time scale of the whole run ({measured}): the chains "
         "are still travelling, typically along directions the loss leaves nearly flat, and λ̂ has not settled. Run "
         "longer (raise max_steps, or num_burnin_steps and num_draws), or raise localization so that the neighbourhood "
         "sampled is smaller (λ̂ then describes that smaller neighbourhood).",
-        relative, max_relative,
+        shift.relative, max_relative,
     )
 
 
