@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from . import diagnostics
+from . import diagnostics, health
 from .chains import ChainSet
+from .samplers import as_sampler_config
 from .settings import AUTO, Settings, default_max_steps
 
 __all__ = ["Adaptation", "adapt_and_sample", "WINDOW", "DRAW_ACCEPTANCE", "MALA_ACCEPTANCE"]
@@ -119,18 +120,6 @@ def _options(settings_sampler, every: int) -> dict[str, Any]:
     return {"acceptance_every": every} if "acceptance_every" in settings_sampler.options else {}
 
 
-def _llc_and_mcse(losses: np.ndarray, init_loss: float, nbeta: float) -> tuple[float, float]:
-    llc = nbeta * (float(losses.mean()) - init_loss)
-    if losses.shape[1] < 4 or np.ptp(losses) == 0:
-        return llc, 0.0
-    ess = diagnostics.ess(losses, method="mean")
-    mcse = nbeta * float(losses.std(ddof=1)) / math.sqrt(ess)
-    if losses.shape[0] >= 2:
-        per_chain = nbeta * (losses.mean(axis=1) - init_loss)
-        mcse = max(mcse, float(per_chain.std(ddof=1)) / math.sqrt(losses.shape[0]))
-    return llc, mcse
-
-
 def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, nbeta: float, num_params: int,
                      bar=None) -> tuple[dict[str, np.ndarray], int, list[int | None], Settings, Adaptation]:
     """Run ``chains`` with every auto field of ``settings`` chosen on the way (module docstring).
@@ -139,9 +128,6 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     steps, each chain's first non-finite step, the settings with every auto field resolved, and
     the :class:`Adaptation` record.
     """
-    from . import health
-    from .samplers import as_sampler_config
-
     sampler = as_sampler_config(settings.sampler)
     log = Adaptation()
     auto_step = settings.step_size == AUTO
@@ -157,8 +143,8 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         chains.restart(gamma)
     warm_every = _options(sampler, WARMUP_ACCEPTANCE_EVERY) if auto_step else _options(sampler, DRAW_ACCEPTANCE_EVERY)
     draw_every = _options(sampler, DRAW_ACCEPTANCE_EVERY)
-    cost = _cost(warm_every)
-    draw_cost = _cost(draw_every)
+    cost = sampler.with_options(**warm_every).evaluations_per_step
+    draw_cost = sampler.with_options(**draw_every).evaluations_per_step
     reserve = budget // 5 if auto_step and sampler.name != "mala" else 0  # for the bias check
     budget_draws = budget - reserve
     max_warmup = budget // 2 if auto_burnin else int(settings.num_burnin_steps)
@@ -310,7 +296,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     # 4. the bias of ε by step halving, on a segment after the draws (not part of the trace)
     healthy = [k for k, s in enumerate(chains.first_bad) if s is None]
     if auto_step and sampler.name != "mala" and healthy and draws:
-        llc, mcse = _llc_and_mcse(np.concatenate([r["loss"] for r in draws], axis=1)[healthy], init_loss, nbeta)
+        stats = diagnostics.llc_statistics(np.concatenate([r["loss"] for r in draws], axis=1)[healthy], init_loss, nbeta)
         if bar is not None:
             bar.set_description("bias check at ε/2")
         settle = min(max(2 * WINDOW, min(num_draws // 5, reserve // 4)), reserve // 2)
@@ -324,9 +310,10 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             chains.keep = True
         spend(settled, draw_cost)
         spend(records, draw_cost)
-        llc_half, mcse_half = _llc_and_mcse(records["loss"][healthy], init_loss, nbeta)
+        half = diagnostics.llc_statistics(records["loss"][healthy], init_loss, nbeta)
         # linear in ε: λ̂(ε) − λ̂(ε/2) is half the bias at ε
-        log.bias, log.bias_mcse = 2 * (llc - llc_half), 2 * math.hypot(mcse, mcse_half)
+        log.bias = 2 * (stats["llc_mean"] - half["llc_mean"])
+        log.bias_mcse = 2 * math.hypot(stats["llc_mcse"], half["llc_mcse"])
         log.phases.append(dict(name="bias check", steps=settle + measure, step_size=step / 2, localization=gamma,
                                acceptance=_acceptance(records)))
 
@@ -339,12 +326,6 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
 
 def _warmup_steps(log: Adaptation) -> int:
     return sum(p["steps"] for p in log.phases if p["name"] == "warm-up")
-
-
-def _cost(options: dict[str, Any]) -> float:
-    """Gradient evaluations per step: one, plus the acceptance check's share."""
-    every = options.get("acceptance_every", 0)
-    return 1.0 + (1.0 / every if every else 0.0)
 
 
 def _settled(windows: list[dict[str, np.ndarray]], target: float | None, init_loss: float, nbeta: float) -> bool:
@@ -371,18 +352,15 @@ def _draws_verdict(losses: np.ndarray, init_loss: float, nbeta: float, target_re
     """"ok" when the draws pass the length checks, "moving" when λ̂ is still moving between the
     halves of the draws, "travelling" when it moves on the scale of the whole ``run`` (the
     ladder check), else "short"."""
-    from . import health
-
-    llc, mcse = _llc_and_mcse(losses, init_loss, nbeta)
-    drift = health.drift(losses, init_loss, nbeta, llc)
-    if not drift.ok:
+    stats = diagnostics.llc_statistics(losses, init_loss, nbeta)
+    llc = stats["llc_mean"]
+    if not health.drift(losses, init_loss, nbeta, llc).ok:
         return "moving"
     if run is not None and not health.ladder(run, init_loss, nbeta, llc).ok:
         return "travelling"
-    rhat = diagnostics.rhat(losses) if losses.shape[0] >= 1 else float("nan")
-    ess = diagnostics.ess(losses, method="mean")
-    rhat_ok = math.isnan(rhat) or rhat <= health.rhat_threshold(ess, losses.shape[0])
-    if rhat_ok and ess >= MIN_ESS and mcse <= target_rel_mcse * abs(llc):
+    rhat = diagnostics.rhat(losses)
+    rhat_ok = math.isnan(rhat) or rhat <= health.rhat_threshold(stats["ess"], losses.shape[0])
+    if rhat_ok and stats["ess"] >= MIN_ESS and stats["llc_mcse"] <= target_rel_mcse * abs(llc):
         return "ok"
     return "short"
 
@@ -390,8 +368,6 @@ def _draws_verdict(losses: np.ndarray, init_loss: float, nbeta: float, target_re
 def _prior_statistics(segments: list[dict[str, np.ndarray]], gamma: float, nbeta: float, d: int,
                       init_loss: float) -> tuple[float, float]:
     """The localisation check's prior share and elasticity (see ``health.check_localization``)."""
-    from . import health
-
     losses = np.concatenate([r["loss"] for r in segments], axis=1)
     distance = np.concatenate([r["distance"] for r in segments], axis=1)
     llc = nbeta * (float(losses.mean()) - init_loss)

@@ -34,6 +34,7 @@ __all__ = [
     "ess",
     "rhat",
     "mcse_mean",
+    "llc_statistics",
 ]
 
 _MIN_DRAWS = 4
@@ -234,3 +235,32 @@ def mcse_mean(x) -> float:
     """
     a = _as_chains(x)
     return float(a.std(ddof=1) / math.sqrt(ess(a, "mean")))
+
+
+def llc_statistics(losses, init_loss: float, nbeta: float) -> dict[str, float]:
+    """λ̂ = nβ (mean loss − L_n(w*)) of loss draws shaped (chain, draw), with its uncertainty.
+
+    Returns ``llc_mean`` (the mean of the per-chain λ̂_c), ``llc_std`` (the spread of one chain's
+    estimate: across chains with ddof = 1, or the MCSE for one chain), ``llc_mcse`` and ``ess``.
+    The MCSE is nβ · sd(L) / √ESS_mean over all draws, or, when larger, the between-chain standard
+    error ``llc_std`` / √chains: the ESS route trusts every chain to have mixed, and chains that
+    settle in different places show up only between chains. Fewer than 4 draws per chain: no ESS
+    and no MCSE (NaN). Draws that never change: MCSE 0.
+    """
+    good = np.asarray(losses, dtype=float)
+    per_chain = nbeta * (good.mean(axis=1) - init_loss)
+    mean = float(per_chain.mean())
+    if good.shape[1] < 4:  # too few draws for any effective-sample-size estimate
+        effective, mcse = float("nan"), float("nan")
+    elif np.ptp(good) == 0:  # a chain that never moved: no Monte Carlo error to speak of
+        effective, mcse = float(good.size), 0.0
+    else:
+        effective = ess(good, method="mean")
+        mcse = nbeta * float(good.std(ddof=1)) / math.sqrt(effective)
+    if good.shape[0] >= 2:
+        std = float(per_chain.std(ddof=1))
+        between = std / math.sqrt(good.shape[0])
+        mcse = max(mcse, between) if math.isfinite(mcse) else between
+    else:
+        std = mcse
+    return dict(llc_mean=mean, llc_std=std, llc_mcse=mcse, ess=effective)

@@ -186,29 +186,16 @@ def _options_text(options: dict[str, Any] | None) -> str:
 
 
 def llc_from_trace(trace: Trace, init_loss: float, nbeta: float) -> dict[str, Any]:
-    """λ̂ per chain, their mean, spread and Monte Carlo standard error from a Trace."""
+    """λ̂ per chain (NaN for a diverged chain), and over the healthy chains their mean, spread and
+    Monte Carlo standard error (:func:`lambdahat.diagnostics.llc_statistics`), from a Trace."""
     losses = trace.draws("loss")
     per_chain = nbeta * (losses.mean(axis=1) - init_loss)
     healthy, diverged = trace.healthy_chains, trace.diverged
     if not healthy:
         nan = float("nan")
         return dict(llc_mean=nan, llc_std=nan, llc_mcse=nan, llc_per_chain=per_chain, diverged=diverged, ess=0.0)
-    good = losses[healthy]
-    mean = float(per_chain[healthy].mean())
-    if good.shape[1] < 4:  # too few draws for any effective-sample-size estimate
-        ess, mcse = float("nan"), float("nan")
-    elif np.ptp(good) == 0:  # a chain that never moved: no Monte Carlo error to speak of
-        ess, mcse = float(good.size), 0.0
-    else:
-        ess = diagnostics.ess(good, method="mean")
-        mcse = nbeta * float(good.std(ddof=1)) / math.sqrt(ess)
-    if len(healthy) >= 2:
-        std = float(per_chain[healthy].std(ddof=1))
-        between = std / math.sqrt(len(healthy))
-        mcse = max(mcse, between) if math.isfinite(mcse) else between
-    else:
-        std = mcse
-    return dict(llc_mean=mean, llc_std=std, llc_mcse=mcse, llc_per_chain=per_chain, diverged=diverged, ess=ess)
+    return dict(**diagnostics.llc_statistics(losses[healthy], init_loss, nbeta), llc_per_chain=per_chain,
+                diverged=diverged)
 
 
 def estimate_llc(
@@ -305,7 +292,7 @@ def estimate_llc(
     modes = {module: module.training for module in model.modules()}
     threads = torch.get_num_threads()
     try:
-        if select_threads(sum(p.numel() for n, p in model.named_parameters() if n in names)) == 1:
+        if select_threads(sum(p.numel() for name, p in model.named_parameters() if name in names)) == 1:
             torch.set_num_threads(1)
         model.eval()
         potential = Potential(model, loss_fn, names, masks)
@@ -335,9 +322,8 @@ def estimate_llc(
                 config={**settings.to_dict(), **extras}, chain_mode=settings.chain_mode,
                 train_mode=settings.train_mode, executor=executor, progress=progress,
             )
-            evaluations = settings.num_chains * job.num_steps * _evaluations_per_step(sampler_config)
-        else:
-            job.localization = 1.0 if settings.localization == AUTO else float(settings.localization)
+            evaluations = settings.num_chains * job.num_steps * sampler_config.evaluations_per_step
+        else:  # the warm-up sets the localisation (given, or its own starting value) before any step
             trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress)
             evaluations = settings.num_chains * adaptation.gradient_evaluations
     finally:
@@ -360,12 +346,6 @@ SINGLE_THREAD_MAX_PARAMS = 2**16
 def select_threads(num_params: int) -> int | None:
     """The intra-op thread policy: 1 for small models, None (torch's own setting) otherwise."""
     return 1 if num_params <= SINGLE_THREAD_MAX_PARAMS else None
-
-
-def _evaluations_per_step(sampler) -> float:
-    """Loss-and-gradient evaluations per step: one, plus the acceptance check's share."""
-    every = sampler.options.get("acceptance_every", 0)
-    return 1.0 + (1.0 / every if every else 0.0) + (1.0 if sampler.name == "mala" else 0.0)
 
 
 def _adaptive_run(job: ChainJob, settings: Settings, init_loss: float, nbeta: float, extras: dict[str, Any],

@@ -71,6 +71,17 @@ class SamplerConfig:
         """Every option of the sampler, defaults included (read-only)."""
         return MappingProxyType(self._options)
 
+    def with_options(self, **options: Any) -> SamplerConfig:
+        """The same sampler with some options changed."""
+        return SamplerConfig(self.name, **{**self._options, **options}) if options else self
+
+    @property
+    def evaluations_per_step(self) -> float:
+        """Loss-and-gradient evaluations per step: one (MALA carries the current point's in its
+        state), plus one on every ``acceptance_every``-th step for the SGLD-type samplers' check."""
+        every = self._options.get("acceptance_every", 0)
+        return 1.0 + (1.0 / every if every else 0.0)
+
     @property
     def full_batch(self) -> bool:
         """Whether the sampler must see the full data every step (MALA)."""
