@@ -189,18 +189,12 @@ class ChainSet:
         self.first_bad = [None] * len(self.chains)
         self.steps = 0
 
-    def params(self) -> Tensor:
-        """The chains' current weights, shaped (K, d)."""
-        rows = [self._starts[i] if s is None else s.params for i, s in enumerate(self._states)]
-        return rows[0] if self.mode == "vectorized" else torch.stack(rows)
-
     def advance(self, num_steps: int, step_size: float, *, options: Mapping[str, Any] | None = None, bar=None) -> dict[str, np.ndarray]:
         """Run every chain ``num_steps`` more steps at ``step_size``; return this segment's records,
         float64 arrays shaped (chain, step). A chain that diverged stays NaN from its first
         non-finite step on."""
         job = self.job
-        config = SamplerConfig(job.sampler.name, **{**job.sampler.options, **dict(options or {})}) if options else job.sampler
-        sampler = config.build(
+        sampler = job.sampler.with_options(**dict(options or {})).build(
             self._loss_and_grad, job.potential.w_star, step_size=step_size, nbeta=job.nbeta, localization=self.localization
         )
         device = job.potential.w_star.device
@@ -251,8 +245,7 @@ class ChainSet:
 
     def records(self) -> tuple[dict[str, np.ndarray], list[int | None]]:
         """Every step of every segment, shaped (chain, step), and each chain's first bad step."""
-        names = self._segments[0].keys()
-        return {name: np.concatenate([seg[name] for seg in self._segments], axis=1) for name in names}, list(self.first_bad)
+        return {name: self.recorded(name) for name in self._segments[0]}, list(self.first_bad)
 
 
 def _stacked_batches(data: DataSource, orders):
@@ -270,8 +263,8 @@ def _run_chain_task(job: ChainJob, chain: int, submitter: int) -> ChainRecord:
 
 def _loop(sampler, state, batches, generator, num_steps: int, check_every: int, bar):
     """Step one chain (params of shape (d,)) or a stack (shape (K, d)) ``num_steps`` times from
-    ``state``; return the final state, per-step records as float64 arrays shaped (num_steps,) or
-    (K, num_steps), and each chain's first non-finite step (None if none)."""
+    ``state``; return the final state, per-step records as float64 arrays shaped (K, num_steps)
+    (K = 1 for one chain), and each chain's first non-finite step (None if none)."""
     w_start = state.params
     device = w_start.device
     stacked = w_start.dim() == 2

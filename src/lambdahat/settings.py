@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from .tables import plain
 
 __all__ = ["AUTO", "Settings", "CHAIN_MODES", "parse_setting", "default_max_steps"]
 
@@ -72,8 +72,8 @@ class Settings:
     init_loss_batch_size: int = field(default=4096, metadata=_help("batch size for L_n(w*) on the full data", "int"))
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
+        for f in dataclasses.fields(self):  # numpy scalars as Python numbers: settings always serialise to JSON
+            object.__setattr__(self, f.name, plain(getattr(self, f.name)))
         _check_positive_or_auto("step_size", self.step_size, "e.g. 1e-5, or 'auto' to adapt it")
         if self.localization != AUTO:
             if not _is_real(self.localization) or not math.isfinite(self.localization) or self.localization < 0:
@@ -208,17 +208,6 @@ def parse_setting(name: str, text: str) -> Any:
         extra = " or 'auto'" if kind.endswith("_or_auto") else ""
         raise ValueError(f"--{name.replace('_', '-')} must be {what}{extra}, got {text!r}.") from None
     return text
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python numbers, so that settings always serialise to JSON."""
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
 
 
 def _is_real(value: Any) -> bool:

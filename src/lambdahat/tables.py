@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-__all__ = ["fmt", "as_float", "number", "jsonable", "json_text", "csv_text", "write_text_atomic", "write_csv",
+__all__ = ["fmt", "plain", "as_float", "number", "jsonable", "json_text", "csv_text", "write_text_atomic", "write_csv",
            "write_json", "to_dataframe"]
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -34,6 +34,11 @@ def fmt(value: Any, spec: str = "", *, width: int = 0, missing: str = "—") -> 
     else:
         text = format(float(value) if isinstance(value, np.floating) else value, spec)
     return f"{text:>{width}}" if width else text
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (bool, int or float); anything else as it is."""
+    return value.item() if isinstance(value, (np.bool_, np.integer, np.floating)) else value
 
 
 def as_float(value: Any) -> float:

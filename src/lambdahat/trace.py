@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .tables import plain
+
 __all__ = ["Trace"]
 
 
@@ -94,12 +96,8 @@ def _npz(path: Path) -> Path:
 
 def _json_value(value: Any) -> Any:
     """numpy scalars and arrays as plain Python values, for the JSON metadata."""
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
+    if plain(value) is not value:
+        return plain(value)
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):
