@@ -201,6 +201,10 @@ def test_bad_inputs_are_refused_before_any_sampling(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-01 (slow tier): at the common setting dln 4-3-8 r=0 came out "
+                   "+10.7% (tolerance 10%) and r=1 +17.1%, not certified (mala_accept, ladder): the smallest-ε, "
+                   "longest-chain rule leaves the less stiff model's chains short of where its own warm-up took them; "
+                   "open in issue 16")
 def test_one_setting_for_checkpoints_of_different_complexity(record_known_answer):
     """A 4-3-8 network at teachers of rank 0 and 1 (λ = 6 and 8.5, Aoyagi 2024), n = 10⁵, all
     defaults: every estimate at the recommended setting that is certified is within 10% of λ
