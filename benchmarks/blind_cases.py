@@ -20,11 +20,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Case", "cases", "BANDS"]
+__all__ = ["Case", "cases", "BANDS", "VERSIONS"]
 
 BANDS = {"100": 100, "1k": 1_000, "10k": 10_000, "100k": 100_000}
-_PER_BAND = {"100": 6, "1k": 6, "10k": 4, "100k": 2}
-_SEED = 20261201
+#: Each set: (seed, DLNs per band). v1 (a29607f) was seen by the engine of 2026-12-01 and is kept
+#: for comparison; v2 was fixed on 2026-12-02, before the next engine change was run on it.
+VERSIONS = {
+    "v1": (20261201, {"100": 6, "1k": 6, "10k": 4, "100k": 2}),
+    "v2": (20261202, {"100": 4, "1k": 4, "10k": 3, "100k": 1}),
+}
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,11 @@ def _dln_widths(rng: np.random.Generator, target: int, depth: int) -> list[int]:
             return widths
 
 
-def cases() -> list[Case]:
-    rng = np.random.default_rng(_SEED)
+def cases(version: str = "v1") -> list[Case]:
+    seed0, per_band = VERSIONS[version]
+    rng = np.random.default_rng(seed0)
     out: list[Case] = []
-    for band, count in _PER_BAND.items():
+    for band, count in per_band.items():
         for i in range(count):
             depth = int(rng.integers(2, 6))
             widths = _dln_widths(rng, BANDS[band], depth)
@@ -86,5 +91,7 @@ def build(case: Case):
 
 
 if __name__ == "__main__":
-    for c in cases():
+    import sys
+
+    for c in cases(*sys.argv[1:]):
         print(c.band, c.name)
