@@ -17,8 +17,8 @@ from torch import nn
 import lambdahat as lh
 from lambdahat import diagnostics
 from lambdahat.losses import gaussian_nll
-from lambdahat.potential import Potential
-from lambdahat.samplers import SAMPLERS, SamplerConfig, mala, rmsprop_sgld, sghmc, sgld, sgnht
+from lambdahat.potential import LocalizedPotential, Potential
+from lambdahat.samplers import SAMPLERS, SamplerConfig, sgld
 
 ALL = sorted(SAMPLERS)
 
@@ -48,7 +48,8 @@ def _quadratic(d=3, seed=0, eigenvalues=(0.5, 1.0, 2.0)):
 
 
 def _build(name, loss_and_grad, w_star, *, step_size, nbeta, localization, **options):
-    return SAMPLERS[name](loss_and_grad, w_star, step_size=step_size, nbeta=nbeta, localization=localization, **options)
+    potential = LocalizedPotential(loss_and_grad, w_star, nbeta, localization)
+    return SAMPLERS[name](potential, step_size=step_size, **options)
 
 
 def _regression(seed=0, n=16):
@@ -60,7 +61,7 @@ def _regression(seed=0, n=16):
 
 
 def _run(sampler, w0, batch, gen, steps):
-    state = sampler.init(w0)
+    state = sampler.init(w0, batch)
     infos = []
     for _ in range(steps):
         state, info = sampler.step(state, batch, gen)
@@ -80,7 +81,7 @@ def test_protocol_shapes_finite_info_and_same_seed_same_run(name):
     pot, batch = _regression()
     w_star = pot.w_star.clone()
     sampler = _build(name, pot.loss_and_grad, pot.w_star, step_size=1e-3, nbeta=5.0, localization=2.0)
-    state0 = sampler.init(pot.w_star)
+    state0 = sampler.init(pot.w_star, batch)
     before = [(t.shape, t.dtype) for t in _tensors(state0)]
     assert state0.params.data_ptr() != pot.w_star.data_ptr()  # init copies; w* never moves
     state, infos = _run(sampler, pot.w_star, batch, torch.Generator().manual_seed(3), 60)
@@ -98,6 +99,61 @@ def test_protocol_shapes_finite_info_and_same_seed_same_run(name):
     other, _ = _run(sampler, pot.w_star, batch, torch.Generator().manual_seed(4), 60)
     assert not torch.equal(other.params, state.params)  # different noise, different chain
     assert torch.equal(pot.w_star, w_star)
+
+
+def test_localized_potential_is_the_papers_u_and_its_gradient():
+    """U = nβ L_B + (γ/2)‖w − w*‖², ∇U = nβ ∇L_B + γ (w − w*), ‖w − w*‖, per chain of a (K, d) w."""
+    quad = _quadratic()
+    w_star = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
+    nbeta, gamma = 3.0, 0.7
+    potential = LocalizedPotential(quad.loss_and_grad, w_star, nbeta, gamma)
+    w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    loss, grad = quad.loss_and_grad(w)
+    value = potential(w, None)
+    torch.testing.assert_close(value.grad_loss, grad, rtol=0, atol=0)
+    torch.testing.assert_close(value.loss, loss, rtol=0, atol=0)
+    torch.testing.assert_close(value.energy, nbeta * loss + gamma / 2 * ((w - w_star) ** 2).sum(-1), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(value.grad_energy, nbeta * grad + gamma * (w - w_star), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(value.distance, (w - w_star).norm(dim=-1), rtol=1e-14, atol=1e-14)
+    assert value.loss.shape == value.energy.shape == value.distance.shape == (4,)
+    with pytest.raises(RuntimeError, match="read it first"):
+        value.grad_loss  # ∇U was built in its buffer
+    buffer = torch.empty_like(w)
+    assert potential(w, None, buffer).offset is buffer
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_init_copies_and_step_updates_params_in_place(name):
+    """The one buffer rule of every sampler: init copies w; step writes state.params in place."""
+    pot, batch = _regression()
+    sampler = _build(name, pot.loss_and_grad, pot.w_star, step_size=1e-3, nbeta=5.0, localization=2.0)
+    state = sampler.init(pot.w_star, batch)
+    assert state.params.data_ptr() != pot.w_star.data_ptr()
+    new_state, _ = sampler.step(state, batch, torch.Generator().manual_seed(0))
+    assert new_state.params.data_ptr() == state.params.data_ptr()
+
+
+def test_mala_init_holds_the_start_point_and_each_step_costs_one_evaluation():
+    pot, batch = _regression()
+    calls = []
+
+    def counted(w, b):
+        calls.append(1)
+        return pot.loss_and_grad(w, b)
+
+    potential = LocalizedPotential(counted, pot.w_star, 5.0, 2.0)
+    sampler = SAMPLERS["mala"](potential, step_size=1e-3)
+    w0 = pot.w_star + 0.01
+    state = sampler.init(w0, batch)
+    assert len(calls) == 1
+    expected = LocalizedPotential(pot.loss_and_grad, pot.w_star, 5.0, 2.0)(w0, batch)
+    assert torch.equal(state.loss, expected.loss) and torch.equal(state.energy, expected.energy)
+    assert torch.equal(state.grad_energy, expected.grad_energy) and torch.equal(state.distance, expected.distance)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(5):
+        state, info = sampler.step(state, batch, gen)
+        assert len(calls) == 2 + t
+    assert torch.isfinite(info.loss)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -165,7 +221,7 @@ def test_gaussian_harness_mean_and_covariance(name):
     lam_max = float(torch.linalg.eigvalsh(torch.linalg.inv(cov)).max())
     step = 0.05 / lam_max
     sampler = _build(name, quad.loss_and_grad, w_star, step_size=step, nbeta=nbeta, localization=gamma, **HARNESS[name])
-    state = sampler.init(w_star.expand(256, 3))
+    state = sampler.init(w_star.expand(256, 3), None)
     gen = torch.Generator().manual_seed(0)
     draws = []
     for t in range(4000):
@@ -197,10 +253,10 @@ def _next_normal(gen, like):
 def test_rmsprop_sgld_with_v_fixed_to_one_is_sgld():
     pot, batch = _regression(seed=1)
     settings = dict(step_size=2e-3, nbeta=4.0, localization=3.0)
-    plain = sgld.build(pot.loss_and_grad, pot.w_star, acceptance_every=0, **settings)
+    plain = _build("sgld", pot.loss_and_grad, pot.w_star, acceptance_every=0, **settings)
     # α = 1 freezes V; V = 1 and eps ≪ float64 resolution make P = 1/(1 + eps) == 1 exactly
-    pre = rmsprop_sgld.build(pot.loss_and_grad, pot.w_star, alpha=1.0, eps=1e-30, acceptance_every=0, **settings)
-    s_plain, s_pre = plain.init(pot.w_star), pre.init(pot.w_star)
+    pre = _build("rmsprop_sgld", pot.loss_and_grad, pot.w_star, alpha=1.0, eps=1e-30, acceptance_every=0, **settings)
+    s_plain, s_pre = plain.init(pot.w_star, batch), pre.init(pot.w_star, batch)
     s_pre = s_pre._replace(square_avg=torch.ones_like(s_pre.square_avg))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for _ in range(25):
@@ -214,8 +270,8 @@ def test_rmsprop_sgld_with_v_fixed_to_one_is_sgld():
 def test_rmsprop_sgld_update_and_preconditioner_by_hand():
     pot, batch = _regression(seed=2)
     alpha, eps, step, nbeta, gamma = 0.9, 0.1, 1e-3, 3.0, 2.0
-    sampler = rmsprop_sgld.build(pot.loss_and_grad, pot.w_star, step_size=step, nbeta=nbeta, localization=gamma, alpha=alpha, eps=eps)
-    state = sampler.init(pot.w_star)
+    sampler = _build("rmsprop_sgld", pot.loss_and_grad, pot.w_star, step_size=step, nbeta=nbeta, localization=gamma, alpha=alpha, eps=eps)
+    state = sampler.init(pot.w_star, batch)
     gen = torch.Generator().manual_seed(1)
     v = torch.zeros_like(pot.w_star)
     for t in range(1, 4):
@@ -236,7 +292,7 @@ def test_rmsprop_sgld_guard_caps_exploding_preconditioner():
     w_star = torch.zeros(5, dtype=torch.float64)
     flat = lambda w, batch: (w.sum(-1) * 0.0, torch.zeros_like(w))  # noqa: E731
     step, gamma = 1e-3, 10.0
-    sampler = rmsprop_sgld.build(flat, w_star, step_size=step, nbeta=100.0, localization=gamma, eps=1e-8)
+    sampler = _build("rmsprop_sgld", flat, w_star, step_size=step, nbeta=100.0, localization=gamma, eps=1e-8)
     state, infos = _run(sampler, w_star + 1.0, None, torch.Generator().manual_seed(0), 500)
     assert all(float(i.clipped) == 1.0 for i in infos)
     assert torch.isfinite(state.params).all()
@@ -247,8 +303,8 @@ def test_rmsprop_sgld_guard_caps_exploding_preconditioner():
 def test_sghmc_with_full_friction_is_sgld():
     pot, batch = _regression(seed=3)
     settings = dict(step_size=2e-3, nbeta=4.0, localization=3.0)
-    plain = sgld.build(pot.loss_and_grad, pot.w_star, acceptance_every=0, **settings)
-    hmc = sghmc.build(pot.loss_and_grad, pot.w_star, friction=1.0, **settings)
+    plain = _build("sgld", pot.loss_and_grad, pot.w_star, acceptance_every=0, **settings)
+    hmc = _build("sghmc", pot.loss_and_grad, pot.w_star, friction=1.0, **settings)
     a, _ = _run(plain, pot.w_star, batch, torch.Generator().manual_seed(8), 20)
     b, _ = _run(hmc, pot.w_star, batch, torch.Generator().manual_seed(8), 20)
     torch.testing.assert_close(a.params, b.params, rtol=1e-13, atol=1e-13)
@@ -259,8 +315,8 @@ def _energy_oscillation(step, steps):
     noiseless SGHMC on a quadratic, H = U(w) + ‖v‖²/ε."""
     quad = _quadratic()
     w_star = torch.zeros(3, dtype=torch.float64)
-    sampler = sghmc.build(quad.loss_and_grad, w_star, step_size=step, nbeta=1.0, localization=0.0, friction=0.0)
-    state = sampler.init(quad.mu + torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64))
+    sampler = _build("sghmc", quad.loss_and_grad, w_star, step_size=step, nbeta=1.0, localization=0.0, friction=0.0)
+    state = sampler.init(quad.mu + torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64), None)
     energies = []
     for _ in range(steps):
         loss, _ = quad.loss_and_grad(state.params)
@@ -285,12 +341,12 @@ def test_sgnht_thermostat_rises_when_too_hot_and_falls_when_too_cold():
     w_star = torch.zeros(50, dtype=torch.float64)
     quad = Quadratic(torch.eye(50, dtype=torch.float64), w_star)
     step = 1e-2
-    sampler = sgnht.build(quad.loss_and_grad, w_star, step_size=step, nbeta=1.0, localization=0.0, diffusion=0.1)
-    state = sampler.init(w_star)
+    sampler = _build("sgnht", quad.loss_and_grad, w_star, step_size=step, nbeta=1.0, localization=0.0, diffusion=0.1)
+    state = sampler.init(w_star, None)
     hot = state._replace(velocity=torch.full_like(w_star, 3 * math.sqrt(step / 2)))  # temperature ≈ 9
     new, info = sampler.step(hot, None, torch.Generator().manual_seed(0))
     assert float(info.thermostat) > 0.1 and float(info.temperature) > 1
-    cold = sampler.init(w_star)._replace(velocity=torch.zeros_like(w_star))  # temperature ≈ noise only
+    cold = sampler.init(w_star, None)._replace(velocity=torch.zeros_like(w_star))  # temperature ≈ noise only
     new, info = sampler.step(cold, None, torch.Generator().manual_seed(0))
     assert float(info.thermostat) < 0.1 and float(info.temperature) < 1
     # and over a run the temperature settles at 1 (the thermostat's whole job)
@@ -303,8 +359,8 @@ def test_sgnht_thermostat_slows_the_velocity():
     """ξ multiplies the velocity: with zero gradient and no noise, v ↦ (1 − ξ) v."""
     w_star = torch.zeros(4, dtype=torch.float64)
     flat = lambda w, batch: (w.sum(-1) * 0.0, torch.zeros_like(w))  # noqa: E731
-    sampler = sgnht.build(flat, w_star, step_size=1e-2, nbeta=1.0, localization=0.0, diffusion=0.0)
-    state = sampler.init(w_star)
+    sampler = _build("sgnht", flat, w_star, step_size=1e-2, nbeta=1.0, localization=0.0, diffusion=0.0)
+    state = sampler.init(w_star, None)
     state = state._replace(velocity=torch.ones(4, dtype=torch.float64), thermostat=torch.tensor([0.25], dtype=torch.float64))
     new, _ = sampler.step(state, None, torch.Generator())
     torch.testing.assert_close(new.velocity, torch.full((4,), 0.75, dtype=torch.float64))
@@ -321,8 +377,8 @@ def _hand_log_alpha(a, mu, w, w_new, nbeta, gamma, w_star, step):
 def test_mala_acceptance_matches_a_hand_computation():
     a, mu, nbeta, gamma, w_star, step = 3.0, 0.4, 2.0, 1.0, 0.0, 0.3  # a large step: α well below 1
     quad = Quadratic(torch.tensor([[a]], dtype=torch.float64), torch.tensor([mu], dtype=torch.float64))
-    sampler = mala.build(quad.loss_and_grad, torch.tensor([w_star], dtype=torch.float64), step_size=step, nbeta=nbeta, localization=gamma)
-    state = sampler.init(torch.tensor([w_star], dtype=torch.float64))
+    sampler = _build("mala", quad.loss_and_grad, torch.tensor([w_star], dtype=torch.float64), step_size=step, nbeta=nbeta, localization=gamma)
+    state = sampler.init(torch.tensor([w_star], dtype=torch.float64), None)
     gen = torch.Generator().manual_seed(2)
     accepted = 0
     for _ in range(50):
@@ -345,7 +401,7 @@ def test_mala_acceptance_matches_a_hand_computation():
 def test_mala_rejects_a_non_finite_proposal():
     w_star = torch.zeros(2, dtype=torch.float64)
     blows_up = lambda w, batch: (torch.where(w.abs().max(-1).values > 0, torch.tensor(float("inf"), dtype=w.dtype), w.sum(-1) * 0), torch.zeros_like(w))  # noqa: E731
-    sampler = mala.build(blows_up, w_star, step_size=1e-2, nbeta=1.0, localization=1.0)
+    sampler = _build("mala", blows_up, w_star, step_size=1e-2, nbeta=1.0, localization=1.0)
     state, infos = _run(sampler, w_star, None, torch.Generator().manual_seed(0), 10)
     assert torch.equal(state.params, w_star)
     assert all(float(i.accepted) == 0.0 and float(i.mala_accept) == 0.0 for i in infos)
@@ -355,9 +411,9 @@ def test_sgld_acceptance_diagnostic_is_mala_formula_on_its_own_step_and_changes_
     a, mu, nbeta, gamma, w_star, step = 3.0, 0.4, 2.0, 1.0, 0.0, 0.3
     quad = Quadratic(torch.tensor([[a]], dtype=torch.float64), torch.tensor([mu], dtype=torch.float64))
     ws = torch.tensor([w_star], dtype=torch.float64)
-    every = sgld.build(quad.loss_and_grad, ws, step_size=step, nbeta=nbeta, localization=gamma, acceptance_every=3)
-    never = sgld.build(quad.loss_and_grad, ws, step_size=step, nbeta=nbeta, localization=gamma, acceptance_every=0)
-    s1, s0 = every.init(ws), never.init(ws)
+    every = _build("sgld", quad.loss_and_grad, ws, step_size=step, nbeta=nbeta, localization=gamma, acceptance_every=3)
+    never = _build("sgld", quad.loss_and_grad, ws, step_size=step, nbeta=nbeta, localization=gamma, acceptance_every=0)
+    s1, s0 = every.init(ws, None), never.init(ws, None)
     g1, g0 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     for t in range(12):
         w = float(s1.params)
@@ -377,7 +433,7 @@ def test_sgld_acceptance_tracks_the_step_size():
     pot, batch = _regression(seed=4, n=64)
     rates = []
     for step in (1e-4, 1e-2, 3e-2):
-        sampler = sgld.build(pot.loss_and_grad, pot.w_star, step_size=step, nbeta=50.0, localization=10.0, acceptance_every=1)
+        sampler = _build("sgld", pot.loss_and_grad, pot.w_star, step_size=step, nbeta=50.0, localization=10.0, acceptance_every=1)
         _, infos = _run(sampler, pot.w_star, batch, torch.Generator().manual_seed(0), 200)
         rates.append(np.mean([float(i.mala_accept) for i in infos[50:]]))
     assert rates[0] > 0.99 and rates[0] > rates[1] > rates[2] and rates[2] < 0.75, rates

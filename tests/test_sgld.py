@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lambdahat.losses import gaussian_nll
-from lambdahat.potential import Potential
+from lambdahat.potential import LocalizedPotential, Potential
 from lambdahat.samplers import SAMPLERS, sgld
 
 TOL = dict(rtol=0.0, atol=1e-12)
@@ -65,6 +65,10 @@ def _shifted(w_star, seed=1, scale=0.3):
     return w_star + scale * torch.randn(w_star.shape, generator=gen, dtype=w_star.dtype)
 
 
+def _sgld(loss_and_grad, w_star, *, step_size, nbeta, localization, **options):
+    return sgld.build(LocalizedPotential(loss_and_grad, w_star, nbeta, localization), step_size=step_size, **options)
+
+
 def test_registered_under_its_name():
     assert SAMPLERS["sgld"] is sgld.build
 
@@ -73,8 +77,8 @@ def test_nbeta_one_no_localization_is_gradient_step_plus_sqrt_eps_noise():
     model, batch = _regression()
     pot = _potential(model)
     eps = 0.01
-    sampler = sgld.build(pot.loss_and_grad, pot.w_star, step_size=eps, nbeta=1, localization=0)
-    state = sampler.init(pot.w_star)
+    sampler = _sgld(pot.loss_and_grad, pot.w_star, step_size=eps, nbeta=1, localization=0)
+    state = sampler.init(pot.w_star, batch)
     w0 = state.params.clone()
     _, grad = _flat_loss(model, batch)
     gen = torch.Generator().manual_seed(123)
@@ -97,9 +101,9 @@ def test_full_update_with_nbeta_and_localization(nbeta, gamma):
     pot = _potential(model)
     w_star = pot.w_star
     eps = 1e-3
-    sampler = sgld.build(pot.loss_and_grad, w_star, step_size=eps, nbeta=nbeta, localization=gamma)
+    sampler = _sgld(pot.loss_and_grad, w_star, step_size=eps, nbeta=nbeta, localization=gamma)
     w0 = _shifted(w_star)  # start away from w* so that the localisation term is not zero
-    state = sampler.init(w0)
+    state = sampler.init(w0, batch)
     assert not torch.equal(state.params, w_star)
     loss0, grad0 = pot.loss_and_grad(w0, batch)
     gen = torch.Generator().manual_seed(7)
@@ -116,8 +120,8 @@ def test_deterministic_part_equals_torch_sgd_with_lr_half_eps():
     model, batch = _regression(seed=3)
     pot = _potential(model)
     eps = 0.02
-    sampler = sgld.build(pot.loss_and_grad, pot.w_star, step_size=eps, nbeta=1, localization=0)
-    state = sampler.init(pot.w_star)
+    sampler = _sgld(pot.loss_and_grad, pot.w_star, step_size=eps, nbeta=1, localization=0)
+    state = sampler.init(pot.w_star, batch)
     gen = torch.Generator().manual_seed(11)
     for _ in range(3):  # several steps: the chain and SGD stay in lock-step once noise is removed
         w = state.params.clone()
@@ -146,8 +150,8 @@ def test_noise_scales_exactly_as_sqrt_eps():
     eps = 3e-3
     chains = []
     for step_size in (eps, 4 * eps):
-        sampler = sgld.build(pot.loss_and_grad, pot.w_star, step_size=step_size, nbeta=5.0, localization=0)
-        state = sampler.init(pot.w_star)
+        sampler = _sgld(pot.loss_and_grad, pot.w_star, step_size=step_size, nbeta=5.0, localization=0)
+        state = sampler.init(pot.w_star, batch)
         gen = torch.Generator().manual_seed(99)
         path = []
         for _ in range(5):
@@ -169,8 +173,8 @@ def test_localization_alone_contracts_by_one_minus_eps_gamma_over_two():
     w_star = pot.w_star
     eps, gamma = 0.01, 40.0
     factor = 1 - eps * gamma / 2
-    sampler = sgld.build(pot.loss_and_grad, w_star, step_size=eps, nbeta=1e6, localization=gamma)
-    state = sampler.init(_shifted(w_star, scale=1.0))
+    sampler = _sgld(pot.loss_and_grad, w_star, step_size=eps, nbeta=1e6, localization=gamma)
+    state = sampler.init(_shifted(w_star, scale=1.0), batch)
     offset = state.params - w_star
     gen = torch.Generator().manual_seed(5)
     for _ in range(20):
@@ -190,8 +194,8 @@ def test_info_loss_and_distance_are_taken_before_the_step():
     model, (x, y) = _regression(seed=6, n=32)
     pot = _potential(model)
     w_star = pot.w_star
-    sampler = sgld.build(pot.loss_and_grad, w_star, step_size=1e-3, nbeta=3.0, localization=10.0)
-    state = sampler.init(w_star)
+    sampler = _sgld(pot.loss_and_grad, w_star, step_size=1e-3, nbeta=3.0, localization=10.0)
+    state = sampler.init(w_star, None)
     gen = torch.Generator().manual_seed(0)
     for t in range(4):
         batch = (x[8 * t : 8 * t + 8], y[8 * t : 8 * t + 8])
@@ -210,8 +214,8 @@ def test_init_copies_and_step_updates_in_place():
     model, batch = _regression(seed=7)
     pot = _potential(model)
     w_star = pot.w_star.clone()
-    sampler = sgld.build(pot.loss_and_grad, pot.w_star, step_size=1e-2, nbeta=1.0, localization=1.0)
-    state = sampler.init(pot.w_star)
+    sampler = _sgld(pot.loss_and_grad, pot.w_star, step_size=1e-2, nbeta=1.0, localization=1.0)
+    state = sampler.init(pot.w_star, batch)
     assert state.params.data_ptr() != pot.w_star.data_ptr()
     new_state, _ = sampler.step(state, batch, torch.Generator().manual_seed(0))
     assert new_state.params.data_ptr() == state.params.data_ptr()

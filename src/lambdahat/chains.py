@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import DataSource
-from .potential import Potential
+from .potential import LocalizedPotential, Potential
 from .samplers import SamplerConfig
 from .settings import CHAIN_MODES
 from .trace import Trace
@@ -194,9 +194,8 @@ class ChainSet:
         float64 arrays shaped (chain, step). A chain that diverged stays NaN from its first
         non-finite step on."""
         job = self.job
-        sampler = job.sampler.with_options(**dict(options or {})).build(
-            self._loss_and_grad, job.potential.w_star, step_size=step_size, nbeta=job.nbeta, localization=self.localization
-        )
+        potential = LocalizedPotential(self._loss_and_grad, job.potential.w_star, job.nbeta, self.localization)
+        sampler = job.sampler.with_options(**dict(options or {})).build(potential, step_size=step_size)
         device = job.potential.w_star.device
         rows = []
         for i in range(len(self._starts)):
@@ -204,16 +203,15 @@ class ChainSet:
                 names = self._segments[-1].keys()  # a diverged chain is not stepped again
                 rows.append(({name: np.full((1, num_steps), np.nan) for name in names}, None))
                 continue
-            state = self._states[i]
-            if state is None:
-                state = sampler.init(self._starts[i])
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 rng = self._rng[i]
                 if isinstance(rng, tuple):
                     torch.manual_seed(rng[1])
                 elif rng is not None:
                     torch.set_rng_state(rng)
-                state, records, bad = _loop(sampler, state, self._batches[i], self._noise[i], num_steps, job.check_every, bar)
+                state, records, bad = _loop(
+                    sampler, self._states[i], self._starts[i], self._batches[i], self._noise[i], num_steps, job.check_every, bar
+                )
                 if rng is not None:
                     self._rng[i] = torch.get_rng_state()
             self._states[i] = state
@@ -261,21 +259,24 @@ def _run_chain_task(job: ChainJob, chain: int, submitter: int) -> ChainRecord:
     return job.run(chain)
 
 
-def _loop(sampler, state, batches, generator, num_steps: int, check_every: int, bar):
+def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, check_every: int, bar):
     """Step one chain (params of shape (d,)) or a stack (shape (K, d)) ``num_steps`` times from
-    ``state``; return the final state, per-step records as float64 arrays shaped (K, num_steps)
-    (K = 1 for one chain), and each chain's first non-finite step (None if none)."""
-    w_start = state.params
-    device = w_start.device
-    stacked = w_start.dim() == 2
-    shape = (w_start.shape[0], num_steps) if stacked else (num_steps,)
+    ``state``, or from a fresh state at ``start`` when ``state`` is None; return the final state,
+    per-step records as float64 arrays shaped (K, num_steps) (K = 1 for one chain), and each
+    chain's first non-finite step (None if none)."""
+    device = start.device
+    stacked = start.dim() == 2
+    shape = (start.shape[0], num_steps) if stacked else (num_steps,)
     per_step: dict[str, Tensor] = {}
     first_bad = np.full(shape[:-1] or (1,), -1)
     done = 0
     while done < num_steps and (first_bad < 0).any():
         stop = min(done + check_every, num_steps)
         for t in range(done, stop):
-            state, info = sampler.step(state, next(batches), generator)
+            batch = next(batches)
+            if state is None:  # init sees the first step's batch (MALA evaluates its start point on it)
+                state = sampler.init(start, batch)
+            state, info = sampler.step(state, batch, generator)
             for name, value in zip(info._fields, info):
                 if name not in per_step:
                     per_step[name] = torch.full(shape, float("nan"), device=device, dtype=value.dtype)

@@ -1,4 +1,5 @@
-"""The model as a pure function of a flat parameter vector, and the loss at w*.
+"""The model as a pure function of a flat parameter vector, the loss at w*, and the localised
+potential the samplers target.
 
 The sampled parameters (all trainable ones, or the subset chosen for a weight-refined LLC) are
 packed into one flat vector w; the rest stay frozen at w*. ``loss(w, batch)`` runs the user's
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 from .data import DataSource
 from .losses import make_batch_loss
 
-__all__ = ["Potential", "select_params", "default_nbeta", "LOW_PRECISION"]
+__all__ = ["Potential", "LocalizedPotential", "LocalizedValue", "select_params", "default_nbeta", "LOW_PRECISION"]
 
 #: Parameter dtypes too coarse for SGLD's small steps (see the warning in :class:`Potential`).
 LOW_PRECISION = ("bfloat16", "float16")
@@ -247,3 +249,78 @@ class Potential:
                 "the model's output and sampled_params."
             )
         return loss
+
+
+@dataclass(frozen=True)
+class LocalizedPotential:
+    """The localised tempered potential of Lau, Furman, Wang, Murfet & Wei, "The Local Learning
+    Coefficient: A Singularity-Aware Complexity Measure", arXiv 2308.12108:
+
+        U(w) = nβ L_B(w) + (γ/2) ‖w − w*‖²,    ∇U(w) = nβ ∇L_B(w) + γ (w − w*),
+
+    the negative log density, up to a constant, of p(w) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²) when
+    the batch B is the full data, and an unbiased minibatch estimate of it otherwise. This is the
+    one place U and ∇U are formed; every sampler of :mod:`lambdahat.samplers` targets exp(−U).
+
+    ``loss_and_grad(w, batch) -> (loss, grad)`` is the batch-mean loss L_B and its gradient, for
+    w of shape (d,) (one chain) or (K, d) (K chains, a loss per chain), e.g.
+    :meth:`Potential.loss_and_grad` or :meth:`Potential.stacked_loss_and_grad`. It must return a
+    fresh gradient tensor on every call: ∇U is built in that buffer. ``localization`` is γ.
+    """
+
+    loss_and_grad: Callable[[Tensor, Any], tuple[Tensor, Tensor]]
+    w_star: Tensor
+    nbeta: float
+    localization: float
+
+    def __call__(self, w: Tensor, batch: Any, offset: Tensor | None = None) -> LocalizedValue:
+        """U, ∇U, L_B and ‖w − w*‖ at w on ``batch``: one forward and one backward pass.
+        ``offset``, if given, is a buffer of w's shape to hold w − w* (a sampler's reused one)."""
+        loss, grad = self.loss_and_grad(w, batch)
+        offset = w - self.w_star if offset is None else torch.sub(w, self.w_star, out=offset)
+        return LocalizedValue(self, loss, grad, offset)
+
+
+class LocalizedValue:
+    """The localised potential at one point, per chain (reductions over the last dimension):
+
+    - ``loss``: L_B(w), shaped () or (K,);
+    - ``distance``: ‖w − w*‖; ``offset``: w − w*;
+    - ``grad_energy``: ∇U(w) = nβ ∇L_B(w) + γ (w − w*), formed on first read in the loss
+      gradient's own buffer (no extra full-size tensor);
+    - ``grad_loss``: ∇L_B(w), readable only before ``grad_energy`` overwrote it (RMSProp's
+      preconditioner needs it);
+    - ``energy``: U(w) = nβ L_B(w) + (γ/2)‖w − w*‖², formed on first read from ``offset``
+      (SGLD needs it only on its acceptance-check steps), so read it before ``offset``'s buffer
+      is reused.
+
+    The tensors are the caller's: a sampler may overwrite them.
+    """
+
+    __slots__ = ("loss", "offset", "distance", "_potential", "_grad", "_grad_is_energy", "_energy")
+
+    def __init__(self, potential: LocalizedPotential, loss: Tensor, grad: Tensor, offset: Tensor):
+        self.loss, self.offset, self._potential, self._grad = loss, offset, potential, grad
+        self.distance = torch.linalg.vector_norm(offset, dim=-1)
+        self._grad_is_energy = False
+        self._energy: Tensor | None = None
+
+    @property
+    def grad_loss(self) -> Tensor:
+        if self._grad_is_energy:
+            raise RuntimeError("grad_loss was overwritten by grad_energy; read it first.")
+        return self._grad
+
+    @property
+    def grad_energy(self) -> Tensor:
+        if not self._grad_is_energy:
+            self._grad.mul_(self._potential.nbeta).add_(self.offset, alpha=self._potential.localization)
+            self._grad_is_energy = True
+        return self._grad
+
+    @property
+    def energy(self) -> Tensor:
+        if self._energy is None:
+            pot = self._potential
+            self._energy = pot.nbeta * self.loss + 0.5 * pot.localization * self.offset.square().sum(dim=-1)
+        return self._energy

@@ -1,12 +1,23 @@
 """Samplers of the localised tempered posterior, one module each.
 
-Every sampler is built the same way, ``build(loss_and_grad, w_star, *, step_size, nbeta,
-localization, **options) -> Sampler``, and used as ``state = sampler.init(w)`` then
-``state, info = sampler.step(state, batch, generator)``. ``loss_and_grad(w, batch) -> (loss,
-grad)`` is the batch-mean loss and its gradient; ``w`` is flat, shaped (d,) for one chain or
-(K, d) for K chains stepped together (then ``generator`` is a sequence of K generators).
-``info`` is a small NamedTuple of per-chain tensors; ``info.loss`` is the batch loss at the state
-*before* the step (free: it is computed for the gradient anyway, and unbiased for L_n(w_t)).
+Every sampler targets p(w) ∝ exp(−U(w)) for the localised potential
+U(w) = nβ L_B(w) + (γ/2)‖w − w*‖² of :class:`lambdahat.potential.LocalizedPotential`, which
+alone forms U and ∇U; nβ, γ and w* are the potential's, so a sampler works for any potential with
+that interface (``nbeta``, ``localization``, ``w_star``, and called as ``potential(w, batch)``,
+returning the batch loss, U, ∇U and ‖w − w*‖ per chain). Every sampler is built and used the same way::
+
+    sampler = SAMPLERS[name](potential, step_size=ε, **options)   # or SamplerConfig(...).build
+    state = sampler.init(w, batch)            # batch: the first step's (only MALA looks at it)
+    state, info = sampler.step(state, batch, generator)
+
+``w`` is flat, shaped (d,) for one chain or (K, d) for K chains stepped together (then
+``generator`` is a sequence of K generators). ``info`` is a small NamedTuple of per-chain
+tensors; ``info.loss`` is the batch loss at the state *before* the step (free: it is computed
+for the gradient anyway, and unbiased for L_n(w_t)).
+
+The one rule on buffers: ``init`` copies ``w``; ``step`` may overwrite any tensor of the state
+it is given (it updates ``state.params`` in place) and of the potential's value (∇U is built in
+the loss gradient's buffer), and returns the new state. Keep no reference to an old state.
 
 | name           | what it is                                    | options                      |
 |----------------|-----------------------------------------------|------------------------------|
@@ -22,17 +33,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any, NamedTuple
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import mala, rmsprop_sgld, sghmc, sgld, sgnht
+
+if TYPE_CHECKING:
+    from ..potential import LocalizedPotential
 
 __all__ = ["Sampler", "SamplerConfig", "SAMPLERS", "as_sampler_config", "sgld", "rmsprop_sgld", "sghmc", "sgnht", "mala"]
 
 
 class Sampler(NamedTuple):
-    init: Callable[[Any], Any]
+    init: Callable[[Any, Any], Any]
     step: Callable[[Any, Any, Any], tuple[Any, Any]]
 
 
@@ -87,18 +99,9 @@ class SamplerConfig:
         """Whether the sampler must see the full data every step (MALA)."""
         return self.name in FULL_BATCH
 
-    def build(
-        self,
-        loss_and_grad: Callable[[Tensor, Any], tuple[Tensor, Tensor]],
-        w_star: Tensor,
-        *,
-        step_size: float,
-        nbeta: float,
-        localization: float,
-    ) -> Sampler:
-        return SAMPLERS[self.name](
-            loss_and_grad, w_star, step_size=step_size, nbeta=nbeta, localization=localization, **self.options
-        )
+    def build(self, potential: LocalizedPotential, *, step_size: float) -> Sampler:
+        """The sampler with these options, for ``potential`` at ``step_size``."""
+        return SAMPLERS[self.name](potential, step_size=step_size, **self.options)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SamplerConfig) and (self.name, dict(self.options)) == (other.name, dict(other.options))
@@ -124,9 +127,8 @@ def as_sampler_config(sampler: str | SamplerConfig) -> SamplerConfig:
 
 def _options_of(build: Callable[..., Sampler]) -> dict[str, Any]:
     """A build function's sampler-specific keyword options and their defaults."""
-    common = {"step_size", "nbeta", "localization"}
     return {
         name: p.default
         for name, p in inspect.signature(build).parameters.items()
-        if p.kind is p.KEYWORD_ONLY and name not in common
+        if p.kind is p.KEYWORD_ONLY and name != "step_size"
     }

@@ -1,5 +1,5 @@
-"""Pieces every sampler shares: per-chain noise, the localised potential and the Langevin
-acceptance ratio.
+"""Pieces the samplers share: per-chain noise and the Langevin acceptance ratio. (The localised
+potential itself is :class:`lambdahat.potential.LocalizedPotential`.)
 
 Samplers work on a flat parameter vector ``w`` of shape (d,) for one chain, or (K, d) for K
 chains stepped together. Every reduction runs over the last dimension, so per-chain quantities
@@ -39,17 +39,6 @@ def uniform(like: Tensor, generator: Generators) -> Tensor:
     return out
 
 
-def drift_(grad: Tensor, offset: Tensor, nbeta: float, localization: float) -> Tensor:
-    """∇U = nβ ∇L_B(w) + γ (w − w*), built in ``grad``'s buffer (which it overwrites and returns):
-    the one place the localised potential's gradient is formed. ``offset`` is w − w*."""
-    return grad.mul_(nbeta).add_(offset, alpha=localization)
-
-
-def potential(loss: Tensor, w: Tensor, w_star: Tensor, nbeta: float, localization: float) -> Tensor:
-    """U(w) = nβ L(w) + (γ/2)‖w − w*‖², per chain."""
-    return nbeta * loss + 0.5 * localization * (w - w_star).square().sum(dim=-1)
-
-
 def log_proposal_density(to: Tensor, frm: Tensor, grad_u: Tensor, step_size: float, precond: Tensor | float = 1.0) -> Tensor:
     """log q(to | frm) up to a constant shared by both directions, for the Langevin proposal
     q(·|w) = N(w − (ε/2) P ∇U(w), ε P) with a diagonal preconditioner P (1 for plain SGLD)."""
@@ -86,30 +75,18 @@ def acceptance_probability(log_alpha: Tensor) -> Tensor:
 
 
 def proposal_acceptance(
-    loss_and_grad,
+    potential,
     batch,
-    w_star: Tensor,
-    nbeta: float,
-    localization: float,
-    step_size: float,
     w: Tensor,
-    loss: Tensor,
-    grad_u: Tensor,
+    energy: Tensor,
+    grad_energy: Tensor,
     w_new: Tensor,
+    step_size: float,
     precond: Tensor | float = 1.0,
 ) -> Tensor:
-    """The MALA acceptance probability of an unadjusted Langevin move w → w' on ``batch``: one
-    extra loss-and-gradient evaluation at w', for the SGLD-type samplers' step-size diagnostic."""
-    loss_new, grad_new = loss_and_grad(w_new, batch)
-    grad_u_new = drift_(grad_new, w_new - w_star, nbeta, localization)
-    log_alpha = langevin_log_accept(
-        w,
-        potential(loss, w, w_star, nbeta, localization),
-        grad_u,
-        w_new,
-        potential(loss_new, w_new, w_star, nbeta, localization),
-        grad_u_new,
-        step_size,
-        precond,
-    )
-    return acceptance_probability(log_alpha).to(loss.dtype)
+    """The MALA acceptance probability of an unadjusted Langevin move w → w' on ``batch``, given
+    U(w) and ∇U(w): one extra evaluation of the potential at w', for the SGLD-type samplers'
+    step-size diagnostic."""
+    new = potential(w_new, batch)
+    log_alpha = langevin_log_accept(w, energy, grad_energy, w_new, new.energy, new.grad_energy, step_size, precond)
+    return acceptance_probability(log_alpha).to(energy.dtype)

@@ -8,24 +8,26 @@ arXiv 2308.12108. Proposal in the SGLD convention of :mod:`lambdahat.samplers.sg
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._common import Generators, acceptance_probability, langevin_log_accept, normal_, potential, uniform, drift_
+from ._common import Generators, acceptance_probability, langevin_log_accept, normal_, uniform
+
+if TYPE_CHECKING:
+    from ..potential import LocalizedPotential
 
 __all__ = ["MALAState", "MALAInfo", "build"]
 
 
 class MALAState(NamedTuple):
     params: Tensor  # w_t, flat: (d,) or (K, d)
-    loss: Tensor  # L_n(w_t), cached from the step that accepted w_t
+    loss: Tensor  # L_n(w_t)
     energy: Tensor  # U(w_t)
     grad_energy: Tensor  # ∇U(w_t)
+    distance: Tensor  # ‖w_t − w*‖
     noise: Tensor  # reused buffer
-    cached: bool  # whether loss, energy and grad_energy are those of params (False before the first step)
 
 
 class MALAInfo(NamedTuple):
@@ -35,14 +37,7 @@ class MALAInfo(NamedTuple):
     accepted: Tensor  # 1.0 if the proposal was accepted, else 0.0
 
 
-def build(
-    loss_and_grad: Callable[[Tensor, Any], tuple[Tensor, Tensor]],
-    w_star: Tensor,
-    *,
-    step_size: float,
-    nbeta: float,
-    localization: float,
-):
+def build(potential: LocalizedPotential, *, step_size: float):
     """MALA targeting p(w) ∝ exp(−U(w)), U(w) = nβ L_n(w) + (γ/2)‖w − w*‖², exactly.
 
     Propose w' = w − (ε/2) ∇U(w) + √ε ξ (the SGLD step), and accept it with probability
@@ -50,45 +45,43 @@ def build(
 
         log α = U(w) − U(w') + log q(w | w') − log q(w' | w),   q(a | b) = N(a; b − (ε/2)∇U(b), ε I),
 
-    else stay at w. The batch passed to ``step`` must be the full data, so that U is the exact
-    potential and the chain is exact for any ε; only the mixing speed depends on ε (aim for an
-    acceptance rate of roughly 0.6–0.9). One forward and backward pass per step: U and ∇U of the
-    current point are carried in the state. A proposal with a non-finite loss is rejected.
+    else stay at w. The batch passed to ``init`` and ``step`` must be the full data, so that U is
+    the exact potential and the chain is exact for any ε; only the mixing speed depends on ε (aim
+    for an acceptance rate of roughly 0.6–0.9). One forward and backward pass per step: ``init``
+    evaluates the start point, and U and ∇U of the current point are carried in the state. A
+    proposal with a non-finite loss is rejected.
+
+    nβ, γ and w* are the potential's; any object with :class:`LocalizedPotential`'s interface works.
     """
     from . import Sampler
 
     half_step = step_size / 2
     noise_std = math.sqrt(step_size)
 
-    def energy_and_grad(w: Tensor, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-        loss, grad = loss_and_grad(w, batch)
-        grad_energy = drift_(grad, w - w_star, nbeta, localization)
-        return loss, potential(loss, w, w_star, nbeta, localization), grad_energy
-
-    def init(params: Tensor) -> MALAState:
+    @torch.no_grad()
+    def init(params: Tensor, batch: Any) -> MALAState:
         params = params.detach().clone()
-        per_chain = params.new_full(params.shape[:-1], float("nan"))
-        return MALAState(params, per_chain, per_chain.clone(), torch.zeros_like(params), torch.empty_like(params), False)
+        here = potential(params, batch)
+        return MALAState(params, here.loss, here.energy, here.grad_energy, here.distance, torch.empty_like(params))
 
     @torch.no_grad()
     def step(state: MALAState, batch: Any, generator: Generators):
-        w, loss, energy, grad_energy, noise, cached = state
-        if not cached:
-            loss, energy, grad_energy = energy_and_grad(w, batch)
-        dist = torch.linalg.vector_norm(w - w_star, dim=-1)
+        w, loss, energy, grad_energy, dist, noise = state
         proposal = w - half_step * grad_energy + noise_std * normal_(noise, generator)
-        loss_new, energy_new, grad_energy_new = energy_and_grad(proposal, batch)
-        log_alpha = langevin_log_accept(w, energy, grad_energy, proposal, energy_new, grad_energy_new, step_size)
+        new = potential(proposal, batch)
+        log_alpha = langevin_log_accept(w, energy, grad_energy, proposal, new.energy, new.grad_energy, step_size)
         accept = torch.log(uniform(energy, generator)) < log_alpha  # False for a NaN ratio
         info = MALAInfo(loss, dist, acceptance_probability(log_alpha).nan_to_num(0.0).to(loss.dtype), accept.to(loss.dtype))
         keep = accept.unsqueeze(-1)
+        torch.where(keep, proposal, w, out=w)
+        torch.where(keep, new.grad_energy, grad_energy, out=grad_energy)
         new_state = MALAState(
-            torch.where(keep, proposal, w),
-            torch.where(accept, loss_new, loss),
-            torch.where(accept, energy_new, energy),
-            torch.where(keep, grad_energy_new, grad_energy),
+            w,
+            torch.where(accept, new.loss, loss),
+            torch.where(accept, new.energy, energy),
+            grad_energy,
+            torch.where(accept, new.distance, dist),
             noise,
-            True,
         )
         return new_state, info
 

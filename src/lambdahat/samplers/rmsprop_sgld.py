@@ -8,13 +8,15 @@ Hoogland, arXiv 2507.21449. Step-size convention as in :mod:`lambdahat.samplers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, proposal_acceptance, drift_
+from ._common import Generators, normal_, proposal_acceptance
+
+if TYPE_CHECKING:
+    from ..potential import LocalizedPotential
 
 __all__ = ["RMSPropSGLDState", "RMSPropSGLDInfo", "RMSPropSGLDInfoWithAcceptance", "build"]
 
@@ -40,12 +42,9 @@ class RMSPropSGLDInfoWithAcceptance(NamedTuple):
 
 
 def build(
-    loss_and_grad: Callable[[Tensor, Any], tuple[Tensor, Tensor]],
-    w_star: Tensor,
+    potential: LocalizedPotential,
     *,
     step_size: float,
-    nbeta: float,
-    localization: float,
     alpha: float = 0.99,
     eps: float = 0.1,
     acceptance_every: int = 50,
@@ -70,6 +69,8 @@ def build(
     ``alpha = 1`` freezes V at its initial value (then no bias correction is applied).
     ``acceptance_every``: as for SGLD, the MH acceptance probability of the step's proposal
     with the step's P, every so many steps (0: never).
+
+    nβ, γ and w* are the potential's; any object with :class:`LocalizedPotential`'s interface works.
     """
     from . import Sampler
 
@@ -79,9 +80,10 @@ def build(
         raise ValueError(f"eps must be a positive finite number, got {eps!r}; 0.1 is devinterp's default.")
     if not isinstance(acceptance_every, int) or acceptance_every < 0:
         raise ValueError(f"acceptance_every must be an integer ≥ 0 (0 turns it off), got {acceptance_every!r}.")
+    localization = potential.localization
     max_precond = 2.0 / (step_size * localization) if localization > 0 else math.inf
 
-    def init(params: Tensor) -> RMSPropSGLDState:
+    def init(params: Tensor, batch: Any) -> RMSPropSGLDState:
         params = params.detach().clone()
         return RMSPropSGLDState(params, torch.zeros_like(params), torch.empty_like(params), 0)
 
@@ -89,31 +91,28 @@ def build(
     def step(state: RMSPropSGLDState, batch: Any, generator: Generators):
         w, square_avg, noise, count = state
         count += 1
-        loss, grad = loss_and_grad(w, batch)
+        here = potential(w, batch)
+        grad = here.grad_loss  # V follows the loss gradient alone, so read it before ∇U overwrites it
         square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
         correction = 1.0 - alpha**count if alpha < 1.0 else 1.0
         precond = (square_avg / correction).sqrt_().add_(eps).reciprocal_()
         capped = precond > max_precond
         precond = torch.clamp(precond, max=max_precond)
-        offset = w - w_star
-        dist = torch.linalg.vector_norm(offset, dim=-1)
-        drift = drift_(grad, offset, nbeta, localization)
+        drift = here.grad_energy
         check = acceptance_every and (count - 1) % acceptance_every == 0
         if check:
-            w_old, drift_old = w.clone(), drift.clone()
+            w_old, energy_old = w.clone(), here.energy
         w.addcmul_(precond, drift, value=-step_size / 2)
         w.addcmul_(precond.mul_(step_size).sqrt_(), normal_(noise, generator))
-        clipped = capped.to(loss.dtype).mean(dim=-1)
+        clipped = capped.to(here.loss.dtype).mean(dim=-1)
         new_state = RMSPropSGLDState(w, square_avg, noise, count)
         if not acceptance_every:
-            return new_state, RMSPropSGLDInfo(loss, dist, clipped)
+            return new_state, RMSPropSGLDInfo(here.loss, here.distance, clipped)
         if check:
             precond = precond.square_().div_(step_size)  # back to P (the buffer held √(εP))
-            accept = proposal_acceptance(
-                loss_and_grad, batch, w_star, nbeta, localization, step_size, w_old, loss, drift_old, w, precond
-            )
+            accept = proposal_acceptance(potential, batch, w_old, energy_old, drift, w, step_size, precond)
         else:
-            accept = torch.full_like(loss, float("nan"))
-        return new_state, RMSPropSGLDInfoWithAcceptance(loss, dist, clipped, accept)
+            accept = torch.full_like(here.loss, float("nan"))
+        return new_state, RMSPropSGLDInfoWithAcceptance(here.loss, here.distance, clipped, accept)
 
     return Sampler(init, step)

@@ -8,13 +8,15 @@ means what it means for SGLD.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, drift_
+from ._common import Generators, normal_
+
+if TYPE_CHECKING:
+    from ..potential import LocalizedPotential
 
 __all__ = ["SGHMCState", "SGHMCInfo", "build"]
 
@@ -31,15 +33,7 @@ class SGHMCInfo(NamedTuple):
     temperature: Tensor  # ‖v‖² / (d η) after the step: the kinetic temperature, 1 at equilibrium
 
 
-def build(
-    loss_and_grad: Callable[[Tensor, Any], tuple[Tensor, Tensor]],
-    w_star: Tensor,
-    *,
-    step_size: float,
-    nbeta: float,
-    localization: float,
-    friction: float = 0.1,
-):
+def build(potential: LocalizedPotential, *, step_size: float, friction: float = 0.1):
     """SGHMC targeting p(w) ∝ exp(−U(w)), U(w) = nβ L_n(w) + (γ/2)‖w − w*‖². One step, with
     η = ε/2 and friction α ∈ [0, 1]:
 
@@ -55,6 +49,8 @@ def build(
     friction *and* noise: Hamiltonian dynamics, which conserves H = U(w) + ‖v‖²/ε up to the
     integrator's O(h) oscillation. Smaller α means longer, less random moves: fewer steps to
     cross a flat valley, but more risk of overshooting.
+
+    nβ, γ and w* are the potential's; any object with :class:`LocalizedPotential`'s interface works.
     """
     from . import Sampler
 
@@ -63,17 +59,15 @@ def build(
     half_step = step_size / 2
     noise_std = math.sqrt(friction * step_size)
 
-    def init(params: Tensor) -> SGHMCState:
+    def init(params: Tensor, batch: Any) -> SGHMCState:
         params = params.detach().clone()
         return SGHMCState(params, torch.zeros_like(params), torch.empty_like(params))
 
     @torch.no_grad()
     def step(state: SGHMCState, batch: Any, generator: Generators):
         w, v, noise = state
-        loss, grad = loss_and_grad(w, batch)
-        offset = w - w_star
-        dist = torch.linalg.vector_norm(offset, dim=-1)
-        drift = drift_(grad, offset, nbeta, localization)
+        here = potential(w, batch)
+        loss, dist, drift = here.loss, here.distance, here.grad_energy
         v.mul_(1.0 - friction).add_(drift, alpha=-half_step)
         if noise_std > 0:
             v.add_(normal_(noise, generator), alpha=noise_std)

@@ -7,13 +7,15 @@ arXiv 2308.12108, and of devinterp's ``lr``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, proposal_acceptance, drift_
+from ._common import Generators, normal_, proposal_acceptance
+
+if TYPE_CHECKING:
+    from ..potential import LocalizedPotential
 
 __all__ = ["SGLDState", "SGLDInfo", "SGLDInfoWithAcceptance", "build"]
 
@@ -36,15 +38,7 @@ class SGLDInfoWithAcceptance(NamedTuple):
     mala_accept: Tensor  # MH acceptance probability of this step's proposal; NaN when not computed
 
 
-def build(
-    loss_and_grad: Callable[[Tensor, Any], tuple[Tensor, Tensor]],
-    w_star: Tensor,
-    *,
-    step_size: float,
-    nbeta: float,
-    localization: float,
-    acceptance_every: int = 50,
-):
+def build(potential: LocalizedPotential, *, step_size: float, acceptance_every: int = 50):
     """SGLD targeting p(w) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²).
 
     With a minibatch B_t and its mean loss L_B, one step is
@@ -62,7 +56,7 @@ def build(
     changes nothing else. Healthy step sizes give ≈ 0.9; near 0 the step is too large, near 1
     it may be needlessly small (Lau et al., arXiv 2308.12108, after Furman & Lau).
 
-    ``step`` updates ``state.params`` in place and returns the new state.
+    nβ, γ and w* are the potential's; any object with :class:`LocalizedPotential`'s interface works.
     """
     from . import Sampler
 
@@ -71,32 +65,27 @@ def build(
     half_step = step_size / 2
     noise_std = math.sqrt(step_size)
 
-    def init(params: Tensor) -> SGLDState:
+    def init(params: Tensor, batch: Any) -> SGLDState:
         params = params.detach().clone()
         return SGLDState(params, torch.empty_like(params), torch.empty_like(params), 0)
 
     @torch.no_grad()
     def step(state: SGLDState, batch: Any, generator: Generators):
         w, noise, offset, count = state
-        loss, grad = loss_and_grad(w, batch)
-        torch.sub(w, w_star, out=offset)
-        dist = torch.linalg.vector_norm(offset, dim=-1)
-        # drift = ∇U = nβ ∇L_B + γ (w − w*), built in the gradient's buffer
-        drift = drift_(grad, offset, nbeta, localization)
+        here = potential(w, batch, offset)
+        drift = here.grad_energy
         check = acceptance_every and count % acceptance_every == 0
         if check:
-            w_old, drift_old = w.clone(), drift.clone()
+            w_old, energy_old = w.clone(), here.energy
         w.add_(drift, alpha=-half_step)
         w.add_(normal_(noise, generator), alpha=noise_std)
         new_state = SGLDState(w, noise, offset, count + 1)
         if not acceptance_every:
-            return new_state, SGLDInfo(loss, dist)
+            return new_state, SGLDInfo(here.loss, here.distance)
         if check:
-            accept = proposal_acceptance(
-                loss_and_grad, batch, w_star, nbeta, localization, step_size, w_old, loss, drift_old, w
-            )
+            accept = proposal_acceptance(potential, batch, w_old, energy_old, drift, w, step_size)
         else:
-            accept = torch.full_like(loss, float("nan"))
-        return new_state, SGLDInfoWithAcceptance(loss, dist, accept)
+            accept = torch.full_like(here.loss, float("nan"))
+        return new_state, SGLDInfoWithAcceptance(here.loss, here.distance, accept)
 
     return Sampler(init, step)

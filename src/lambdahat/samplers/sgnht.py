@@ -8,13 +8,15 @@ the step size ε means what it means for SGLD.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, drift_
+from ._common import Generators, normal_
+
+if TYPE_CHECKING:
+    from ..potential import LocalizedPotential
 
 __all__ = ["SGNHTState", "SGNHTInfo", "build"]
 
@@ -33,15 +35,7 @@ class SGNHTInfo(NamedTuple):
     temperature: Tensor  # ‖v‖² / (d η) after the step: the kinetic temperature, 1 at equilibrium
 
 
-def build(
-    loss_and_grad: Callable[[Tensor, Any], tuple[Tensor, Tensor]],
-    w_star: Tensor,
-    *,
-    step_size: float,
-    nbeta: float,
-    localization: float,
-    diffusion: float = 0.01,
-):
+def build(potential: LocalizedPotential, *, step_size: float, diffusion: float = 0.01):
     """SGNHT targeting p(w) ∝ exp(−U(w)), U(w) = nβ L_n(w) + (γ/2)‖w − w*‖². One step, with
     η = ε/2, the diffusion A (``diffusion``) and d sampled weights:
 
@@ -58,6 +52,8 @@ def build(
     friction ξ is 2/(2 − ξ), not 1 (as SGHMC's is at friction α); by pinning it to 1 the
     thermostat cools the weights by about ξ/2 relative: −11% on a Gaussian's variance at
     A = 0.2, −0.5% at A = 0.01 (tests/test_samplers.py, the Gaussian harness).
+
+    nβ, γ and w* are the potential's; any object with :class:`LocalizedPotential`'s interface works.
     """
     from . import Sampler
 
@@ -66,7 +62,7 @@ def build(
     half_step = step_size / 2
     noise_std = math.sqrt(diffusion * step_size)
 
-    def init(params: Tensor) -> SGNHTState:
+    def init(params: Tensor, batch: Any) -> SGNHTState:
         params = params.detach().clone()
         thermostat = params.new_full(params.shape[:-1] + (1,), diffusion)
         return SGNHTState(params, torch.zeros_like(params), thermostat, torch.empty_like(params))
@@ -74,10 +70,8 @@ def build(
     @torch.no_grad()
     def step(state: SGNHTState, batch: Any, generator: Generators):
         w, v, xi, noise = state
-        loss, grad = loss_and_grad(w, batch)
-        offset = w - w_star
-        dist = torch.linalg.vector_norm(offset, dim=-1)
-        drift = drift_(grad, offset, nbeta, localization)
+        here = potential(w, batch)
+        loss, dist, drift = here.loss, here.distance, here.grad_energy
         v.sub_(v * xi).add_(drift, alpha=-half_step)
         if noise_std > 0:
             v.add_(normal_(noise, generator), alpha=noise_std)
