@@ -6,29 +6,24 @@ developmental stages (:mod:`lambdahat.stages`). Every checkpoint gets the **same
 different nβ estimate different finite-nβ quantities, and a step size re-tuned per checkpoint
 makes neighbouring points incomparable (calibrate once on several checkpoints, then fix it;
 ``settings="auto"`` does that). Finished checkpoints are cached (:mod:`lambdahat.cache`), so a
-rerun estimates only the rest; :mod:`lambdahat.checkpoints` finds and loads them.
+rerun estimates only the rest; :mod:`lambdahat.checkpoints` finds and loads them. The one setting is
+resolved (or calibrated, for ``"auto"``) by :mod:`lambdahat.trajectory_settings`, and ``workers=``
+runs on the pool of :mod:`lambdahat.workers`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import inspect
 import math
-import multiprocessing
-import os
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from . import cache as _cache
@@ -36,8 +31,10 @@ from . import tables
 from .checkpoints import CHECKPOINT_SUFFIXES, as_checkpoint_list, checkpoint_identity, list_checkpoints, load_checkpoint
 from .chains import progress_enabled
 from .estimate import LLCResult, estimate_llc
-from .settings import Settings
 from .stages import StageResult, detect_stages
+from .trajectory_settings import as_settings, calibrated, resolve_settings
+from .workers import stop_pool as _stop_pool
+from .workers import worker_pool as _worker_pool
 
 __all__ = ["TrajectoryResult", "TrajectoryInterrupted", "trajectory", "list_checkpoints", "resolve_settings",
            "CHECKPOINT_SUFFIXES", "ROW_KEYS"]
@@ -48,11 +45,6 @@ ROW_KEYS = (
     "wall_time", "path",
 )
 _FLOAT_KEYS = ("llc_mean", "llc_std", "llc_mcse", "init_loss", "nbeta", "ess", "wall_time")
-_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
-#: estimate_llc arguments that are not sampling settings but belong to the problem (in the key too).
-_PROBLEM_KEYS = frozenset({"sampled_params"}) - _SETTING_NAMES
-_NOT_SETTINGS = ("model", "data", "loss_fn", "executor", "progress")
-_CALIBRATION_CHAIN = ("num_chains", "num_burnin_steps", "batch_size", "seed")
 _SHOWN = ("step_size", "nbeta", "localization", "num_chains", "num_draws", "num_burnin_steps", "batch_size", "seed")
 
 
@@ -161,44 +153,7 @@ class TrajectoryResult:
         return "\n".join(lines)
 
 
-# --- settings and options, all checked before any work ---------------------------------------
-
-
-def resolve_settings(settings: Any) -> dict[str, Any]:
-    """estimate_llc keyword arguments from a dict or :class:`~lambdahat.settings.Settings`, or from
-    a calibration (an object with ``.recommended``, such as a
-    :class:`~lambdahat.calibrate.CalibrationResult`: its recommended setting, over the chains,
-    burn-in, batch size and seed of its runs where it records them). Unknown keys and bad values
-    are an error (values are checked by :class:`~lambdahat.settings.Settings`)."""
-    if settings is None:
-        return {}
-    if hasattr(settings, "recommended"):
-        if settings.recommended is None:
-            raise ValueError("the calibration recommended no setting (see its .rule); pass a settings dict instead.")
-        runs = getattr(settings, "settings", None) or {}
-        chain = {k: runs[k] for k in _CALIBRATION_CHAIN if k in runs.keys() and runs[k] is not None}
-        settings = {**chain, **dict(settings.recommended.items())}
-    if not (isinstance(settings, (Mapping, Settings))):
-        raise TypeError(f"settings must be a dict of estimate_llc arguments, a calibration or 'auto', "
-                        f"got {type(settings).__name__}.")
-    out = {k: v for k, v in settings.items() if k != "nbeta_default"}  # a recommended dict's note, not an argument
-    unknown = sorted(set(out) - _SETTING_NAMES - _PROBLEM_KEYS)
-    if unknown:
-        hint = " (executor and progress are trajectory()'s own arguments)" if set(unknown) & set(_NOT_SETTINGS) else ""
-        raise ValueError(f"settings has unknown key(s) {unknown}{hint}; estimate_llc takes "
-                         f"{sorted(_SETTING_NAMES | _PROBLEM_KEYS)}.")
-    checked = _as_settings(out)
-    sampled = out.get("sampled_params")
-    if not (sampled is None or callable(sampled) or isinstance(sampled, (str, Mapping))
-            or (isinstance(sampled, (list, tuple)) and all(isinstance(v, str) for v in sampled))):
-        raise TypeError(f"sampled_params must be parameter names, a predicate (name, tensor) -> bool or a mapping of "
-                        f"masks, got {type(sampled).__name__}.")
-    return {k: (getattr(checked, k) if k in _SETTING_NAMES else v) for k, v in out.items()}
-
-
-def _as_settings(settings: Mapping[str, Any]) -> Settings:
-    """The full Settings (defaults filled in) of the setting keys of ``settings``."""
-    return Settings.from_mapping({k: v for k, v in settings.items() if k in _SETTING_NAMES}, where="settings")
+# --- stage options, checked before any work (the settings: lambdahat.trajectory_settings) -------
 
 
 def _check_stage_options(options: Any, steps: list[int]) -> dict[str, Any]:
@@ -225,70 +180,6 @@ def _row(step: int, source: Any, result: LLCResult) -> tuple[dict[str, Any], dic
     values.update(step=step, diverged=len(result.diverged), healthy=not failing, failing=[c.name for c in failing],
                   path=str(source) if isinstance(source, Path) else None)
     return {k: values[k] for k in ROW_KEYS}, {c.name: c.verdict for c in failing}
-
-
-# --- the run's own worker pool: workers never outlive their parent ----------------------------
-
-
-def _worker_start(parent: int) -> None:
-    """Initializer of trajectory's own workers: one torch thread, Ctrl-C left to the parent (which
-    stops the pool), and exit as soon as the parent is gone (killed, even by SIGKILL)."""
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="lambdahat-parent-watch").start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)  # the parent is gone: nobody will read this worker's results
-
-
-def _worker_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_start, initargs=(os.getpid(),))
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop now: cancel what is queued and end the workers, without waiting for running chains."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before 3.14
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.join(timeout=5)
-
-
-# --- settings="auto" ---------------------------------------------------------------------------
-
-
-def _calibrated(items: list, make_model: Callable, data: Any, loss_fn: Any, cache: Path | None,
-                progress: bool, given: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One setting for all, from :func:`lambdahat.calibrate.calibrate` on the first, middle and last
-    checkpoint with the ``given`` settings kept; kept in ``cache`` (keyed by those checkpoints, the
-    problem and the given settings) for reruns."""
-    given = dict(given or {})
-    from . import __version__
-
-    calibration = importlib.import_module(".calibrate", __package__)  # the module: lambdahat.calibrate is the function
-
-    chosen = [items[i] for i in sorted({0, len(items) // 2, len(items) - 1})]
-    identity = _cache.fingerprint([checkpoint_identity(source) for _, source in chosen])
-    key = _cache.cache_key({k: v for k, v in given.items() if k != "sampled_params"}, data=data, loss_fn=loss_fn,
-                           make_model=make_model, sampled_params=given.get("sampled_params"),
-                           extra={"calibrate": "first, middle, last", "seed": 0, "lambdahat": __version__})
-    path = cache / f"calibration_{identity[:10]}_{key[:10]}.json" if cache is not None else None
-    if path is not None:
-        hit = _cache.read_entry(path, identity, key, lambda record: resolve_settings(record["settings"]))
-        if hit is not None:
-            return hit
-    models = {f"step {step}": load_checkpoint(make_model, step, source) for step, source in chosen}
-    result = calibration.calibrate(models, data, loss_fn, progress=progress, verify=False, **{"seed": 0, **given})
-    settings = {**resolve_settings(result), **({"sampled_params": given["sampled_params"]} if "sampled_params" in given else {})}
-    if path is not None:
-        _cache.write_entry(path, identity, key, settings=settings)
-    return settings
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -371,10 +262,10 @@ def trajectory(
             raise ValueError(f"cache_dir {str(cache)!r} is a file, not a folder; name a folder (it is created).")
         cache.mkdir(parents=True, exist_ok=True)
         _cache.remove_stale_temporaries(cache)
-    if auto or _as_settings(settings).auto_fields:
+    if auto or as_settings(settings).auto_fields:
         # every checkpoint at one setting: what is left auto is calibrated once, not per checkpoint
-        settings = _calibrated(items, make_model, data, loss_fn, cache, progress, given=settings)
-    key = _cache.cache_key(_as_settings(settings).to_dict(), data=data, loss_fn=loss_fn, make_model=make_model,
+        settings = calibrated(items, make_model, data, loss_fn, cache, progress, given=settings)
+    key = _cache.cache_key(as_settings(settings).to_dict(), data=data, loss_fn=loss_fn, make_model=make_model,
                            sampled_params=settings.get("sampled_params"))
 
     from tqdm.auto import tqdm
