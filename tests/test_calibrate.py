@@ -21,6 +21,7 @@ from lambdahat import tasks
 from lambdahat.calibrate import ROW_KEYS, CalibrationResult, calibrate
 from lambdahat.potential import default_nbeta
 from lambdahat.settings import Settings
+from tests._harness import small_dln
 
 calibrate_module = importlib.import_module("lambdahat.calibrate")  # the module: lambdahat.calibrate is the function
 TINY = dict(num_chains=2, max_steps=2000, progress=False)
@@ -29,13 +30,9 @@ FIXED = dict(step_size=1e-3, localization=1.0, num_burnin_steps=100, num_draws=2
              progress=False)
 
 
-def _tiny_task(seed=0):
-    return tasks.deep_linear_network([4, 3, 2], rank=1, n=1000, seed=seed)
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    task = _tiny_task()
+    task = small_dln()
     return task, calibrate(task.model, task.data, task.loss_fn, truth=task.truth, **TINY)
 
 
@@ -43,7 +40,7 @@ def tiny():
 def stiff_pair():
     """The same network on its data and on the data scaled by 3: the loss is 9× as curved, so its
     warm-up must choose a smaller ε (the SGLD stability limit scales like 1 / curvature)."""
-    task = _tiny_task()
+    task = small_dln()
     x, y = task.data
     models = {"x1": task.model, "x3": task.model}
     cal = calibrate(models, [(x, y), (3 * x, 3 * y)], task.loss_fn, truth=[task.truth, task.truth], **TINY)
@@ -97,7 +94,7 @@ def test_recommended_passes_straight_to_estimate_llc(tiny):
     assert again.llc_mean == common.llc_mean and again.llc_mcse == common.llc_mcse
     assert again.certified == common.certified
     # and a different model at it is run at the same setting too (the point of one setting)
-    other = _tiny_task(seed=1)
+    other = small_dln(seed=1)
     assert lh.estimate_llc(other.model, other.data, other.loss_fn, progress=False,
                            **cal.recommended).settings == cal.recommended
 
@@ -124,7 +121,7 @@ def test_smallest_step_size_and_longest_chains_for_every_model(stiff_pair):
 
 
 def test_given_settings_are_kept_as_given():
-    task = _tiny_task()
+    task = small_dln()
     cal = calibrate(task.model, task.data, task.loss_fn, step_size=5e-4, localization=2.0, nbeta=50.0, seed=3,
                     batch_size=100, **TINY)
     for row in cal.rows:
@@ -164,7 +161,7 @@ def test_the_truth_is_reported_but_never_used(tiny):
 
 
 def test_verify_false_runs_only_the_adaptive_estimates():
-    task = _tiny_task()
+    task = small_dln()
     cal = calibrate(task.model, task.data, task.loss_fn, verify=False, **TINY)
     assert [r["stage"] for r in cal.rows] == ["adaptive"]
     assert not cal.certified and cal.recommended_results() == {}
@@ -172,7 +169,7 @@ def test_verify_false_runs_only_the_adaptive_estimates():
 
 
 def test_bad_inputs_are_refused_before_any_sampling(monkeypatch):
-    task = _tiny_task()
+    task = small_dln()
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("calibrate sampled before checking its inputs")

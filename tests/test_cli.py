@@ -13,13 +13,14 @@ import math
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from matplotlib.text import Text
 
 import lambdahat as lh
 from lambdahat import cli, plot, tasks
 from lambdahat.estimate import LLCResult, llc_from_trace
 from lambdahat.trace import Trace
+from tests._harness import figure_text
 
+pytestmark = pytest.mark.cli
 
 
 # --- lambdahat truth ------------------------------------------------------------------------
@@ -291,11 +292,6 @@ def _with_diverged_chain(result: LLCResult, chain: int, step: int) -> LLCResult:
     return LLCResult(init_loss=result.init_loss, nbeta=result.nbeta, trace=trace, **stats)
 
 
-def _texts(fig: Figure) -> str:
-    """Every piece of text on the figure: titles, labels, legends."""
-    return "\n".join(t.get_text() for t in fig.findobj(Text))
-
-
 def test_plots_of_a_healthy_run(healthy, tmp_path):
     task, result = healthy
     assert not result.diverged
@@ -310,7 +306,7 @@ def test_plots_of_a_healthy_run(healthy, tmp_path):
     assert len(loss_ax.get_lines()) == 3 + 1
     np.testing.assert_allclose(loss_ax.get_lines()[0].get_ydata(), result.trace.arrays["loss"][0])
     np.testing.assert_allclose(running_ax.get_lines()[3].get_ydata(), result.running_llc().mean(axis=0))
-    text = _texts(summary)
+    text = figure_text(summary)
     assert f"{result.llc_mean:.4g} ± {result.llc_mcse:.2g}" in text
     assert f"truth λ = {task.truth.value}" in text
     summary.savefig(tmp_path / "summary.png")
@@ -322,7 +318,7 @@ def test_plots_draw_on_given_axes(healthy):
     left, right = fig.subplots(1, 2)
     assert plot.plot_loss_traces(result, ax=left) is fig
     assert plot.plot_running_llc(result, truth=2.5, ax=right) is fig
-    assert "truth λ = 2.5" in _texts(fig)
+    assert "truth λ = 2.5" in figure_text(fig)
 
 
 def test_plots_mark_a_chain_that_diverged_during_draws(healthy, tmp_path):
@@ -330,7 +326,7 @@ def test_plots_mark_a_chain_that_diverged_during_draws(healthy, tmp_path):
     broken = _with_diverged_chain(result, chain=1, step=70)
     assert broken.diverged == {1: 70} and math.isfinite(broken.llc_mean)
     fig = plot.plot_summary(broken, truth=task.truth, title="tiny")
-    text = _texts(fig)
+    text = figure_text(fig)
     assert "chain 1 (diverged at step 70)" in text and "1 of 3 chains diverged" in text
     low, high = fig.axes[0].get_ylim()
     assert high < 1e3  # the y-range follows the healthy chains, not the explosion
@@ -343,5 +339,5 @@ def test_plots_survive_a_huge_step_size(tmp_path):
     assert result.diverged
     fig = plot.plot_summary(result, truth=task.truth)
     assert isinstance(fig, Figure)
-    assert f"{len(result.diverged)} of 3 chains diverged" in _texts(fig)
+    assert f"{len(result.diverged)} of 3 chains diverged" in figure_text(fig)
     fig.savefig(tmp_path / "all_diverged.png")

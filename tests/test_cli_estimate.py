@@ -9,6 +9,8 @@ import torch
 
 from lambdahat import cli, models
 
+pytestmark = pytest.mark.cli
+
 SETTINGS = ["--step-size", "1e-4", "--localization", "1", "--num-chains", "2", "--num-draws", "30",
             "--num-burnin-steps", "5", "--batch-size", "100", "--seed", "3", "--no-progress"]
 

@@ -16,13 +16,14 @@ import lambdahat as lh
 from lambdahat import health, tasks
 from lambdahat.estimate import LLCResult, llc_from_trace
 from lambdahat.trace import Trace
+from tests._harness import small_dln
 
 GOOD = dict(step_size=3e-3, localization=1.0, nbeta=100.0, batch_size=100, num_chains=4, num_draws=500,
             num_burnin_steps=500, seed=0, progress=False)
 
 
 def _dln(perturb: float = 0.0):
-    task = tasks.deep_linear_network([4, 3, 2], rank=1, n=1000, seed=0)
+    task = small_dln()
     if perturb:
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():

@@ -2,7 +2,7 @@
 
 Every test states its tolerance and why. Error bars are the estimate's Monte Carlo standard
 error (from the split-chain effective sample size), and a test asks for agreement within
-``Z`` standard errors *and* within a relative tolerance.
+``Z`` standard errors *and* within a relative tolerance (tests/_harness.py says why Z = 4).
 """
 
 from __future__ import annotations
@@ -13,22 +13,15 @@ import torch
 
 import lambdahat as lh
 from lambdahat import tasks, truth
+from tests._harness import Z, agrees, finite_step_quadratic
 
-Z = 4.0  # |estimate − truth| ≤ 4 MCSE: a false alarm rate of ~6e-5 per check for a correct sampler
+pytestmark = pytest.mark.known_answer
 
 
 def _run(task, **settings):
     defaults = dict(num_chains=4, seed=0, progress=False)
     defaults.update(settings)
     return lh.estimate_llc(task.model, task.data, task.loss_fn, **defaults)
-
-
-def _agrees(result, target, rel_tol):
-    error = result.llc_mean - target
-    return abs(error) <= rel_tol * abs(target) and abs(error) <= Z * result.llc_mcse + 1e-12, (
-        f"estimate {result.llc_mean:.4f} ± {result.llc_mcse:.4f} vs exact {target:.4f} "
-        f"(relative error {error / target:+.2%}, tolerance {rel_tol:.0%})"
-    )
 
 
 @pytest.mark.parametrize("powers", [[2], [4], [4, 2], [2, 2, 2]])
@@ -43,7 +36,7 @@ def test_quasi_homogeneous_gamma_zero_is_exact(powers, record_known_answer):
     task = tasks.quasi_homogeneous(powers, copies=500)
     result = _run(task, step_size=2e-3, localization=0.0, nbeta=1.0, num_draws=4000, num_burnin_steps=1000)
     record_known_answer(task.name, float(task.truth.value), result, "exact E[nβK], γ = 0")
-    ok, message = _agrees(result, float(task.truth.value), 0.03)
+    ok, message = agrees(result, float(task.truth.value), 0.03)
     assert ok, message
 
 
@@ -54,14 +47,13 @@ def test_quadratic_matches_exact_finite_step_expectation(record_known_answer):
     task = tasks.linear_regression(dim=50, n=1000, seed=0)
     eig = task.info["hessian_eigenvalues"]
     nbeta, gamma = 100.0, 10.0
-    step = 2.0 / (nbeta * max(eig) + gamma)  # ε a_max = 2: stable (< 4) and far from the ε → 0 limit
-    target = truth.quadratic_expectation(eig, nbeta, gamma, step_size=step)
+    step, target = finite_step_quadratic(eig, nbeta, gamma)  # ε a_max = 2: stable (< 4), far from ε → 0
     result = _run(task, step_size=step, localization=gamma, nbeta=nbeta, num_draws=5000, num_burnin_steps=500, batch_size=task.n)
     record_known_answer(task.name, target, result, "exact finite-ε SGLD expectation")
-    ok, message = _agrees(result, target, 0.02)
+    ok, message = agrees(result, target, 0.02)
     assert ok, message
     # and the ε-bias is real: the continuous-time value is measurably different
-    assert abs(truth.quadratic_expectation(eig, nbeta, gamma) - target) > 4 * result.llc_mcse
+    assert abs(truth.quadratic_expectation(eig, nbeta, gamma) - target) > Z * result.llc_mcse
 
 
 def _noise_free_crossing(point, copies, n=64):
@@ -91,7 +83,7 @@ def test_normal_crossing_matches_exact_finite_nbeta_value(record_known_answer):
     target = copies * _crossing_quadrature(nbeta, gamma, (0.0, 0.0))
     result = _run(task, step_size=2e-3, localization=gamma, nbeta=nbeta, num_draws=6000, num_burnin_steps=2000, batch_size=task.n)
     record_known_answer(task.name, target, result, "quadrature at nβ = 10, γ = 1")
-    ok, message = _agrees(result, target, 0.05)
+    ok, message = agrees(result, target, 0.05)
     assert ok, message
     assert target / copies < float(task.truth.value) / copies  # the finite-nβ value sits below λ = 1/4
 
@@ -110,7 +102,7 @@ def test_normal_crossing_depends_on_the_point(record_known_answer):
     near = _run(near_task, batch_size=near_task.n, **settings)
     near_target = copies * _crossing_quadrature(nbeta, gamma, (0.0, 1.0))
     record_known_answer(near_task.name, near_target, near, "quadrature at nβ = 1e4, γ = 100")
-    ok, message = _agrees(near, near_target, 0.05)
+    ok, message = agrees(near, near_target, 0.05)
     assert ok, message
     assert abs(near.llc_mean / copies - 0.5) < 0.05 * 0.5
     origin_task = _noise_free_crossing((0.0, 0.0), copies)

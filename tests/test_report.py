@@ -14,19 +14,19 @@ import re
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from matplotlib.text import Text
 
 import lambdahat as lh
-from lambdahat import cli, plot, tasks
+from lambdahat import cli, plot
 from lambdahat.calibrate import ROW_KEYS, calibrate
 from lambdahat.report import render_report, write_report
+from tests._harness import figure_text, small_dln
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def task():
-    return tasks.deep_linear_network([4, 3, 2], rank=1, n=1000, seed=0)
+    return small_dln()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def result(task):
 @pytest.fixture(scope="module")
 def calibration(task):
     """Two networks with their own data (the same widths and rank, teacher seeds 0 and 1)."""
-    other = tasks.deep_linear_network([4, 3, 2], rank=1, n=1000, seed=1)
+    other = small_dln(seed=1)
     return calibrate({"seed 0": task.model, "seed 1": other.model}, [task.data, other.data], task.loss_fn,
                      truth=[task.truth, other.truth], num_chains=2, max_steps=2000, progress=False)
 
@@ -93,16 +93,12 @@ def test_report_of_a_calibration(calibration, tmp_path):
         render_report(object())
 
 
-def _texts(fig: Figure) -> str:
-    return "\n".join(t.get_text() for t in fig.findobj(Text))
-
-
 def test_calibration_figure(calibration, tmp_path):
     """λ̂ ± MCSE per model at both stages, coloured by the verdict, truth dashed; the ε of each warm-up."""
     fig = plot.plot_calibration(calibration)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     left, right = fig.axes
-    text = _texts(fig)
+    text = figure_text(fig)
     rec = calibration.recommended
     assert "seed 0" in text and "seed 1" in text and f"recommended ε = {rec.step_size:.3g}" in text
     assert ("certified on every model" in text) == calibration.certified

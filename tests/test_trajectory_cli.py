@@ -23,6 +23,8 @@ import torch
 
 from lambdahat import cli, datafiles, losses, models
 
+pytestmark = pytest.mark.cli
+
 STEPS = [0, 25, 50, 100, 200]
 MODEL_KWARGS = {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 32}
 SETTINGS = {"step_size": 1e-3, "localization": 100.0, "nbeta": 30.0, "num_chains": 2, "num_draws": 20,
