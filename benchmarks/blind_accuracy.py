@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -50,6 +49,7 @@ def _run_case(case_name: str, route: str) -> dict:
     torch.set_num_threads(1)
     import lambdahat as lh
     from blind_cases import build
+    from lambdahat.potential import default_nbeta
 
     case = next(c for c in cases() if c.name == case_name)
     task = build(case)
@@ -62,7 +62,7 @@ def _run_case(case_name: str, route: str) -> dict:
                    bias=result.adaptation.bias)
     elif route == "fixed":
         n = task.n
-        nbeta = n / math.log(n)
+        nbeta = default_nbeta(n)
         result = lh.estimate_llc(task.model, task.data, task.loss_fn, step_size=0.04 / nbeta, localization=1.0,
                                  num_chains=4, num_burnin_steps=4000, num_draws=4000, batch_size=500, progress=False)
         row.update(certified=result.certified, failed=[c.name for c in result.checks if not c.ok],

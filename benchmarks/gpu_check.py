@@ -70,6 +70,7 @@ import workloads  # noqa: E402
 
 import lambdahat  # noqa: E402
 from lambdahat import losses, tasks, truth  # noqa: E402
+from lambdahat.potential import default_nbeta  # noqa: E402
 
 SAMPLERS = ["sgld", "rmsprop_sgld", "sghmc", "sgnht", "mala"]
 CHAIN_MODES = ["sequential", "vectorized"]
@@ -237,7 +238,7 @@ def small_settings(sampler: str, chain_mode: str, n: int) -> dict[str, Any]:
     return dict(
         step_size=SMALL_STEP / 10 if sampler == "rmsprop_sgld" else SMALL_STEP,
         localization=1.0,
-        nbeta=n / math.log(n),
+        nbeta=default_nbeta(n),
         num_chains=4,
         num_burnin_steps=50,
         num_draws=150,
@@ -397,7 +398,7 @@ def section_dln(ctx) -> dict[str, Any]:
                 y = torch.cat([model(chunk) for chunk in x.split(8192)])
             sync(device)
             num_params = sum(p.numel() for p in model.parameters())
-            nbeta = n / math.log(n)
+            nbeta = default_nbeta(n)
             row.update(num_params=num_params, build_seconds=time.perf_counter() - t0, nbeta=nbeta,
                        param_bytes=num_params * 4, data_bytes=(x.numel() + y.numel()) * 4)
             runs = []
@@ -536,7 +537,7 @@ def section_mixed_precision(ctx) -> dict[str, Any]:
     task = tasks.deep_linear_network([8, 4, 6, 5], 1, n=2000, noise=0.0, seed=0)
     model = task.model.to(device)
     x, y = (t.to(device) for t in task.data)
-    settings = dict(step_size=1e-5, localization=1.0, nbeta=1e5 / math.log(1e5), num_chains=4,
+    settings = dict(step_size=1e-5, localization=1.0, nbeta=default_nbeta(100_000), num_chains=4,
                     num_burnin_steps=500, num_draws=1500, batch_size=500, seed=0, sampler="sgld",
                     chain_mode="sequential")
     out: dict[str, Any] = dict(available=True, option=option, truth=float(task.truth), settings=settings)

@@ -52,6 +52,7 @@ import torch
 
 import lambdahat as lh
 from lambdahat import health, tasks, truth
+from lambdahat.potential import default_nbeta
 
 from ._common import REPO, markdown_table, parse, spearman
 
@@ -192,7 +193,7 @@ class Row:
 
 def estimate_one(net: Network, n: int, settings: dict, budget: Budget, seed: int, device: str) -> Row:
     task = teacher_task(net, n, seed, device)
-    stability = settings["step_size"] * (n / math.log(n)) * top_curvature(task)
+    stability = settings["step_size"] * default_nbeta(n) * top_curvature(task)
     start = time.perf_counter()
     result = lh.estimate_llc(
         task.model,
@@ -402,7 +403,7 @@ def main(argv=None) -> dict:
     per_band = args.per_band or (3 if quick else 20)
     reduced_per_band = args.rank_reduced if args.rank_reduced is not None else (2 if quick else 10)
     n = args.n or (10_000 if quick else 100_000)
-    nbeta = n / math.log(n)
+    nbeta = default_nbeta(n)
     settings = dict(step_size=0.04 / nbeta, localization=1.0, batch_size=500)
     cache = None if quick else REPO / "experiments" / "out" / f"{NAME}.jsonl"
 
@@ -510,7 +511,7 @@ error ≤ 10% in every band, Spearman ≥ 0.95 over all runs, no unexplained div
 **Protocol.** Random DLNs per band: depth L ∈ {{2, 3}}, widths random around √(d/L), rank r
 uniform on 0 … min width − 1, and **every layer of the teacher has rank exactly r**, so Aoyagi's
 global λ (Aoyagi, Neural Networks 172, 2024) is the local one. n = {n:,} inputs x ~ N(0, I), noise-free targets,
-loss ½‖y − f(x)‖². SGLD at nβ = n/log n = {n / math.log(n):.0f}, γ = {settings['localization']:g},
+loss ½‖y − f(x)‖². SGLD at nβ = n/log n = {default_nbeta(n):.0f}, γ = {settings['localization']:g},
 ε₀ = {settings['step_size']:.3g}, batch {settings['batch_size']}; chains × (burn-in + draws) per band:
 {budgets}. The starting setting is the library's grid calibration of its demo DLN at commit 7fb4961
 (`docs/calibration.md`: γ = 1, ε·nβ ≈ 0.04) carried to this nβ. Where the library's own health
