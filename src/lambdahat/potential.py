@@ -251,7 +251,7 @@ class Potential:
         return loss
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value to compare by
 class LocalizedPotential:
     """The localised tempered potential of Lau, Furman, Wang, Murfet & Wei, "The Local Learning
     Coefficient: A Singularity-Aware Complexity Measure", arXiv 2308.12108:

@@ -44,6 +44,8 @@ __all__ = ["Sampler", "SamplerConfig", "SAMPLERS", "as_sampler_config", "sgld", 
 
 
 class Sampler(NamedTuple):
+    """``init(params, batch) -> state`` and ``step(state, batch, generator) -> (state, info)``."""
+
     init: Callable[[Any, Any], Any]
     step: Callable[[Any, Any, Any], tuple[Any, Any]]
 
