@@ -159,7 +159,8 @@ def _sample_values():
         value = strings.get(f.name, {"float": 0.5, "int": 123, "bool": True}.get(kind))
         expected[f.name] = value
         toml.append(f"{f.name} = {'true' if value is True else repr(value)}".replace("'", '"'))
-        flags += ["--" + f.name.replace("_", "-")] + ([] if value is True else [str(value)])
+        switch = f.metadata["cli"] == "bool"  # a bool that may also be "auto" takes a value
+        flags += ["--" + f.name.replace("_", "-")] + ([] if switch else ["true" if value is True else str(value)])
     return "\n".join(toml) + "\n", flags, expected
 
 

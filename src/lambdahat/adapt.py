@@ -35,13 +35,15 @@ the same call gives the same result, bit for bit, on any machine.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from . import diagnostics, health
+from . import diagnostics, health, noise
 from .chains import ChainSet
 from .samplers import as_sampler_config
 from .settings import AUTO, Settings, default_max_steps
@@ -69,6 +71,18 @@ MIN_DRAWS = 1_000
 DRAW_BLOCK = 1_000
 MIN_ESS = 400.0
 MAX_GAMMA_REDUCTIONS = 2
+#: The share of λ̂ that minibatch gradient noise may add (:mod:`lambdahat.noise`); ε is capped so that
+#: (ε/16) nβ² E‖∇L_B₁ − ∇L_B₂‖² stays below it, and an automatic batch size grows instead where it pays.
+NOISE_BIAS = 0.02
+#: λ̂ below this counts as this in the noise cap (early in the warm-up λ̂ may be near 0 or negative).
+NOISE_LLC_FLOOR = 0.1
+#: Warm-up windows between measurements of the minibatch gradient noise (two gradients per chain each).
+NOISE_EVERY = 5
+#: Raise an automatic batch size when the noise cap keeps ε this many times below what the acceptance allows.
+REBATCH_RATIO = 2.0
+MAX_NOISE_REMEDIES = 2
+#: An automatic batch size stays below this many (sample × weight) products per gradient evaluation.
+MAX_BATCH_WORK = 2**26
 
 
 @dataclass
@@ -89,11 +103,13 @@ class Adaptation:
     budget_spent: bool = False
     gradient_evaluations: int = 0
     discarded_steps: int = 0
+    noise_bias: float | None = None
+    chain_mode: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(phases=self.phases, notes=self.notes, bias=self.bias, bias_mcse=self.bias_mcse,
                     budget_spent=self.budget_spent, gradient_evaluations=self.gradient_evaluations,
-                    discarded_steps=self.discarded_steps)
+                    discarded_steps=self.discarded_steps, noise_bias=self.noise_bias)
 
 
 def _acceptance(records: dict[str, np.ndarray]) -> float:
@@ -121,15 +137,17 @@ def _options(settings_sampler, every: int) -> dict[str, Any]:
 
 
 def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, nbeta: float, num_params: int,
-                     bar=None) -> tuple[dict[str, np.ndarray], int, list[int | None], Settings, Adaptation]:
+                     auto_batch: bool = False, bar=None) -> tuple[dict[str, np.ndarray], int, list[int | None],
+                                                                  Settings, Adaptation]:
     """Run ``chains`` with every auto field of ``settings`` chosen on the way (module docstring).
 
-    Returns the per-step records of burn-in and draws (chain, step), the number of burn-in
-    steps, each chain's first non-finite step, the settings with every auto field resolved, and
-    the :class:`Adaptation` record.
+    ``auto_batch``: the batch size was not given, so the warm-up may raise it where minibatch
+    noise would otherwise force a much smaller ε. Returns the per-step records of burn-in and
+    draws (chain, step), the number of burn-in steps, each chain's first non-finite step, the
+    settings with every auto field resolved, and the :class:`Adaptation` record.
     """
     sampler = as_sampler_config(settings.sampler)
-    log = Adaptation()
+    log = Adaptation(chain_mode=chains.mode)
     auto_step = settings.step_size == AUTO
     auto_gamma = settings.localization == AUTO
     auto_burnin = settings.num_burnin_steps == AUTO
@@ -151,13 +169,62 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     min_warmup = min(MIN_WARMUP, max_warmup) if auto_burnin else max_warmup
     draw_floor = MIN_DRAWS if auto_draws else int(settings.num_draws)
     step_sizes: list[float] = []  # the ε of every kept step
+    n = chains.job.data.n
+    measure_noise = auto_step and sampler.name != "mala"
+    auto_cv = settings.control_variate == AUTO
+    noise_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([settings.seed, 1 << 32]).generate_state(1)[0]))
+    noise_values: list[float] = []
+    noise_cap = math.inf
+    remedies = 0
+
+    def noise_level() -> float:
+        """The recent E‖∇L_B₁ − ∇L_B₂‖² of the gradient the chains use now."""
+        use = 1 if chains.job.control_variate is not None else 0
+        return float(np.mean([v[use] for v in noise_values[-3:]]))
+
+    def noise_bound(windows: list[dict[str, np.ndarray]]) -> float:
+        """The ε cap from minibatch noise at the chains' current points (module :mod:`lambdahat.noise`)."""
+        job = chains.job
+        if job.batch_size >= n:
+            return math.inf
+        noise_values.append(noise.gradient_noise(job.potential.loss_and_grad, job.data, chains.positions(),
+                                                 job.batch_size, noise_gen, job.potential.w_star))
+        log.gradient_evaluations += 4
+        recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1)
+        llc = nbeta * (float(np.nanmean(recent)) - init_loss) if np.isfinite(recent).any() else NOISE_LLC_FLOOR
+        return noise.noise_step_bound(NOISE_BIAS * max(llc, NOISE_LLC_FLOOR), nbeta, noise_level())
+
+    def remedy(wanted: float) -> str | None:
+        """Switch on the control variate or raise the batch size, when the noise cap holds ε far
+        below ``wanted`` (the step the acceptance allows); a note, or None if neither applies."""
+        nonlocal chains
+        job = chains.job
+        ratio = wanted / noise_cap
+        if ratio <= REBATCH_RATIO:
+            return None
+        plain, cv = (float(np.mean([v[i] for v in noise_values[-3:]])) for i in (0, 1))
+        if auto_cv and job.control_variate is None and 2 * cv < plain:  # twice the cost, less bias per cost
+            anchor = noise.full_loss_and_grad(job.potential.loss_and_grad, job.data, job.potential.w_star,
+                                              settings.init_loss_batch_size)[1]
+            log.gradient_evaluations += math.ceil(n / job.batch_size)
+            chains = _rebuilt(chains, gamma, control_variate=(init_loss, anchor))
+            return (f"minibatch gradient noise capped ε at {noise_cap:.3g} where the acceptance allowed about "
+                    f"{wanted:.3g}: the control-variate gradient (noise {cv:.3g} against {plain:.3g}) switched on and "
+                    "the warm-up restarted from w*")
+        new = min(noise.batch_for_step(job.batch_size, n, ratio), max(job.batch_size, MAX_BATCH_WORK // max(num_params, 1)))
+        if not auto_batch or new <= job.batch_size:
+            return None
+        old = job.batch_size
+        chains = _rebuilt(chains, gamma, batch_size=new)
+        return (f"minibatch gradient noise capped ε at {noise_cap:.3g} where the acceptance allowed about {wanted:.3g}: "
+                f"batch_size raised from {old} to {new} and the warm-up restarted from w*")
 
     def spend(records: dict[str, np.ndarray], per_step: float) -> None:
         log.gradient_evaluations += int(round(records["loss"].shape[1] * per_step))
 
     def warm_up(steps_min: int, steps_max: int) -> tuple[list[dict[str, np.ndarray]], float]:
         """Adapt ε window by window until the acceptance and the loss level have settled."""
-        nonlocal step, restarts, ceiling
+        nonlocal step, restarts, ceiling, noise_cap
         done, windows = 0, []
         while done < steps_max:
             length = min(WINDOW, steps_max - done)
@@ -178,9 +245,12 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             step_sizes.extend([step] * length)
             done += length
             windows.append(records)
+            if measure_noise and len(windows) % NOISE_EVERY == 1:
+                noise_cap = noise_bound(windows)
             if auto_step:
-                step = min(step * _step_factor(_acceptance(records), target), ceiling)
-            if done >= steps_min and _settled(windows, target if auto_step else None, init_loss, nbeta):
+                step = min(step * _step_factor(_acceptance(records), target), ceiling, noise_cap)
+            capped = auto_step and step >= noise_cap
+            if done >= steps_min and _settled(windows, target if auto_step else None, init_loss, nbeta, capped):
                 break
         recent = [a for a in (_acceptance(r) for r in windows[-3:]) if math.isfinite(a)]
         return windows, float(np.mean(recent)) if recent else float("nan")
@@ -192,6 +262,20 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     reductions = 0
     while True:
         windows, warm_acc = warm_up(min_warmup, max_warmup)
+        if remedies < MAX_NOISE_REMEDIES and step >= noise_cap and math.isfinite(warm_acc):
+            # the acceptance would allow a larger ε than the noise does: remove noise where it pays for itself
+            wanted = step * max(1.0, ((1.0 - target) / max(1.0 - warm_acc, 1e-3)) ** (2.0 / 3.0))
+            discarded = chains.steps
+            note = remedy(wanted)
+            if note is not None:
+                remedies += 1
+                log.notes.append(note)
+                log.discarded_steps += discarded
+                log.chain_mode = chains.mode
+                step_sizes.clear()
+                noise_values.clear()
+                noise_cap = math.inf
+                continue
         if not auto_gamma or reductions >= MAX_GAMMA_REDUCTIONS or not windows:
             break
         half = windows[len(windows) // 2:]
@@ -274,10 +358,14 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     draw_acc = _acceptance({"mala_accept": np.concatenate([r["mala_accept"] for r in draws], axis=1)}) if (
         draws and "mala_accept" in draws[0]) else float("nan")
     log.phases.append(dict(name="draws", steps=num_draws, step_size=step, localization=gamma, acceptance=draw_acc))
+    if noise_values:
+        log.noise_bias = noise.noise_bias(step, nbeta, float(np.mean(noise_values[-3:])))
     if auto_step:
         log.notes.append(
             f"step_size ε = {step:.3g} (ε·nβ = {step * nbeta:.3g}), adapted in the warm-up so that the MALA acceptance of "
             f"the sampler's own steps approaches {target} (draws: {draw_acc:.3f})"
+            + (f", and capped so that minibatch gradient noise adds at most {NOISE_BIAS:.0%} of λ̂ "
+               f"(predicted: {log.noise_bias:.3g})" if step >= noise_cap else "")
         )
     if auto_gamma:
         log.notes.append(f"localization γ = {gamma:g}" + (" (the default: the localization check passed in the warm-up)"
@@ -320,22 +408,35 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     records, first_bad = chains.records()
     records["step_size"] = np.broadcast_to(np.asarray(step_sizes, dtype=float), records["loss"].shape).copy()
     resolved = settings.replace(step_size=step, localization=gamma, num_burnin_steps=burnin, num_draws=num_draws,
-                                max_steps=budget)
+                                max_steps=budget, batch_size=chains.job.batch_size,
+                                control_variate=chains.job.control_variate is not None)
     return records, burnin, first_bad, resolved, log
+
+
+def _rebuilt(chains: ChainSet, gamma: float, **changes: Any) -> ChainSet:
+    """The same chains from w* with ``changes`` to their job (vectorised only where that still works)."""
+    job = dataclasses.replace(chains.job, **changes, _potential=chains.job.potential)
+    mode = chains.mode if chains.mode == "sequential" or job.check_stacked() is None else "sequential"
+    fresh = ChainSet(job, chains.chains, mode)
+    fresh.restart(gamma)
+    return fresh
 
 
 def _warmup_steps(log: Adaptation) -> int:
     return sum(p["steps"] for p in log.phases if p["name"] == "warm-up")
 
 
-def _settled(windows: list[dict[str, np.ndarray]], target: float | None, init_loss: float, nbeta: float) -> bool:
-    """The warm-up may end: the last windows' acceptance is near ``target`` (when adapting ε) and
-    the loss level of the last fifth of the warm-up is within 5% (in λ̂) of the fifth before."""
+def _settled(windows: list[dict[str, np.ndarray]], target: float | None, init_loss: float, nbeta: float,
+             capped: bool = False) -> bool:
+    """The warm-up may end: the last windows' acceptance is near ``target`` (when adapting ε; at
+    least near it when ε is held below by the noise cap, ``capped``) and the loss level of the last
+    fifth of the warm-up is within 5% (in λ̂) of the fifth before."""
     if len(windows) < 10:
         return False
     if target is not None:
         recent = [_acceptance(r) for r in windows[-3:]]
-        if not all(math.isfinite(a) and abs(a - target) <= SETTLED_ACCEPTANCE for a in recent):
+        near = (lambda a: a >= target - SETTLED_ACCEPTANCE) if capped else (lambda a: abs(a - target) <= SETTLED_ACCEPTANCE)
+        if not all(math.isfinite(a) and near(a) for a in recent):
             return False
     k = max(2, len(windows) // 5)
     last = np.concatenate([r["loss"] for r in windows[-k:]], axis=1)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import DataSource
+from .noise import control_variate
 from .potential import LocalizedPotential, Potential
 from .samplers import SamplerConfig
 from .settings import CHAIN_MODES
@@ -87,6 +88,8 @@ class ChainJob:
     batch_size: int
     seed: int
     check_every: int = 100
+    #: (L_n(w*), ∇L_n(w*)): sample with the control-variate gradient of :func:`lambdahat.noise.control_variate`
+    control_variate: tuple[float, Tensor] | None = None
     _potential: Potential | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -174,7 +177,14 @@ class ChainSet:
             self._loss_and_grad = job.potential.loss_and_grad
             self._starts = [w_star] * len(self.chains)
             self._rng = [("seed", s[2]) for s in seeds]  # the model's own RNG (dropout), per chain
+        if job.control_variate is not None:
+            self._loss_and_grad = control_variate(self._loss_and_grad, w_star, *job.control_variate)
         self._states: list[Any] = [None] * len(self._starts)
+
+    def positions(self) -> Tensor:
+        """Every chain's current point, (chain, d) (w* for a chain that has not stepped yet)."""
+        rows = [start if state is None else state.params for state, start in zip(self._states, self._starts)]
+        return torch.cat([w.reshape(-1, w.shape[-1]) for w in rows])
 
     def restart(self, localization: float) -> None:
         """Send every chain back to w* (its generators continue), with a new localisation."""

@@ -24,6 +24,7 @@ from . import diagnostics, health
 from .adapt import Adaptation, adapt_and_sample
 from .chains import ChainJob, ChainSet, choose_mode, progress_enabled, run_chains
 from .data import as_data_source
+from .noise import full_loss_and_grad
 from .potential import Potential, default_nbeta, select_params
 from .samplers import as_sampler_config
 from .settings import AUTO, Settings, default_max_steps
@@ -269,6 +270,8 @@ def estimate_llc(
     n = source.n
     nbeta, nbeta_default = (default_nbeta(n), True) if settings.nbeta is None else (float(settings.nbeta), False)
     batch_size = settings.batch_size
+    # no batch size given anywhere: the warm-up may raise it where minibatch noise would bias λ̂
+    auto_batch = batch_size is None and not source.default_batch_size and not sampler_config.full_batch
     if sampler_config.full_batch:
         if batch_size is not None and batch_size < n:
             raise ValueError(
@@ -308,6 +311,9 @@ def estimate_llc(
             step_size=settings.step_size, nbeta=nbeta, localization=settings.localization,
             num_steps=0, batch_size=batch_size, seed=settings.seed, _potential=potential,
         )
+        if settings.control_variate is True:
+            anchor = full_loss_and_grad(potential.loss_and_grad, source, potential.w_star, settings.init_loss_batch_size)[1]
+            job.control_variate = (init_loss, anchor)
         extras = dict(
             sampler=sampler_config.name, sampler_options=dict(sampler_config.options), nbeta=nbeta,
             nbeta_default=nbeta_default, n=n, init_loss_samples=n, num_params=potential.num_params,
@@ -324,7 +330,7 @@ def estimate_llc(
             )
             evaluations = settings.num_chains * job.num_steps * sampler_config.evaluations_per_step
         else:  # the warm-up sets the localisation (given, or its own starting value) before any step
-            trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress)
+            trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress, auto_batch)
             evaluations = settings.num_chains * adaptation.gradient_evaluations
     finally:
         torch.set_num_threads(threads)
@@ -349,7 +355,7 @@ def select_threads(num_params: int) -> int | None:
 
 
 def _adaptive_run(job: ChainJob, settings: Settings, init_loss: float, nbeta: float, extras: dict[str, Any],
-                  progress: bool) -> tuple[Trace, Settings, Adaptation]:
+                  progress: bool, auto_batch: bool) -> tuple[Trace, Settings, Adaptation]:
     """The warm-up, the draws and the bias check of :mod:`lambdahat.adapt`, as one Trace."""
     from tqdm.auto import tqdm
 
@@ -364,8 +370,9 @@ def _adaptive_run(job: ChainJob, settings: Settings, init_loss: float, nbeta: fl
                disable=not progress_enabled(progress), leave=False)
     try:
         records, burnin, first_bad, resolved, adaptation = adapt_and_sample(
-            chains, settings, init_loss=init_loss, nbeta=nbeta, num_params=job.potential.num_params, bar=bar)
+            chains, settings, init_loss=init_loss, nbeta=nbeta, num_params=job.potential.num_params,
+            auto_batch=auto_batch, bar=bar)
     finally:
         bar.close()
-    config = {**resolved.to_dict(), **extras, "chain_mode": mode, "adaptation": adaptation.to_dict()}
+    config = {**resolved.to_dict(), **extras, "chain_mode": adaptation.chain_mode, "adaptation": adaptation.to_dict()}
     return Trace(records, burnin, first_bad, config), resolved, adaptation

@@ -57,7 +57,13 @@ class Settings:
         "draws per chain after burn-in; auto: extended until the convergence, R-hat and ESS checks pass and the "
         "MCSE is within target_rel_mcse, or the step budget is spent", "int_or_auto"))
     batch_size: int | None = field(default=None, metadata=_help(
-        "minibatch size; default the DataLoader's, else 256, clipped to n", "int"))
+        "minibatch size; default the DataLoader's, else 256 (clipped to n), raised by the warm-up when minibatch "
+        "gradient noise would otherwise bias λ̂ or force a much smaller step", "int"))
+    control_variate: bool | str = field(default=AUTO, metadata=_help(
+        "sample with the control-variate gradient ∇L_B(w) − ∇L_B(w*) + ∇L_n(w*) (Baker et al. 2019), which removes "
+        "most minibatch noise for twice the cost of a step; auto: switched on by the warm-up when the measured "
+        "minibatch noise would otherwise hold the step size down (off when the other settings are all given)",
+        "bool_or_auto"))
     sampler: Any = field(default="sgld", metadata=_help(
         "sgld, rmsprop_sgld, sghmc, sgnht or mala", "str"))
     max_steps: int | str = field(default=AUTO, metadata=_help(
@@ -93,6 +99,8 @@ class Settings:
         _check_int("seed", self.seed, 0, "use a non-negative integer seed")
         if self.chain_mode not in CHAIN_MODES:
             raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {self.chain_mode!r}.")
+        if not (isinstance(self.control_variate, bool) or self.control_variate == AUTO):
+            raise ValueError(f"control_variate must be True, False or 'auto', got {self.control_variate!r}.")
         if not isinstance(self.train_mode, bool):
             raise ValueError(f"train_mode must be True or False, got {self.train_mode!r}.")
         _check_int("init_loss_batch_size", self.init_loss_batch_size, 1, "use a positive batch size")

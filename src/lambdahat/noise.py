@@ -1,0 +1,110 @@
+"""Minibatch gradient noise and the bias it adds to λ̂.
+
+SGLD's drift uses a minibatch gradient nβ ∇L_B(w) in place of nβ ∇L_n(w). The difference is
+extra noise of covariance (ε²/4) nβ² Σ_B per step on top of the injected ε I, where
+Σ_B = Cov(∇L_B(w)) over the draw of the minibatch. Near a minimum, with A the Hessian of the
+potential U, the chain's stationary covariance S solves the Lyapunov equation
+A S + S A = 2 (I + (ε/4) nβ² Σ_B) to first order in ε, and taking the trace gives
+E[U] − U(w*) = ½ tr(A S) = d/2 + (ε/8) nβ² tr(Σ_B), whatever A is. So the minibatch noise adds
+
+    Δλ̂ ≈ (ε/8) nβ² tr(Σ_B) = (ε/16) nβ² E‖∇L_B₁(w) − ∇L_B₂(w)‖²
+
+to λ̂, where B₁ and B₂ are two independent minibatches at the same point (their difference has
+covariance 2 Σ_B). The bias is linear in ε and, through Σ_B, inversely proportional to the batch
+size (sampled without replacement, Σ_B = (1 − (B − 1)/(n − 1)) Σ₁ / B with Σ₁ the per-sample
+gradient covariance). It vanishes for a noise-free teacher at w* (every per-sample gradient is
+zero there) and dominates for noisy targets at large nβ, where the Metropolis acceptance of a
+step, computed on that step's own minibatch, cannot see it (Welling & Teh 2011 and Vollmer,
+Zygalakis & Teh, JMLR 2016, analyse the same error of stochastic-gradient Langevin dynamics).
+
+Two remedies, chosen by the warm-up of :mod:`lambdahat.adapt` from the measured noise: a larger
+batch, or the **control variate** of Baker, Fearnhead, Fox & Nemeth ("Control variates for
+stochastic gradient MCMC", Statistics and Computing 2019): with the anchor w* (where the
+localised posterior is centred),
+
+    ∇L̃_B(w) = ∇L_B(w) − ∇L_B(w*) + ∇L_n(w*),
+    L̃_B(w) = L_B(w) − [L_B(w*) + ⟨∇L_B(w*), w − w*⟩] + [L_n(w*) + ⟨∇L_n(w*), w − w*⟩],
+
+unbiased for ∇L_n(w) and L_n(w) (the bracketed first-order expansions around w* have the same
+mean over minibatches), and L̃_B is the function whose gradient is ∇L̃_B, so Metropolis ratios
+computed from it stay consistent. The noise shrinks with ‖w − w*‖ instead of staying at the
+per-sample spread: for noisy targets it removes nearly all of it, at the price of a second
+gradient evaluation per step (at w*, on the same batch). Its loss, recorded by the samplers,
+removes the minibatch noise of λ̂'s draws in the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .data import DataSource
+
+__all__ = ["gradient_noise", "noise_bias", "noise_step_bound", "batch_for_step", "control_variate", "full_loss_and_grad"]
+
+LossAndGrad = Callable[[Tensor, Any], tuple[Tensor, Tensor]]
+
+
+@torch.no_grad()
+def gradient_noise(loss_and_grad: LossAndGrad, data: DataSource, points: Tensor, batch_size: int,
+                   generator: torch.Generator, anchor: Tensor) -> tuple[float, float]:
+    """E‖∇L_B₁(w) − ∇L_B₂(w)‖² for the plain and for the control-variate gradient (anchor w*),
+    averaged over the rows of ``points`` (one point per chain, (K, d)), each from two independent
+    minibatches of ``batch_size`` drawn without replacement."""
+    plain = cv = 0.0
+    for w in points:
+        first, second = (data.batch(torch.randperm(data.n, generator=generator)[:batch_size]) for _ in range(2))
+        g1, g2 = loss_and_grad(w, first)[1], loss_and_grad(w, second)[1]
+        a1, a2 = loss_and_grad(anchor, first)[1], loss_and_grad(anchor, second)[1]
+        plain += float((g1 - g2).square().sum())
+        cv += float((g1 - a1 - g2 + a2).square().sum())
+    return plain / len(points), cv / len(points)
+
+
+def control_variate(loss_and_grad: LossAndGrad, anchor: Tensor, anchor_loss: float, anchor_grad: Tensor) -> LossAndGrad:
+    """``loss_and_grad`` with the control variate of the module docstring: L̃_B(w) and ∇L̃_B(w), for
+    w shaped (d,) or (K, d) (the anchor is broadcast over the chains)."""
+
+    def corrected(w: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        loss, grad = loss_and_grad(w, batch)
+        loss0, grad0 = loss_and_grad(anchor if w.dim() == 1 else anchor.expand_as(w), batch)
+        tilt = ((anchor_grad - grad0) * (w - anchor)).sum(dim=-1)
+        return loss - loss0 + anchor_loss + tilt, grad.sub_(grad0).add_(anchor_grad)
+
+    return corrected
+
+
+def full_loss_and_grad(loss_and_grad: LossAndGrad, data: DataSource, w: Tensor, batch_size: int) -> tuple[float, Tensor]:
+    """L_n(w) and ∇L_n(w) over the whole data, in chunks of ``batch_size``."""
+    total, grad = 0.0, torch.zeros_like(w)
+    for size, batch in data.in_order(batch_size):
+        loss, g = loss_and_grad(w, batch)
+        total += float(loss) * size
+        grad.add_(g, alpha=size / data.n)
+    return total / data.n, grad
+
+
+def noise_bias(step_size: float, nbeta: float, noise: float) -> float:
+    """Δλ̂ ≈ (ε/16) nβ² E‖∇L_B₁ − ∇L_B₂‖²: the λ̂ that minibatch noise adds (module docstring)."""
+    return step_size * nbeta**2 * noise / 16
+
+
+def noise_step_bound(allowed_bias: float, nbeta: float, noise: float) -> float:
+    """The largest ε whose minibatch-noise bias :func:`noise_bias` is at most ``allowed_bias``."""
+    if noise <= 0 or not math.isfinite(noise):
+        return math.inf
+    return 16 * allowed_bias / (nbeta**2 * noise)
+
+
+def batch_for_step(batch_size: int, n: int, ratio: float) -> int:
+    """The batch size whose noise bias is ``ratio`` times smaller than at ``batch_size``.
+
+    tr Σ_B ∝ (n − B) / (B (n − 1)), so the bias shrinks by ``ratio`` at
+    B' = ratio · B · n / (n − B + ratio · B), capped at n."""
+    if ratio <= 1:
+        return batch_size
+    return min(n, math.ceil(ratio * batch_size * n / (n - batch_size + ratio * batch_size)))
