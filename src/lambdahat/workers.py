@@ -1,10 +1,12 @@
-"""A process pool whose workers never outlive their parent: :func:`lambdahat.trajectory`'s own
-(``workers=``).
+"""A process pool whose workers never outlive the process that made it: :func:`lambdahat.trajectory`'s
+own (``workers=``) and ``lambdahat trajectory --workers``'s.
 
-Each worker runs one torch thread, leaves Ctrl-C to the parent (which stops the pool at once with
-:func:`stop_pool`, without waiting for running chains), and exits as soon as the parent is gone,
+Each worker leaves Ctrl-C to the parent (which stops the pool at once with :func:`stop_pool`,
+without waiting for running chains), and exits as soon as the process that made the pool is gone,
 even when it was killed with SIGKILL and could not stop its pool (an idle worker would otherwise
-wait for work forever).
+wait for work forever). It watches two things every half second: its own parent (which changes
+when the parent dies and the worker is re-parented) and the pool's maker by process id (which is
+not the worker's parent under a fork server).
 """
 
 from __future__ import annotations
@@ -20,33 +22,61 @@ import torch
 
 __all__ = ["worker_pool", "stop_pool"]
 
+#: how often, in seconds, a worker checks that the pool's maker is still there
+WATCH_INTERVAL = 0.5
 
-def _worker_start(parent: int) -> None:
-    """Initializer of trajectory's own workers: one torch thread, Ctrl-C left to the parent (which
-    stops the pool), and exit as soon as the parent is gone (killed, even by SIGKILL)."""
-    torch.set_num_threads(1)
+
+def _worker_start(maker: int, threads: int | None) -> None:
+    """Initializer of every worker: ``threads`` torch threads (None: as inherited), Ctrl-C left to
+    the maker (which stops the pool), and exit as soon as the maker is gone (killed, even by SIGKILL)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="lambdahat-parent-watch").start()
+    parent = os.getppid()
+    threading.Thread(target=_exit_with, args=(maker, parent), daemon=True, name="lambdahat-parent-watch").start()
 
 
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)  # the parent is gone: nobody will read this worker's results
+def _exit_with(maker: int, parent: int, interval: float = WATCH_INTERVAL) -> None:
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent or not _alive(maker):
+            os._exit(1)  # the maker is gone: nobody will read this worker's results
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` spawned processes started by :func:`_worker_start`."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_start, initargs=(os.getpid(),))
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a pid reused by another user's process
+        return False
+    return True
 
 
-def stop_pool(pool: ProcessPoolExecutor) -> None:
+def worker_pool(workers: int, *, context: str | None = "spawn", threads: int | None = 1) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes started by :func:`_worker_start`.
+
+    ``context``: the multiprocessing start method (None: the platform's default, e.g. fork on
+    Linux before Python 3.14, which keeps the modules the parent imported, such as a model factory
+    loaded from a file). ``threads``: torch intra-op threads per worker (None: what the worker
+    inherits: the parent's setting under fork, torch's default under spawn)."""
+    mp_context = multiprocessing.get_context(context) if context is not None else None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, initializer=_worker_start,
+                               initargs=(os.getpid(), threads))
+
+
+def stop_pool(pool: ProcessPoolExecutor | None) -> None:
     """Stop now: cancel what is queued and end the workers, without waiting for running chains."""
+    if pool is None:
+        return
     processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before 3.14
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(pool, "terminate_workers", None)  # Python ≥ 3.14
+    if terminate is not None:
+        terminate()
+    else:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.join(timeout=5)

@@ -11,13 +11,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
+from ..workers import stop_pool, worker_pool
 from .config import Option, add_setting_flags, read_config
 from .errors import UserError, positive_int
 from .estimate import add_running_flags
@@ -155,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {err.filename or cache}: {err.strerror or err}; free some space or choose "
                         "another --cache-dir (or --no-cache), then rerun to resume.") from None
     except BaseException:  # Ctrl-C above all: stop the workers now rather than after their running tasks
-        _stop(pool)
+        stop_pool(pool)
         pool = None
         raise
     finally:
@@ -180,47 +177,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pool(workers: int | None):
+    """``--workers``: lambdahat.workers' pool, started the platform's default way (fork on Linux
+    before Python 3.14: the workers keep the modules the command imported, a model factory from a
+    file among them) and with the torch threads the command set (--threads, or its own policy)."""
     if not workers:
         return None
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(max_workers=positive_int(str(workers)), initializer=_worker_init,
-                               initargs=(os.getpid(),))
-
-
-def _worker_init(command_pid: int) -> None:
-    """In each worker: leave Ctrl-C to the command (no traceback per worker), and exit when the
-    command is gone (killed with -9, it cannot stop its pool: the workers would stay alive)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-    threading.Thread(target=_exit_with, args=(command_pid, parent), daemon=True).start()
-
-
-def _exit_with(command_pid: int, parent: int, interval: float = 0.5) -> None:
-    while True:
-        time.sleep(interval)
-        if os.getppid() != parent or not _alive(command_pid):
-            os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - a pid reused by another user's process
-        return False
-    return True
-
-
-def _stop(pool) -> None:
-    """Stop a pool's workers now (on Ctrl-C), instead of waiting for their running tasks."""
-    if pool is None:
-        return
-    terminate = getattr(pool, "terminate_workers", None)  # Python ≥ 3.14
-    if terminate is not None:
-        terminate()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
+    return worker_pool(positive_int(str(workers)), context=None, threads=None)
