@@ -8,9 +8,10 @@ Lau, Furman, Wang, Murfet, Wei, "The Local Learning Coefficient: A Singularity-A
 Measure", arXiv 2308.12108.
 """
 
-from . import diagnostics, health, losses, plot, report, samplers, tasks, truth
+from . import diagnostics, health, losses, observables, plot, report, samplers, tasks, truth
 from .calibrate import CalibrationResult, calibrate
 from .estimate import LLCResult, estimate_llc, llc_from_trace
+from .observables import bif
 from .samplers import SamplerConfig
 from .settings import Settings
 from .report import write_report
@@ -20,6 +21,8 @@ from .trajectory import TrajectoryResult, trajectory  # the function shadows the
 
 __all__ = [
     "estimate_llc",
+    "bif",
+    "observables",
     "calibrate",
     "CalibrationResult",
     "write_report",

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from .potential import LocalizedPotential, Potential
 from .samplers import SamplerConfig
 from .settings import CHAIN_MODES
 from .trace import Trace
+
+if TYPE_CHECKING:
+    from .observables import Probe
 
 __all__ = ["ChainJob", "ChainSet", "chain_seeds", "run_chains", "progress_enabled", "CHAIN_MODES"]
 
@@ -90,6 +93,8 @@ class ChainJob:
     check_every: int = 100
     #: (L_n(w*), ∇L_n(w*)): sample with the control-variate gradient of :func:`lambdahat.noise.control_variate`
     control_variate: tuple[float, Tensor] | None = None
+    #: per-sample losses of a probe set, evaluated while sampling (:class:`lambdahat.observables.Probe`)
+    probe: Probe | None = None
     _potential: Potential | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -180,6 +185,9 @@ class ChainSet:
         if job.control_variate is not None:
             self._loss_and_grad = control_variate(self._loss_and_grad, w_star, *job.control_variate)
         self._states: list[Any] = [None] * len(self._starts)
+        # the probe hook: per kept segment, (steps probed, per-sample losses (chain, row, sample))
+        self._probe_losses = job.probe.evaluator(job.potential, job.model, job.loss_fn) if job.probe else None
+        self._probe_segments: list[tuple[np.ndarray, np.ndarray]] = []
 
     def positions(self) -> Tensor:
         """Every chain's current point, (chain, d) (w* for a chain that has not stepped yet)."""
@@ -196,6 +204,7 @@ class ChainSet:
         over); the generators continue."""
         self._states = [None] * len(self._starts)
         self._segments.clear()
+        self._probe_segments.clear()
         self.first_bad = [None] * len(self.chains)
         self.steps = 0
 
@@ -207,12 +216,18 @@ class ChainSet:
         potential = LocalizedPotential(self._loss_and_grad, job.potential.w_star, job.nbeta, self.localization)
         sampler = job.sampler.with_options(**dict(options or {})).build(potential, step_size=step_size)
         device = job.potential.w_star.device
+        probed = job.probe.schedule(self.steps, num_steps) if self._probe_losses is not None and self.keep else None
+        probe_rows: list[Tensor | None] = []
         rows = []
         for i in range(len(self._starts)):
+            probe_rows.append(None)
             if self.mode != "vectorized" and self.first_bad[i] is not None and self._segments:
                 names = self._segments[-1].keys()  # a diverged chain is not stepped again
                 rows.append(({name: np.full((1, num_steps), np.nan) for name in names}, None))
                 continue
+            hook = None
+            if probed is not None and len(probed):
+                probe_rows[i], hook = self._probe_hook(i, probed)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 rng = self._rng[i]
                 if isinstance(rng, tuple):
@@ -220,7 +235,8 @@ class ChainSet:
                 elif rng is not None:
                     torch.set_rng_state(rng)
                 state, records, bad = _loop(
-                    sampler, self._states[i], self._starts[i], self._batches[i], self._noise[i], num_steps, job.check_every, bar
+                    sampler, self._states[i], self._starts[i], self._batches[i], self._noise[i], num_steps, job.check_every, bar,
+                    hook,
                 )
                 if rng is not None:
                     self._rng[i] = torch.get_rng_state()
@@ -242,10 +258,56 @@ class ChainSet:
                 for values in records.values():
                     values[k, max(0, step - self.steps):] = np.nan
         if self.keep:
+            if probed is not None:
+                self._probe_segments.append(self._probe_segment(probe_rows, probed, first_bad))
             self.first_bad = first_bad
             self._segments.append(records)
             self.steps += num_steps
         return records
+
+    def _probe_hook(self, i: int, probed: np.ndarray) -> tuple[Tensor, tuple[dict[int, int], Callable]]:
+        """Chain group i's probe buffer (chain, row, sample), NaN until filled, and the hook of
+        :func:`_loop` that fills row r with the probe's losses after step ``probed[r]``."""
+        w_star = self.job.potential.w_star
+        width = self._starts[i].shape[0] if self._starts[i].dim() == 2 else 1
+        buffer = torch.full((width, len(probed), self.job.probe.size), float("nan"), device=w_star.device,
+                            dtype=w_star.dtype)
+        device = w_star.device
+
+        def record(row: int, params: Tensor) -> None:
+            # forked: a stochastic forward (dropout in train mode) leaves the chain's own randomness as it was
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                buffer[:, row] = self._probe_losses(params).reshape(width, -1)
+
+        return buffer, ({int(t): r for r, t in enumerate(probed)}, record)
+
+    def _probe_segment(self, probe_rows: list[Tensor | None], probed: np.ndarray,
+                       first_bad: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        """This segment's probe rows as (global steps, losses (chain, row, sample)); NaN for a
+        chain from its first non-finite step on."""
+        m = self.job.probe.size
+        parts = []
+        for i, rows in enumerate(probe_rows):
+            if rows is None:
+                width = self._starts[i].shape[0] if self._starts[i].dim() == 2 else 1
+                parts.append(np.full((width, len(probed), m), np.nan))
+            else:
+                parts.append(rows.cpu().numpy())
+        values = np.concatenate(parts)
+        steps = self.steps + probed
+        for k, step in enumerate(first_bad):
+            if step is not None:
+                values[k, steps >= step] = np.nan
+        return steps, values
+
+    def probe_records(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every kept probe row: the per-sample losses (chain, row, sample) and the step after
+        which each row was evaluated, broadcast to (chain, row)."""
+        m, k = self.job.probe.size, len(self.chains)
+        steps = np.concatenate([s for s, _ in self._probe_segments]) if self._probe_segments else np.zeros(0, np.int64)
+        values = (np.concatenate([v for _, v in self._probe_segments], axis=1) if self._probe_segments
+                  else np.zeros((k, 0, m)))
+        return values, np.broadcast_to(steps, (k, len(steps))).copy()
 
     def recorded(self, name: str) -> np.ndarray:
         """Every recorded step of ``name`` so far, shaped (chain, step)."""
@@ -253,7 +315,10 @@ class ChainSet:
 
     def records(self) -> tuple[dict[str, np.ndarray], list[int | None]]:
         """Every step of every segment, shaped (chain, step), and each chain's first bad step."""
-        return {name: self.recorded(name) for name in self._segments[0]}, list(self.first_bad)
+        records = {name: self.recorded(name) for name in self._segments[0]}
+        if self._probe_losses is not None:  # the probe hook's rows; Trace moves them to Trace.probe
+            records["probe"], records["probe_step"] = self.probe_records()
+        return records, list(self.first_bad)
 
 
 def _stacked_batches(data: DataSource, orders):
@@ -269,11 +334,12 @@ def _run_chain_task(job: ChainJob, chain: int, submitter: int) -> ChainRecord:
     return job.run(chain)
 
 
-def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, check_every: int, bar):
+def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, check_every: int, bar, probe=None):
     """Step one chain (params of shape (d,)) or a stack (shape (K, d)) ``num_steps`` times from
     ``state``, or from a fresh state at ``start`` when ``state`` is None; return the final state,
     per-step records as float64 arrays shaped (K, num_steps) (K = 1 for one chain), and each
-    chain's first non-finite step (None if none)."""
+    chain's first non-finite step (None if none). ``probe``: ({step: row}, record), and
+    ``record(row, params)`` is called after each of those steps (the probe hook)."""
     device = start.device
     stacked = start.dim() == 2
     shape = (start.shape[0], num_steps) if stacked else (num_steps,)
@@ -287,6 +353,8 @@ def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, che
             if state is None:  # init sees the first step's batch (MALA evaluates its start point on it)
                 state = sampler.init(start, batch)
             state, info = sampler.step(state, batch, generator)
+            if probe is not None and t in probe[0]:
+                probe[1](probe[0][t], state.params)
             for name, value in zip(info._fields, info):
                 if name not in per_step:
                     per_step[name] = torch.full(shape, float("nan"), device=device, dtype=value.dtype)

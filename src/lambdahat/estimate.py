@@ -206,6 +206,9 @@ def estimate_llc(
     *,
     executor: Executor | None = None,
     progress: bool = True,
+    probe: Any = None,
+    probe_every: int = 1,
+    probe_batch_size: int | None = None,
     **settings: Any,
 ) -> LLCResult:
     """Estimate the local learning coefficient of ``model`` at its current weights w*.
@@ -232,6 +235,20 @@ def estimate_llc(
             identical to the sequential run's.
         progress: show a progress bar, with the phase (warm-up, draws, bias check); it stays quiet
             when stderr is neither a terminal nor a notebook.
+        probe: a fixed probe set, in the form of ``data`` (the same kinds and sample shapes): after
+            every ``probe_every``-th draw of every chain (post burn-in) the per-sample loss ℓ_i(w_t)
+            of each of its m samples is evaluated at the chain's point and stored in
+            ``result.trace.probe``, shaped (chain, draw, sample), with ``result.trace.probe_steps``
+            (saved and loaded with the Trace); :func:`lambdahat.bif` uses them. The per-sample
+            form of ``loss_fn`` is ``loss_fn.per_sample`` or ``loss_fn`` on one-sample batches
+            (:mod:`lambdahat.losses`); the probe and that form are checked before any sampling.
+            Cost: ceil(m / ``probe_batch_size``) forward passes per chain per probed draw (not
+            counted in ``gradient_evaluations``; with adapted settings the warm-up is probed too,
+            its rows dropped, as its length is known only at its end); memory: m × 4 bytes (float32
+            models; 8 for float64) per chain per probed draw. The chains themselves are exactly
+            those of the same run without a probe.
+        probe_every: evaluate the probe after every k-th draw (k ≥ 1).
+        probe_batch_size: samples per probe forward pass (default: the sampling batch size).
         **settings: any field of :class:`lambdahat.settings.Settings` (the one place their
             defaults and meanings are written): ``step_size``, ``localization``, ``nbeta``,
             ``num_chains``, ``num_burnin_steps``, ``num_draws``, ``batch_size``, ``sampler``,
@@ -243,6 +260,8 @@ def estimate_llc(
             the data of interest as ``data``.
     """
     start = time.perf_counter()
+    if probe is None and (probe_every != 1 or probe_batch_size is not None):
+        raise ValueError("probe_every and probe_batch_size set how the probe is evaluated; pass probe=probe_data too.")
     sampled_params = settings.pop("sampled_params", None)
     settings = Settings.from_mapping(settings, where="estimate_llc")
     sampler_config = as_sampler_config(settings.sampler)
@@ -305,11 +324,18 @@ def estimate_llc(
             init_loss = potential.full_loss(potential.w_star, source, settings.init_loss_batch_size)
         if not math.isfinite(init_loss):
             raise ValueError(f"loss_fn is not finite at w* on the full data (L_n(w*) = {init_loss}).")
+        probe_set = None
+        if probe is not None:  # validated before any sampling work
+            from .observables import make_probe
+
+            start_step = 0 if settings.auto_fields else settings.num_burnin_steps
+            probe_set = make_probe(probe, probe_every, probe_batch_size, batch_size, device, start=start_step)
+            probe_set.check(potential, model, loss_fn, source)
         model.train(settings.train_mode)
         job = ChainJob(
             model=model, loss_fn=loss_fn, sampled_names=names, masks=masks, data=source, sampler=sampler_config,
             step_size=settings.step_size, nbeta=nbeta, localization=settings.localization,
-            num_steps=0, batch_size=batch_size, seed=settings.seed, _potential=potential,
+            num_steps=0, batch_size=batch_size, seed=settings.seed, probe=probe_set, _potential=potential,
         )
         if settings.control_variate is True:
             anchor = full_loss_and_grad(potential.loss_and_grad, source, potential.w_star, settings.init_loss_batch_size)[1]
@@ -320,6 +346,8 @@ def estimate_llc(
             sampled_params=names,
             masked_params={name: int(mask.sum()) for name, mask in masks.items() if name in names} if masks else None,
         )
+        if probe_set is not None:
+            extras["probe"] = dict(size=probe_set.size, every=probe_set.every, batch_size=probe_set.batch_size)
         adaptation = None
         if not settings.auto_fields:
             job.num_steps = settings.num_burnin_steps + settings.num_draws

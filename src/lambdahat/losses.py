@@ -12,6 +12,15 @@ Two forms of ``loss_fn`` are accepted by :func:`lambdahat.estimate_llc`:
 Either way the loss must be the **mean** over the batch of a per-sample loss
 l(w; x, y) = -log p(y | x, w), so that the estimator's nβ means what it says (Lau et al.,
 arXiv 2308.12108, §2). The ready-made losses below follow that convention.
+
+**Per-sample form** (for the probe of :func:`lambdahat.estimate_llc`, the losses ℓ_i(w) of
+single samples): a loss may carry a ``per_sample`` attribute, a function of the same form
+(``(output, target)`` or ``(model, batch)``) that returns the B per-sample losses, shape (B,),
+whose mean is the loss; the ready-made losses below have one. Without it, ℓ_i is the loss of the
+one-sample batch i, computed for every sample at once with ``torch.func.vmap`` (for a criterion,
+over the model's output and the targets; for a model loss, over the batch, model call included).
+:func:`make_per_sample_loss` builds either; the probe checks, before any sampling, that the mean
+of the per-sample losses is the loss.
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils._pytree import tree_map
 
-__all__ = ["gaussian_nll", "cross_entropy", "next_token", "is_model_loss"]
+__all__ = ["gaussian_nll", "cross_entropy", "next_token", "is_model_loss", "make_per_sample_loss"]
 
 
 def gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
@@ -39,13 +50,34 @@ def gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
             f"gaussian_nll: model output has shape {tuple(output.shape)} but targets have shape "
             f"{tuple(target.shape)}; make the model's output match the targets."
         )
+    return _gaussian_nll_per_sample(output, target).mean()
+
+
+def _gaussian_nll_per_sample(output: Tensor, target: Tensor) -> Tensor:
+    """½ ‖y_i − f(x_i; w)‖² for each sample i, shape (B,)."""
+    if output.shape != target.shape:
+        raise ValueError(
+            f"gaussian_nll: model output has shape {tuple(output.shape)} but targets have shape "
+            f"{tuple(target.shape)}; make the model's output match the targets."
+        )
     diff = (output - target).reshape(output.shape[0], -1)
-    return 0.5 * diff.pow(2).sum(dim=1).mean()
+    return 0.5 * diff.pow(2).sum(dim=1)
 
 
 def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
     """Classification: l = −log softmax(f(x; w))_y, averaged over the batch."""
     return F.cross_entropy(output, target)
+
+
+def _cross_entropy_per_sample(output: Tensor, target: Tensor) -> Tensor:
+    """−log softmax(f(x_i; w))_{y_i} for each sample i, shape (B,) (averaged over any further
+    positions, as ``F.cross_entropy`` averages them)."""
+    values = F.cross_entropy(output, target, reduction="none")
+    return values.reshape(values.shape[0], -1).mean(dim=1)
+
+
+gaussian_nll.per_sample = _gaussian_nll_per_sample  # type: ignore[attr-defined]
+cross_entropy.per_sample = _cross_entropy_per_sample  # type: ignore[attr-defined]
 
 
 def next_token(model: Callable[..., Tensor], batch: Any) -> Tensor:
@@ -54,6 +86,11 @@ def next_token(model: Callable[..., Tensor], batch: Any) -> Tensor:
     ``batch`` is a (B, T+1) tensor of token ids or a pair (inputs, targets) of (B, T) tensors;
     l = −log p(x_{t+1} | x_{≤t}), averaged over batch and positions.
     """
+    logits, targets = _next_token_logits(model, batch)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _next_token_logits(model: Callable[..., Tensor], batch: Any) -> tuple[Tensor, Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) == 1:  # torch's collation of a one-tensor dataset
         batch = batch[0]
     if isinstance(batch, (tuple, list)):
@@ -63,7 +100,18 @@ def next_token(model: Callable[..., Tensor], batch: Any) -> Tensor:
     logits = model(inputs)
     if hasattr(logits, "logits"):  # Hugging Face model outputs
         logits = logits.logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return logits, targets
+
+
+def _next_token_per_sample(model: Callable[..., Tensor], batch: Any) -> Tensor:
+    """Each sequence's next-token loss, averaged over its positions, shape (B,): every sequence
+    has the same length, so their mean is :func:`next_token`."""
+    logits, targets = _next_token_logits(model, batch)
+    values = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return values.view(targets.shape[0], -1).mean(dim=1)
+
+
+next_token.per_sample = _next_token_per_sample  # type: ignore[attr-defined]
 
 
 def is_model_loss(loss_fn: Callable[..., Tensor]) -> bool:
@@ -112,3 +160,39 @@ def make_batch_loss(
             return loss_fn(output, targets)
 
     return batch_loss
+
+
+def make_per_sample_loss(
+    model: nn.Module, loss_fn: Callable[..., Tensor]
+) -> Callable[[dict[str, Tensor], Any], Tensor]:
+    """Return ``per_sample(tensors, batch)``: the B losses ℓ_i of the batch's samples, shape (B,),
+    at the given parameters/buffers (the rule is in the module docstring: ``loss_fn.per_sample``
+    when there is one, else ``loss_fn`` on each one-sample batch by ``torch.func.vmap``). Whether
+    the result really is per-sample (its mean the loss) is checked by the caller, on data."""
+    given = getattr(loss_fn, "per_sample", None)
+    if is_model_loss(loss_fn):
+        if given is not None:
+
+            def per_sample(tensors: dict[str, Tensor], batch: Any) -> Tensor:
+                return given(FunctionalModel(model, tensors), batch)
+
+        else:
+
+            def per_sample(tensors: dict[str, Tensor], batch: Any) -> Tensor:
+                functional = FunctionalModel(model, tensors)
+
+                def one(sample: Any) -> Tensor:
+                    return loss_fn(functional, tree_map(lambda leaf: leaf.unsqueeze(0), sample))
+
+                return torch.func.vmap(one)(batch)
+
+    else:
+        criterion = given if given is not None else torch.func.vmap(
+            lambda output, target: loss_fn(output.unsqueeze(0), target.unsqueeze(0)))
+
+        def per_sample(tensors: dict[str, Tensor], batch: Any) -> Tensor:
+            inputs, targets = batch
+            output = functional_call(model, tensors, (inputs,), strict=False)
+            return criterion(output, targets)
+
+    return per_sample

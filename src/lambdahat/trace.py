@@ -23,12 +23,34 @@ class Trace:
     :meth:`draws` for the post-burn-in part. Steps after a chain diverged are NaN, and
     ``diverged_at[c]`` is the first step whose loss was not finite (None for a healthy chain).
     ``config`` holds every setting that produced the run (JSON-serialisable).
+
+    ``probe`` (a run with ``estimate_llc(..., probe=...)``, else None): the per-sample losses of
+    the probe set, shaped (chain, draw, sample), for the probed draws after burn-in only;
+    ``probe_steps[r]`` is the step after which row r was evaluated (≥ ``num_burnin_steps``, on the
+    step axis of ``arrays``). A row is NaN for a chain that had diverged by then. Records as
+    :meth:`lambdahat.chains.ChainSet.records` gives them may carry the probe as
+    ``arrays["probe"]`` (chain, row, sample) and ``arrays["probe_step"]`` (chain, row), burn-in
+    rows included: they are moved here, and the rows before ``num_burnin_steps`` dropped.
     """
 
     arrays: dict[str, np.ndarray]
     num_burnin_steps: int
     diverged_at: list[int | None]
     config: dict[str, Any] = field(default_factory=dict)
+    probe: np.ndarray | None = None
+    probe_steps: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if "probe" in self.arrays:
+            self.arrays = dict(self.arrays)
+            self.probe = np.asarray(self.arrays.pop("probe"))
+            self.probe_steps = self.arrays.pop("probe_step", None)
+        if self.probe is not None:
+            rows = self.probe.shape[1]
+            steps = np.arange(rows) if self.probe_steps is None else np.asarray(self.probe_steps)
+            steps = steps.reshape(-1, rows)[0].astype(np.int64)
+            kept = steps >= self.num_burnin_steps
+            self.probe, self.probe_steps = self.probe[:, kept], steps[kept]
 
     @property
     def num_chains(self) -> int:
@@ -56,7 +78,8 @@ class Trace:
         return self.arrays[name][:, self.num_burnin_steps :]
 
     def save(self, path: str | Path) -> Path:
-        """Save to a ``.npz`` file (arrays, divergence steps and config as JSON); returns its path.
+        """Save to a ``.npz`` file (arrays, the probe's losses and steps when there are any,
+        divergence steps and config as JSON); returns its path.
 
         ``.npz`` is appended when ``path`` lacks it (as numpy does), so ``save("x")`` writes
         ``x.npz`` and ``load("x")`` reads it back. The file is written to a temporary name in the
@@ -70,8 +93,9 @@ class Trace:
         )
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
+            probe = {} if self.probe is None else {"probe": self.probe, "probe_step": self.probe_steps}
             with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, __meta__=np.array(meta), **self.arrays)
+                np.savez_compressed(handle, __meta__=np.array(meta), **self.arrays, **probe)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
