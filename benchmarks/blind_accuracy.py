@@ -3,6 +3,7 @@
     python benchmarks/blind_accuracy.py                       # every route, 2 worker processes
     python benchmarks/blind_accuracy.py --routes auto --bands 100 1k
     python benchmarks/blind_accuracy.py --report-only         # docs/accuracy.md from the cache
+    python benchmarks/blind_accuracy.py --set v2 --routes auto fixed   # the second blind set
 
 Routes, each one process per (case, route), one torch thread:
 
@@ -14,8 +15,9 @@ Routes, each one process per (case, route), one torch thread:
 - ``old_calibrate``: that release's ``lh.calibrate`` with its defaults, then ``estimate_llc`` at
   its recommendation with the advised draws capped at 4000.
 
-Results are cached in ``benchmarks/out/blind_accuracy.jsonl`` (one line per case and route, keyed by
-the case and the route; delete the file to start over). The truth is only compared at the end: no
+Results are cached in ``benchmarks/out/blind_accuracy.jsonl`` for set v1 and
+``benchmarks/out/blind_accuracy_<set>.jsonl`` for the others (one line per case and route, keyed by
+the case and the route; delete the file, or pass ``--cache``, to start over). The truth is only compared at the end: no
 route reads it.
 """
 
@@ -32,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from blind_cases import BANDS, Case, cases  # noqa: E402
+from blind_cases import BANDS, VERSIONS, Case, cases  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 CACHE = OUT / "blind_accuracy.jsonl"
@@ -42,7 +44,7 @@ ROUTES = ("auto", "fixed", "old_defaults", "old_calibrate")
 BAND_ORDER = (*BANDS, "rrr", "crossing")
 
 
-def _run_case(case_name: str, route: str) -> dict:
+def _run_case(case_name: str, route: str, version: str = "v1") -> dict:
     """One (case, route) in this worker process: returns the row (no truth read by the route)."""
     import torch
 
@@ -51,7 +53,7 @@ def _run_case(case_name: str, route: str) -> dict:
     from blind_cases import build
     from lambdahat.potential import default_nbeta
 
-    case = next(c for c in cases() if c.name == case_name)
+    case = next(c for c in cases(version) if c.name == case_name)
     task = build(case)
     start = time.perf_counter()
     row: dict = dict(case=case.name, band=case.band, route=route)
@@ -90,11 +92,11 @@ def _old_route(task, route: str):
                             localization=rec["localization"], num_draws=min(rec["num_draws"], 4000), progress=False)
 
 
-def _job(args: tuple[str, str]) -> dict:
-    case_name, route = args
+def _job(args: tuple[str, str, str]) -> dict:
+    case_name, route, version = args
     env = dict(os.environ, OMP_NUM_THREADS="1")
     code = ("import json, sys; sys.path.insert(0, %r); import blind_accuracy as b; "
-            "print('ROW ' + json.dumps(b._run_case(%r, %r)))") % (str(ROOT / "benchmarks"), case_name, route)
+            "print('ROW ' + json.dumps(b._run_case(%r, %r, %r)))") % (str(ROOT / "benchmarks"), case_name, route, version)
     if route.startswith("old"):
         env["PYTHONPATH"] = str(OLD_TREE / "src")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT))
@@ -104,10 +106,10 @@ def _job(args: tuple[str, str]) -> dict:
     return dict(case=case_name, route=route, error=(proc.stderr or proc.stdout)[-2000:])
 
 
-def _cached() -> dict[tuple[str, str], dict]:
-    if not CACHE.exists():
+def _cached(cache: Path) -> dict[tuple[str, str], dict]:
+    if not cache.exists():
         return {}
-    rows = [json.loads(line) for line in CACHE.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
     return {(r["case"], r["route"]): r for r in rows if "error" not in r}
 
 
@@ -116,16 +118,16 @@ def _old_tree() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(OLD_TREE), OLD_COMMIT], check=True)
 
 
-def run(routes: list[str], bands: list[str], workers: int) -> None:
+def run(routes: list[str], bands: list[str], workers: int, version: str, cache: Path) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if any(r.startswith("old") for r in routes):
         _old_tree()
-    done = _cached()
-    jobs = [(c.name, r) for r in routes for c in cases() if c.band in bands and (c.name, r) not in done]
+    done = _cached(cache)
+    jobs = [(c.name, r, version) for r in routes for c in cases(version) if c.band in bands and (c.name, r) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} cached)", flush=True)
     with ProcessPoolExecutor(workers) as pool:
         for row in pool.map(_job, jobs):
-            with CACHE.open("a") as handle:
+            with cache.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             if "error" in row:
                 print(f"  {row['route']:13} {row['case']}: ERROR {row['error'].splitlines()[-1]}", flush=True)
@@ -134,17 +136,17 @@ def run(routes: list[str], bands: list[str], workers: int) -> None:
                       f"{'certified' if row['certified'] else 'not certified'}, {row['seconds']:.0f} s", flush=True)
 
 
-def report(path: Path) -> str:
+def report(version: str, cache: Path) -> str:
     """The tables of docs/accuracy.md from the cache (the truth enters here, and only here)."""
     from blind_cases import build
 
-    rows = _cached()
-    truths = {c.name: float(build(c).truth.value) if c.kind != "dln" else _dln_truth(c) for c in cases()}
+    rows = _cached(cache)
+    truths = {c.name: float(build(c).truth.value) if c.kind != "dln" else _dln_truth(c) for c in cases(version)}
     lines = ["| band | route | cases | mean abs. rel. error | worst | certified | certified off by > 10% | "
              "gradient evals (mean) | wall time per estimate (mean, s) |", "|---|---|---|---|---|---|---|---|---|"]
     for band in BAND_ORDER:
         for route in ROUTES:
-            got = [rows[(c.name, route)] for c in cases() if c.band == band and (c.name, route) in rows]
+            got = [rows[(c.name, route)] for c in cases(version) if c.band == band and (c.name, route) in rows]
             if not got:
                 continue
             errs = [(r["llc"] - truths[r["case"]]) / truths[r["case"]] for r in got]
@@ -158,7 +160,7 @@ def report(path: Path) -> str:
                 f"{sum(r['seconds'] for r in got) / len(got):.0f} |"
             )
     detail = ["| case | truth | route | λ̂ ± MCSE | error | certified | failed checks | s |", "|---|---|---|---|---|---|---|---|"]
-    for c in cases():
+    for c in cases(version):
         for route in ROUTES:
             r = rows.get((c.name, route))
             if r is None:
@@ -182,12 +184,16 @@ def main(argv=None) -> None:
     parser.add_argument("--bands", nargs="+", default=list(BAND_ORDER), choices=BAND_ORDER)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--out", type=Path, default=OUT / "accuracy_tables.md")
+    parser.add_argument("--set", dest="version", default="v1", choices=sorted(VERSIONS))
+    parser.add_argument("--cache", type=Path, default=None, help="the results file (default: per set, under benchmarks/out)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    cache = args.cache or (CACHE if args.version == "v1" else OUT / f"blind_accuracy_{args.version}.jsonl")
+    out = args.out or OUT / f"accuracy_tables{'' if args.version == 'v1' else '_' + args.version}.md"
     if not args.report_only:
-        run(args.routes, args.bands, args.workers)
-    text = report(args.out)
-    args.out.write_text(text)
+        run(args.routes, args.bands, args.workers, args.version, cache)
+    text = report(args.version, cache)
+    out.write_text(text)
     print(text)
 
 

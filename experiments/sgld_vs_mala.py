@@ -18,8 +18,8 @@ the same Langevin time ε × steps, long enough for the directions held only by 
 
 **The step-size rules are this experiment's own, kept on purpose.** The library's adaptive
 warm-up (``lambdahat.adapt``, ``step_size="auto"``) chooses ε by the same statistic, the MALA
-acceptance of the sampler's steps, but aims it at ``DRAW_ACCEPTANCE`` (0.9 at the time of
-writing) for SGLD and ``MALA_ACCEPTANCE`` (0.6) for MALA, adapts during
+acceptance of the sampler's steps, but aims it at ``health.acceptance_target(λ̂)`` (0.9 at the
+time of writing; since 2026-12-02 it depends on λ̂) for SGLD and ``MALA_ACCEPTANCE`` (0.6) for MALA, adapts during
 burn-in rather than on pilots, and measures SGLD's bias by halving ε rather than doubling it.
 The committed table (docs/results/sgld_vs_mala.md, n up to 10⁵) is the result of this protocol:
 SGLD's gap to MALA, its b̂ = λ̂(2ε) − λ̂(ε) and the Richardson values are properties of the ε the

@@ -9,9 +9,17 @@ warm-up, so the draws are one valid chain of fixed-step SGLD:
    (Lau et al., arXiv 2308.12108, after Furman & Lau). For small steps the rejection rate of a
    Langevin proposal grows like h^{3/2} with h = ε × curvature (Roberts & Rosenthal 1998), so
    after each window ε ← ε · ((1 − target) / (1 − acceptance))^{2/3}, the factor clipped to
-   [1/2, 2]. A window with a non-finite loss sends every chain back to w* with ε / 10.
+   [1/2, 2]. The target depends on the running λ̂: :func:`lambdahat.health.acceptance_target`
+   is the acceptance at which the step-size bias is at most 2% of λ̂ (0.994 at λ̂ = 3, 0.9 at
+   λ̂ = 1,000). A window with a non-finite loss sends every chain back to w* with ε / 10.
    The chains move outward from w* into regions of higher curvature while they warm up, so the
    adaptation follows them until the end of the warm-up.
+   **Minibatch noise.** Every few windows the gradient noise between two minibatches is measured
+   at the chains' points (:class:`lambdahat.noise.NoiseMonitor`) and ε is capped so that the λ̂
+   it adds, (ε/16) nβ² E‖∇L_B₁ − ∇L_B₂‖², stays within 2% of λ̂. Where that cap holds ε far below
+   what the acceptance allows, an automatic batch size is raised (else the control-variate
+   gradient is switched on) and the warm-up restarts from w*. The noise is measured again during
+   the draws and judged by the ``noise`` health check.
 2. **Localisation.** γ = 1 (the value of Lau et al.'s deep-linear-network and ResNet runs). After
    the warm-up the :func:`~lambdahat.health.check_localization` statistics are read on its last
    half; while they say the prior, not the loss, confines the chain, γ is divided by 10 and the
@@ -41,23 +49,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import diagnostics, health, noise
 from .chains import ChainSet
 from .samplers import as_sampler_config
 from .settings import AUTO, Settings, default_max_steps
 
-__all__ = ["Adaptation", "adapt_and_sample", "WINDOW", "DRAW_ACCEPTANCE", "MALA_ACCEPTANCE"]
+__all__ = ["Adaptation", "adapt_and_sample", "WINDOW", "MALA_ACCEPTANCE"]
 
 WINDOW = 100
-#: The MALA acceptance of SGLD's own steps that the warm-up aims the step size at: Lau et al.
-#: (after Furman & Lau) call ≈ 0.9 healthy; the health check fails below 0.8.
-DRAW_ACCEPTANCE = 0.9
 #: Exact MALA's own acceptance biases nothing; ≈ 0.6 mixes well (Roberts & Rosenthal 1998: 0.574).
 MALA_ACCEPTANCE = 0.6
-#: The warm-up has settled when its last windows' acceptance is this close to the target.
-SETTLED_ACCEPTANCE = 0.05
+#: The warm-up has settled when its last windows' rejection rate is within these factors of the target's
+#: (0.85 to 0.95 at the target 0.9).
+SETTLED_REJECTION = (0.5, 1.5)
 MAX_REWARMS = 3
 #: Restarts after a divergence before the step size is capped at half the one that diverged (and
 #: the steps thrown away count against ``max_steps``, so the warm-up always ends).
@@ -71,18 +76,10 @@ MIN_DRAWS = 1_000
 DRAW_BLOCK = 1_000
 MIN_ESS = 400.0
 MAX_GAMMA_REDUCTIONS = 2
-#: The share of λ̂ that minibatch gradient noise may add (:mod:`lambdahat.noise`); ε is capped so that
-#: (ε/16) nβ² E‖∇L_B₁ − ∇L_B₂‖² stays below it, and an automatic batch size grows instead where it pays.
-NOISE_BIAS = 0.02
-#: λ̂ below this counts as this in the noise cap (early in the warm-up λ̂ may be near 0 or negative).
-NOISE_LLC_FLOOR = 0.1
-#: Warm-up windows between measurements of the minibatch gradient noise (two gradients per chain each).
+#: Warm-up windows between measurements of the minibatch gradient noise (:class:`lambdahat.noise.NoiseMonitor`).
 NOISE_EVERY = 5
-#: Raise an automatic batch size when the noise cap keeps ε this many times below what the acceptance allows.
-REBATCH_RATIO = 2.0
+#: Batch-size raises or control-variate switches (each restarts the warm-up) at most.
 MAX_NOISE_REMEDIES = 2
-#: An automatic batch size stays below this many (sample × weight) products per gradient evaluation.
-MAX_BATCH_WORK = 2**26
 
 
 @dataclass
@@ -153,8 +150,14 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     auto_burnin = settings.num_burnin_steps == AUTO
     auto_draws = settings.num_draws == AUTO
     budget = default_max_steps(num_params) if settings.max_steps == AUTO else int(settings.max_steps)
-    target = MALA_ACCEPTANCE if sampler.name == "mala" else DRAW_ACCEPTANCE
-    low = health.MALA_ACCEPT_LOW if sampler.name != "mala" else 0.2
+    exact = sampler.name == "mala"
+    target = MALA_ACCEPTANCE if exact else health.acceptance_target(0.0)
+
+    def aim(losses: np.ndarray) -> float:
+        """The acceptance to aim at, for the λ̂ of these recent losses (``health.acceptance_target``)."""
+        if exact or not np.isfinite(losses).any():
+            return target
+        return health.acceptance_target(nbeta * (float(np.nanmean(losses)) - init_loss))
     step = 0.01 / nbeta if auto_step else float(settings.step_size)
     gamma = 1.0 if auto_gamma else float(settings.localization)
     if chains.localization != gamma:
@@ -171,60 +174,17 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     step_sizes: list[float] = []  # the ε of every kept step
     n = chains.job.data.n
     measure_noise = auto_step and sampler.name != "mala"
-    auto_cv = settings.control_variate == AUTO
-    noise_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([settings.seed, 1 << 32]).generate_state(1)[0]))
-    noise_values: list[float] = []
+    monitor = noise.NoiseMonitor(settings.seed, nbeta, init_loss)
+    draw_noise: list[float] = []  # measured in the draws, of the gradient in use
     noise_cap = math.inf
     remedies = 0
-
-    def noise_level() -> float:
-        """The recent E‖∇L_B₁ − ∇L_B₂‖² of the gradient the chains use now."""
-        use = 1 if chains.job.control_variate is not None else 0
-        return float(np.mean([v[use] for v in noise_values[-3:]]))
-
-    def noise_bound(windows: list[dict[str, np.ndarray]]) -> float:
-        """The ε cap from minibatch noise at the chains' current points (module :mod:`lambdahat.noise`)."""
-        job = chains.job
-        if job.batch_size >= n:
-            return math.inf
-        noise_values.append(noise.gradient_noise(job.potential.loss_and_grad, job.data, chains.positions(),
-                                                 job.batch_size, noise_gen, job.potential.w_star))
-        log.gradient_evaluations += 4
-        recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1)
-        llc = nbeta * (float(np.nanmean(recent)) - init_loss) if np.isfinite(recent).any() else NOISE_LLC_FLOOR
-        return noise.noise_step_bound(NOISE_BIAS * max(llc, NOISE_LLC_FLOOR), nbeta, noise_level())
-
-    def remedy(wanted: float) -> str | None:
-        """Switch on the control variate or raise the batch size, when the noise cap holds ε far
-        below ``wanted`` (the step the acceptance allows); a note, or None if neither applies."""
-        nonlocal chains
-        job = chains.job
-        ratio = wanted / noise_cap
-        if ratio <= REBATCH_RATIO:
-            return None
-        plain, cv = (float(np.mean([v[i] for v in noise_values[-3:]])) for i in (0, 1))
-        if auto_cv and job.control_variate is None and 2 * cv < plain:  # twice the cost, less bias per cost
-            anchor = noise.full_loss_and_grad(job.potential.loss_and_grad, job.data, job.potential.w_star,
-                                              settings.init_loss_batch_size)[1]
-            log.gradient_evaluations += math.ceil(n / job.batch_size)
-            chains = _rebuilt(chains, gamma, control_variate=(init_loss, anchor))
-            return (f"minibatch gradient noise capped ε at {noise_cap:.3g} where the acceptance allowed about "
-                    f"{wanted:.3g}: the control-variate gradient (noise {cv:.3g} against {plain:.3g}) switched on and "
-                    "the warm-up restarted from w*")
-        new = min(noise.batch_for_step(job.batch_size, n, ratio), max(job.batch_size, MAX_BATCH_WORK // max(num_params, 1)))
-        if not auto_batch or new <= job.batch_size:
-            return None
-        old = job.batch_size
-        chains = _rebuilt(chains, gamma, batch_size=new)
-        return (f"minibatch gradient noise capped ε at {noise_cap:.3g} where the acceptance allowed about {wanted:.3g}: "
-                f"batch_size raised from {old} to {new} and the warm-up restarted from w*")
 
     def spend(records: dict[str, np.ndarray], per_step: float) -> None:
         log.gradient_evaluations += int(round(records["loss"].shape[1] * per_step))
 
     def warm_up(steps_min: int, steps_max: int) -> tuple[list[dict[str, np.ndarray]], float]:
         """Adapt ε window by window until the acceptance and the loss level have settled."""
-        nonlocal step, restarts, ceiling, noise_cap
+        nonlocal step, restarts, ceiling, noise_cap, target
         done, windows = 0, []
         while done < steps_max:
             length = min(WINDOW, steps_max - done)
@@ -245,8 +205,10 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             step_sizes.extend([step] * length)
             done += length
             windows.append(records)
+            recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1)
+            target = aim(recent)
             if measure_noise and len(windows) % NOISE_EVERY == 1:
-                noise_cap = noise_bound(windows)
+                noise_cap = monitor.cap(chains, recent)
             if auto_step:
                 step = min(step * _step_factor(_acceptance(records), target), ceiling, noise_cap)
             capped = auto_step and step >= noise_cap
@@ -265,15 +227,19 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         if remedies < MAX_NOISE_REMEDIES and step >= noise_cap and math.isfinite(warm_acc):
             # the acceptance would allow a larger ε than the noise does: remove noise where it pays for itself
             wanted = step * max(1.0, ((1.0 - target) / max(1.0 - warm_acc, 1e-3)) ** (2.0 / 3.0))
-            discarded = chains.steps
-            note = remedy(wanted)
-            if note is not None:
+            change = monitor.remedy(chains, wanted, noise_cap, auto_batch=auto_batch,
+                                    auto_cv=settings.control_variate == AUTO)
+            if change is not None:
                 remedies += 1
-                log.notes.append(note)
-                log.discarded_steps += discarded
+                what = (f"batch_size raised from {chains.job.batch_size} to {change['batch_size']}" if "batch_size" in change
+                        else f"the control-variate gradient switched on (noise {monitor.recent(1):.3g} against "
+                             f"{monitor.recent(0):.3g})")
+                log.notes.append(f"minibatch gradient noise capped ε at {noise_cap:.3g} where the acceptance allowed "
+                                 f"about {wanted:.3g}: {what}, and the warm-up restarted from w*")
+                log.discarded_steps += chains.steps
+                chains = _rebuilt(chains, gamma, **change)
                 log.chain_mode = chains.mode
                 step_sizes.clear()
-                noise_values.clear()
                 noise_cap = math.inf
                 continue
         if not auto_gamma or reductions >= MAX_GAMMA_REDUCTIONS or not windows:
@@ -315,12 +281,16 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         spend(records, draw_cost)
         step_sizes.extend([step] * length)
         draws.append(records)
+        if measure_noise and chains.job.batch_size < n:  # the chains may travel where the noise is larger
+            draw_noise.append(monitor.measure(chains))
         if not auto_draws:
             continue
         healthy = [k for k, s in enumerate(chains.first_bad) if s is None]
         if not healthy:
             break
         acc = _acceptance(records)
+        so_far = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
+        low = 0.2 if exact else health.acceptance_band(nbeta * (float(np.nanmean(so_far)) - init_loss))[0]
         if auto_step and auto_burnin and rewarms < MAX_REWARMS and math.isfinite(acc) and acc < low \
                 and chains.steps + MIN_WARMUP < budget_draws:
             # the chains moved on into steeper ground: adapt again, and count what came before as burn-in
@@ -358,14 +328,15 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     draw_acc = _acceptance({"mala_accept": np.concatenate([r["mala_accept"] for r in draws], axis=1)}) if (
         draws and "mala_accept" in draws[0]) else float("nan")
     log.phases.append(dict(name="draws", steps=num_draws, step_size=step, localization=gamma, acceptance=draw_acc))
-    if noise_values:
-        log.noise_bias = noise.noise_bias(step, nbeta, float(np.mean(noise_values[-3:])))
+    log.gradient_evaluations += monitor.evaluations
+    if draw_noise:
+        log.noise_bias = noise.noise_bias(step, nbeta, float(np.mean(draw_noise)))
     if auto_step:
         log.notes.append(
             f"step_size ε = {step:.3g} (ε·nβ = {step * nbeta:.3g}), adapted in the warm-up so that the MALA acceptance of "
-            f"the sampler's own steps approaches {target} (draws: {draw_acc:.3f})"
-            + (f", and capped so that minibatch gradient noise adds at most {NOISE_BIAS:.0%} of λ̂ "
-               f"(predicted: {log.noise_bias:.3g})" if step >= noise_cap else "")
+            f"the sampler's own steps approaches {target:.4g}, the target at this λ̂ (draws: {draw_acc:.4f})"
+            + (f", and capped so that minibatch gradient noise adds at most {noise.NOISE_BIAS:.0%} of λ̂ "
+               f"(predicted: {log.noise_bias:.3g})" if step >= noise_cap and log.noise_bias is not None else "")
         )
     if auto_gamma:
         log.notes.append(f"localization γ = {gamma:g}" + (" (the default: the localization check passed in the warm-up)"
@@ -428,15 +399,16 @@ def _warmup_steps(log: Adaptation) -> int:
 
 def _settled(windows: list[dict[str, np.ndarray]], target: float | None, init_loss: float, nbeta: float,
              capped: bool = False) -> bool:
-    """The warm-up may end: the last windows' acceptance is near ``target`` (when adapting ε; at
-    least near it when ε is held below by the noise cap, ``capped``) and the loss level of the last
-    fifth of the warm-up is within 5% (in λ̂) of the fifth before."""
+    """The warm-up may end: the last windows' rejection rate 1 − acceptance is within a factor
+    ``SETTLED_REJECTION`` of the target's (when adapting ε; at most that when ε is held below by the
+    noise cap, ``capped``) and the loss level of the last fifth of the warm-up is within 5% (in λ̂)
+    of the fifth before."""
     if len(windows) < 10:
         return False
     if target is not None:
-        recent = [_acceptance(r) for r in windows[-3:]]
-        near = (lambda a: a >= target - SETTLED_ACCEPTANCE) if capped else (lambda a: abs(a - target) <= SETTLED_ACCEPTANCE)
-        if not all(math.isfinite(a) and near(a) for a in recent):
+        low, high = SETTLED_REJECTION
+        ratios = [(1 - _acceptance(r)) / (1 - target) for r in windows[-3:]]
+        if not all(math.isfinite(q) and (q <= high if capped else low <= q <= high) for q in ratios):
             return False
     k = max(2, len(windows) // 5)
     last = np.concatenate([r["loss"] for r in windows[-k:]], axis=1)

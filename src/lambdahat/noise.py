@@ -39,12 +39,25 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .data import DataSource
 
-__all__ = ["gradient_noise", "noise_bias", "noise_step_bound", "batch_for_step", "control_variate", "full_loss_and_grad"]
+__all__ = ["NoiseMonitor", "gradient_noise", "noise_bias", "noise_step_bound", "batch_for_step", "control_variate",
+           "full_loss_and_grad"]
+
+#: The share of λ̂ that minibatch gradient noise may add: the warm-up caps ε so that
+#: :func:`noise_bias` stays below it (an automatic batch size grows instead, where it pays).
+NOISE_BIAS = 0.02
+#: λ̂ below this counts as this in the cap (early in the warm-up λ̂ may be near 0 or negative).
+LLC_FLOOR = 0.1
+#: Raise the batch size (or switch on the control variate) when the cap keeps ε this many times
+#: below the step the acceptance allows.
+REMEDY_RATIO = 2.0
+#: An automatic batch size stays below this many (sample × weight) products per gradient evaluation.
+MAX_BATCH_WORK = 2**26
 
 LossAndGrad = Callable[[Tensor, Any], tuple[Tensor, Tensor]]
 
@@ -108,3 +121,63 @@ def batch_for_step(batch_size: int, n: int, ratio: float) -> int:
     if ratio <= 1:
         return batch_size
     return min(n, math.ceil(ratio * batch_size * n / (n - batch_size + ratio * batch_size)))
+
+
+class NoiseMonitor:
+    """The minibatch noise of a run's chains, measured now and then at their current points.
+
+    ``chains`` is a :class:`~lambdahat.chains.ChainSet` (its ``job`` and ``positions()``). Each
+    :meth:`measure` costs four gradient evaluations per chain (two minibatches, at w and at w*),
+    from a generator of its own, so the chains' random streams are untouched.
+    """
+
+    def __init__(self, seed: int, nbeta: float, init_loss: float):
+        state = np.random.SeedSequence([seed, 1 << 32]).generate_state(1)[0]
+        self.generator = torch.Generator().manual_seed(int(state))
+        self.nbeta, self.init_loss = nbeta, init_loss
+        self.values: list[tuple[float, float]] = []  # (plain, control variate) per measurement
+        self.evaluations = 0
+
+    def measure(self, chains) -> float:
+        """E‖∇L_B₁ − ∇L_B₂‖² at the chains' points now, of the gradient they use."""
+        job = chains.job
+        self.values.append(gradient_noise(job.potential.loss_and_grad, job.data, chains.positions(), job.batch_size,
+                                          self.generator, job.potential.w_star))
+        self.evaluations += 4
+        return self.values[-1][1 if job.control_variate is not None else 0]
+
+    def recent(self, which: int) -> float:
+        return float(np.mean([v[which] for v in self.values[-3:]]))
+
+    def cap(self, chains, losses: np.ndarray) -> float:
+        """The largest ε whose noise bias is at most ``NOISE_BIAS`` × λ̂, with λ̂ read off ``losses``
+        (recent batch losses); ∞ for full-batch steps."""
+        if chains.job.batch_size >= chains.job.data.n:
+            return math.inf
+        self.measure(chains)
+        llc = self.nbeta * (float(np.nanmean(losses)) - self.init_loss) if np.isfinite(losses).any() else LLC_FLOOR
+        noise = self.recent(1 if chains.job.control_variate is not None else 0)
+        return noise_step_bound(NOISE_BIAS * max(llc, LLC_FLOOR), self.nbeta, noise)
+
+    def remedy(self, chains, wanted: float, cap: float, *, auto_batch: bool, auto_cv: bool) -> dict[str, Any] | None:
+        """The change to the chains' job that lets ε reach ``wanted`` (the step the acceptance
+        allows) when ``cap`` holds it far below: a larger batch, else the control variate; None if
+        neither applies.
+
+        A larger batch comes first: its noise is the per-sample spread, which stays put as the
+        chains travel, while the control variate's grows with ‖w − w*‖ (on a reduced-rank
+        regression, chains that travelled far along its flat directions ended with several times
+        the noise the warm-up had measured nearer w*)."""
+        job = chains.job
+        ratio = wanted / cap
+        if ratio <= REMEDY_RATIO:
+            return None
+        largest = max(job.batch_size, MAX_BATCH_WORK // max(job.potential.num_params, 1))
+        new = min(batch_for_step(job.batch_size, job.data.n, ratio), largest)
+        if auto_batch and new > job.batch_size:
+            return {"batch_size": new}
+        if auto_cv and job.control_variate is None and 2 * self.recent(1) < self.recent(0):  # twice the cost per step
+            anchor = full_loss_and_grad(job.potential.loss_and_grad, job.data, job.potential.w_star, job.batch_size)[1]
+            self.evaluations += math.ceil(job.data.n / job.batch_size)
+            return {"control_variate": (self.init_loss, anchor)}
+        return None

@@ -16,10 +16,11 @@ the attributes of :class:`LLCResult` (below), so this module does not depend on 
 | ``convergence`` | λ̂ of the second half of the draws differs from the first half's by > 10%, or significantly by > 5% | more burn-in and draws |
 | ``rhat`` | chains disagree: R̂ of the loss draws above 1.01 (up to 1.05 when ESS is small) | longer chains |
 | ``ess`` | fewer than 100 effective draws in all | longer chains |
-| ``mala_accept`` | MALA acceptance of the sampler's own steps outside [0.8, 0.995] | change ε |
+| ``mala_accept`` | MALA acceptance of the sampler's own steps outside the band for this λ̂ (target 0.994 at λ̂ = 3, 0.9 at 1,000: ``acceptance_target``) | change ε |
 | ``localization`` | the prior γ, not the loss, confines the chain | lower γ |
 | ``ladder`` | λ̂ over the second half of the whole run differs from λ̂ over its second quarter | run longer |
 | ``bias`` | 2 (λ̂(ε) − λ̂(ε/2)), measured on the run, above 5% of λ̂ | lower ε |
+| ``noise`` | the λ̂ that minibatch gradient noise adds, measured in the draws, above 5% of λ̂ | raise the batch size |
 
 Thresholds are arguments of :func:`check_health`; each check's docstring says why its default is
 what it is. Checks that cannot be computed (no healthy chain, an array the sampler did not record)
@@ -27,7 +28,7 @@ pass with ``skipped=True`` and say why, so ``healthy`` is decided by the checks 
 
 The checks live in three modules by what they look at: :mod:`~lambdahat.health.sanity` (``negative``,
 ``divergence``, ``runaway``), :mod:`~lambdahat.health.sampling` (``convergence``, ``rhat``, ``ess``,
-``ladder``) and :mod:`~lambdahat.health.step` (``mala_accept``, ``localization``, ``bias``);
+``ladder``) and :mod:`~lambdahat.health.step` (``mala_accept``, ``localization``, ``bias``, ``noise``);
 :mod:`~lambdahat.health._common` holds :class:`Check` and what they share. Every name is importable
 from ``lambdahat.health``.
 
@@ -48,9 +49,12 @@ from .sampling import check_convergence, check_ess, check_ladder, check_rhat, dr
 from .sanity import check_divergence, check_negative, check_runaway
 from .step import (
     MALA_ACCEPT_LOW,
+    acceptance_band,
+    acceptance_target,
     check_bias,
     check_localization,
     check_mala_accept,
+    check_noise,
     localization_too_tight,
     prior_statistics,
 )
@@ -69,6 +73,9 @@ __all__ = [
     "check_localization",
     "check_ladder",
     "check_bias",
+    "check_noise",
+    "acceptance_target",
+    "acceptance_band",
     "rhat_threshold",
     "drift",
     "ladder",
@@ -82,7 +89,7 @@ class Thresholds(NamedTuple):
 
     z: float
     min_ess: float
-    mala_accept_range: tuple[float, float]
+    mala_accept_range: tuple[float, float] | None
     max_prior_share: float
 
 
@@ -99,10 +106,12 @@ CHECKS: tuple[tuple[Callable[..., Check], Callable[[Thresholds], Mapping[str, An
     (check_convergence, lambda t: {"z": t.z}),
     (check_rhat, _own_defaults),
     (check_ess, lambda t: {"min_ess": t.min_ess}),
-    (check_mala_accept, lambda t: {"low": t.mala_accept_range[0], "high": t.mala_accept_range[1]}),
+    (check_mala_accept, lambda t: {} if t.mala_accept_range is None else
+     {"low": t.mala_accept_range[0], "high": t.mala_accept_range[1]}),
     (check_localization, lambda t: {"max_share": t.max_prior_share, "max_elasticity": t.max_prior_share}),
     (check_ladder, _own_defaults),
     (check_bias, _own_defaults),
+    (check_noise, _own_defaults),
 )
 
 
@@ -111,7 +120,7 @@ def check_health(
     *,
     z: float = 3.0,
     min_ess: float = 100.0,
-    mala_accept_range: tuple[float, float] = (0.8, 0.995),
+    mala_accept_range: tuple[float, float] | None = None,
     max_prior_share: float = 0.2,
 ) -> list[Check]:
     """Every health check on ``result``, in the order of the table above (:data:`CHECKS`)."""
