@@ -2,6 +2,7 @@
 
     python benchmarks/compare_devinterp.py [--quick] [--workloads a,b,c,d] [--out docs/benchmarks.md]
                                            [--repeats N] [--tools lambdahat,bare,devinterp-1.3.2,devinterp-2.0.1]
+                                           [--memory-workloads m,d] [--answer-workloads a,b]
 
 In one run it
 
@@ -16,6 +17,19 @@ In one run it
    ``--out``: between the markers ``<!-- results:start -->`` and ``<!-- results:end -->`` when the
    file has them (the rest of the file is kept), else as the whole file.
 
+4. with ``--memory-workloads``, the peak resident memory each tool's sampling run adds, over the
+   model's parameter bytes (``benchmarks/run_answer.py``: VmHWM reset right before the call, minus
+   VmRSS then), on deep linear networks whose parameters dominate (``m``: 4.2M weights, or (d));
+5. with ``--answer-workloads``, the time to an answer: each tool runs its chains at the same fixed
+   ε, γ, nβ and batch size (ANSWER_SETTINGS, burn-in included) recording every draw's loss; the
+   draws are read in blocks of ``--block`` per chain and the answer is the first block end where
+   the MCSE of λ̂ (``lambdahat.diagnostics.llc_statistics`` on that tool's losses, the same for
+   every tool) is at most ``--target-rel-mcse`` (5%) of λ̂. Reported: draws, seconds and gradient
+   evaluations to that point (the run's measured time × the fraction of its steps needed: each
+   step costs the same), ESS per gradient evaluation and per second.
+
+``--workloads none`` skips the time-per-step table (1-3).
+
 Every tool runs the same math (REFERENCE §2): w ← w − (ε/2)(nβ ∇L_B(w) + γ(w − w*)) + √ε ξ, the
 same ε, γ, nβ = n / log n, batch size, chains and draws, no burn-in. With ``--repeats N`` each
 pair runs N times (interleaved) and the fastest run is reported.
@@ -27,6 +41,7 @@ import argparse
 import datetime as dt
 import inspect
 import json
+import math
 import os
 import platform
 import re
@@ -100,6 +115,13 @@ def lambdahat_variants(env: dict | None = None) -> list[tuple[str, dict]]:
     params = inspect.signature(lambdahat.estimate_llc).parameters
     doc = inspect.getdoc(lambdahat.estimate_llc) or ""
     variants: list[tuple[str, dict]] = [("lambdahat", {})]
+    try:  # the settings live in lambdahat.settings.Settings since estimate_llc takes **settings
+        from lambdahat.settings import CHAIN_MODES
+    except ImportError:
+        CHAIN_MODES = ()
+    if "sequential" in CHAIN_MODES and "vectorized" in CHAIN_MODES:
+        return variants + [("lambdahat (sequential)", {"chain_mode": "sequential"}),
+                           ("lambdahat (vectorised)", {"chain_mode": "vectorized"})]
     for name, param in params.items():
         lname = name.lower()
         if lname in ("vectorize", "vectorized", "vectorised", "vmap", "vectorize_chains", "vectorized_chains"):
@@ -182,6 +204,122 @@ def machine_info() -> dict:
                 platform=platform.platform(), commit=commit)
 
 
+# ----------------------------------------------------------------------------- memory and time to an answer
+
+#: the fixed sampler settings of the time-to-an-answer runs: the workload's γ, nβ = n / log n and
+#: batch size, this ε (larger than the time-per-step table's, which does not reach stationarity in
+#: a few thousand steps on (b)-(d)), this burn-in, at most max_draws draws per chain
+ANSWER_SETTINGS = {
+    "a": dict(step_size=1e-3, burnin=200, max_draws=1500),
+    "b": dict(step_size=1e-4, burnin=200, max_draws=1500),
+    "c": dict(step_size=1e-5, burnin=200, max_draws=1500),
+    "d": dict(step_size=1e-5, burnin=200, max_draws=1000),
+}
+
+
+def run_answer_child(python: Path, tool: str, key: str, args: list[str], options: dict, logdir: Path,
+                     timeout: float, env: dict) -> dict:
+    """benchmarks/run_answer.py in a fresh process: its JSON record (losses included)."""
+    out = logdir / f"answer-{tool.replace(' ', '_')}-{key}-{time.monotonic_ns()}.json"
+    cmd = [str(python), str(HERE / "run_answer.py"), tool, key, str(out), *args]
+    for k, v in options.items():
+        cmd += ["--option", f"{k}={v}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(ROOT))
+    except subprocess.TimeoutExpired:
+        return {"tool": tool, "workload": key, "error": f"timed out after {timeout:.0f} s"}
+    (logdir / (out.stem + ".log")).write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        return {"tool": tool, "workload": key, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(out.read_text())
+
+
+def answer_scan(record: dict, target: float, block: int, min_draws: int) -> dict:
+    """Time to a λ̂ with MCSE ≤ target·λ̂: the draws read in blocks of ``block`` per chain, stopping
+    at the first block end (≥ min_draws) that meets it. Seconds and gradient evaluations to that
+    point are the run's own × (burn-in + draws needed) / (burn-in + draws run)."""
+    import numpy as np
+
+    from lambdahat.diagnostics import llc_statistics
+
+    losses = np.asarray(record["losses"], dtype=float)
+    init, nbeta, burnin = record["init_loss"], record["nbeta"], record["num_burnin_steps"]
+    chains, total = losses.shape
+    full = llc_statistics(losses, init, nbeta)
+    found = None
+    for d in range(block, total + 1, block):
+        if d < min_draws:
+            continue
+        st = llc_statistics(losses[:, :d], init, nbeta)
+        if math.isfinite(st["llc_mcse"]) and st["llc_mean"] != 0 and st["llc_mcse"] <= target * abs(st["llc_mean"]):
+            found = (d, st)
+            break
+    grads_full = record["gradient_evaluations"]
+    out = dict(chains=chains, draws_run=total, llc_full=full["llc_mean"], mcse_full=full["llc_mcse"],
+               ess_full=full["ess"], ess_per_grad_full=full["ess"] / grads_full,
+               ess_per_second_full=full["ess"] / record["seconds"], seconds_full=record["seconds"])
+    if found is None:
+        out.update(reached=False)
+        return out
+    d, st = found
+    fraction = (burnin + d) / (burnin + total)
+    seconds, grads = record["seconds"] * fraction, grads_full * fraction
+    out.update(reached=True, draws=d, seconds=seconds, gradient_evaluations=grads, llc=st["llc_mean"],
+               mcse=st["llc_mcse"], ess=st["ess"], ess_per_grad=st["ess"] / grads, ess_per_second=st["ess"] / seconds)
+    return out
+
+
+def memory_report(mem: dict[str, dict[str, dict]], tools: list[str]) -> list[str]:
+    rows = ["| workload | tool | chains | chain mode | parameters (MB) | peak added by sampling (MB) | "
+            "÷ parameter bytes (median) | ÷ parameter bytes per chain | all ratios |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for key, per_tool in mem.items():
+        for tool in tools:
+            r = per_tool.get(tool)
+            if r is None:
+                continue
+            if "error" in r:
+                rows.append(f"| {key} | {tool} | | | | failed: {r['error'].splitlines()[-1][:80]} | | | |")
+                continue
+            ratios = sorted(r.get("all_ratios") or [r["peak_added_over_param_bytes"]])
+            mid = len(ratios) // 2
+            ratio = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+            rows.append(f"| ({key}) {r['title']} | {tool} | {r['num_chains']} | {r.get('chain_mode') or '—'} | "
+                        f"{r['param_bytes'] / 2**20:.1f} | {ratio * r['param_bytes'] / 2**20:.1f} | {ratio:.2f} | "
+                        f"{ratio / r['num_chains']:.2f} | " + ", ".join(f"{x:.2f}" for x in ratios) + " |")
+    return rows
+
+
+def answer_report(ans: dict[str, dict[str, dict]], tools: list[str], target: float, block: int) -> list[str]:
+    rows = ["| workload | tool | ε | chains | draws to the answer (per chain) | λ̂ ± MCSE at the answer | "
+            "seconds to the answer | gradient evaluations | ESS | ESS / gradient evaluation | ESS / s | "
+            "× lambdahat seconds | full run: draws, λ̂ ± MCSE, ESS / gradient evaluation, ESS / s | all seconds (full runs) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for key, per_tool in ans.items():
+        ref = per_tool.get("lambdahat", {}).get("scan", {})
+        for tool in tools:
+            r = per_tool.get(tool)
+            if r is None:
+                continue
+            if "error" in r:
+                rows.append(f"| {key} | {tool} | | | failed: {r['error'].splitlines()[-1][:80]} | | | | | | | | |")
+                continue
+            a = r["scan"]
+            times = ", ".join(f"{t:.2f}" for t in r.get("all_seconds", [r["seconds"]]))
+            full = (f"{a['draws_run']}, {a['llc_full']:.4g} ± {a['mcse_full']:.2g}, {a['ess_per_grad_full']:.3g}, "
+                    f"{a['ess_per_second_full']:.3g}")
+            if not a["reached"]:
+                rows.append(f"| ({key}) | {tool} | {r['step_size']:g} | {a['chains']} | not within {a['draws_run']} "
+                            f"| | | | | | | | {full} | {times} |")
+                continue
+            vs = f"{a['seconds'] / ref['seconds']:.2f}" if ref.get("reached") else "—"
+            rows.append(f"| ({key}) | {tool} | {r['step_size']:g} | {a['chains']} | {a['draws']} | "
+                        f"{a['llc']:.4g} ± {a['mcse']:.2g} | {a['seconds']:.3g} | {a['gradient_evaluations']:,.0f} | "
+                        f"{a['ess']:.0f} | {a['ess_per_grad']:.3g} | {a['ess_per_second']:.3g} | {vs} | {full} | {times} |")
+    return rows
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -255,8 +393,8 @@ def report(results: dict[str, dict[str, dict]], tools: list[str], info: dict, co
            repeats: int, devinterp_repeats: int, total_wall: float, loads: tuple, started: str, devinterp_info: dict) -> str:
     ref = "lambdahat"
     rows = [
-        "| workload | tool | sampling wall time (s) | steps/s | × lambdahat wall | CPU time (s) | × lambdahat CPU | peak RSS (MB) | Δ RSS in sampling (MB) | mean LLC | all wall times (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| workload | tool | sampling wall time (s) | steps/s | × lambdahat wall | CPU time (s) | × lambdahat CPU | peak RSS (MB) | Δ RSS in sampling (MB) | Δ RSS ÷ parameter bytes | mean LLC | all wall times (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key, per_tool in results.items():
         w = workloads.WORKLOADS[key].scaled(quick)
@@ -268,7 +406,7 @@ def report(results: dict[str, dict[str, dict]], tools: list[str], info: dict, co
                 continue
             label = f"({key}) {w.num_chains}×{w.num_draws}"
             if "error" in r:
-                rows.append(f"| {label} | {tool} | failed | | | | | | | {r['error'].splitlines()[-1][:80]} | |")
+                rows.append(f"| {label} | {tool} | failed | | | | | | | | {r['error'].splitlines()[-1][:80]} | |")
                 continue
             ratio = f"{r['seconds'] / lh:.2f}" if lh else "—"
             note = ""
@@ -276,9 +414,12 @@ def report(results: dict[str, dict[str, dict]], tools: list[str], info: dict, co
                 note = f" (diverged: {r['diverged']})"
             cpu = r.get("min_cpu_seconds")
             cpu_ratio = f"{cpu / lh_cpu:.2f}" if cpu and lh_cpu else "—"
+            added = (r["peak_rss_mb"] - r["rss_before_mb"]) * 2**20
+            param_bytes = 4 * r.get("num_params", 0)  # float32 workloads
             rows.append(
                 f"| {label} | {tool} | {r['seconds']:.3f} | {fmt(r['steps'] / r['seconds'])} | {ratio} | "
-                f"{fmt(cpu, 4)} | {cpu_ratio} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['rss_before_mb']:.1f} | {fmt(r['llc_mean'], 4)}{note} | "
+                f"{fmt(cpu, 4)} | {cpu_ratio} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['rss_before_mb']:.1f} | "
+                f"{fmt(added / param_bytes) if param_bytes else '—'} | {fmt(r['llc_mean'], 4)}{note} | "
                 + ", ".join(f"{t:.2f}" for t in r.get("all_seconds", [r["seconds"]])) + " |"
             )
     wl = []
@@ -311,7 +452,9 @@ def report(results: dict[str, dict[str, dict]], tools: list[str], info: dict, co
         "sampling call's process CPU time (user + system, all threads; less disturbed than wall time by other "
         "load on the machine), the lowest over the repeats. Peak RSS: ru_maxrss "
         "of the whole benchmark process (interpreter, torch, the tool's imports, data); Δ RSS: how much the sampling "
-        "call raised that peak.",
+        "call raised that peak (a lower bound when building the model and data peaked higher); Δ RSS ÷ parameter "
+        "bytes: that over the model's float32 parameter bytes (meaningful only where the parameters dominate: "
+        "(d); see the memory table for a precise measurement).",
         "",
         "Targets of issue 4 in this run:",
         "",
@@ -356,13 +499,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-spec", default=TORCH_SPEC, help="pip requirement for torch in the devinterp venvs")
     parser.add_argument("--json", default=None, help="also write every measurement as JSON here")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one subprocess")
+    parser.add_argument("--memory-workloads", default="",
+                        help="comma-separated subset of m (a 4.2M-weight DLN), a,b,c,d: peak memory added by sampling "
+                             "÷ parameter bytes, per tool (default: none)")
+    parser.add_argument("--memory-chains", type=int, default=4, help="chains in the memory runs")
+    parser.add_argument("--memory-draws", type=int, default=20, help="draws per chain in the memory runs")
+    parser.add_argument("--answer-workloads", default="",
+                        help="comma-separated subset of a,b,c,d: time to a λ̂ with --target-rel-mcse (default: none)")
+    parser.add_argument("--target-rel-mcse", type=float, default=0.05, help="the answer: MCSE ≤ this × λ̂")
+    parser.add_argument("--block", type=int, default=100, help="draws per chain between MCSE checks")
+    parser.add_argument("--max-draws", type=int, default=None, help="override ANSWER_SETTINGS' max_draws")
     args = parser.parse_args(argv)
 
     command = "python benchmarks/compare_devinterp.py" + "".join(" " + shlex.quote(a) for a in argv)
-    keys = [k.strip() for k in args.workloads.split(",") if k.strip()]
+    keys = [k.strip() for k in args.workloads.split(",") if k.strip() and k.strip() != "none"]
     for k in keys:
         if k not in workloads.WORKLOADS:
             parser.error(f"unknown workload {k!r}; choose from {','.join(workloads.WORKLOADS)}")
+    import run_answer
+
+    mem_keys = [k.strip() for k in args.memory_workloads.split(",") if k.strip()]
+    for k in mem_keys:
+        if k not in workloads.WORKLOADS and k not in run_answer.MEMORY_WORKLOADS:
+            parser.error(f"unknown memory workload {k!r}; choose from {','.join([*run_answer.MEMORY_WORKLOADS, *workloads.WORKLOADS])}")
+    ans_keys = [k.strip() for k in args.answer_workloads.split(",") if k.strip()]
+    for k in ans_keys:
+        if k not in ANSWER_SETTINGS:
+            parser.error(f"unknown answer workload {k!r}; choose from {','.join(ANSWER_SETTINGS)}")
     wanted = None if args.tools is None else {t.strip() for t in args.tools.split(",")}
 
     def log(msg):
@@ -401,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         tools = [r[0] for r in runs]
 
         results: dict[str, dict[str, dict]] = {k: {} for k in keys}
-        rounds = max(r[4] for r in runs)
+        rounds = max(r[4] for r in runs) if keys else 0
         for rep in range(rounds):
             for key in keys:
                 w = workloads.WORKLOADS[key].scaled(args.quick)
@@ -428,12 +591,91 @@ def main(argv: list[str] | None = None) -> int:
                     cpus = [c for c in ((best or {}).get("min_cpu_seconds"), r.get("cpu_seconds")) if c is not None]
                     if cpus:
                         results[key][tool]["min_cpu_seconds"] = min(cpus)
+        # peak memory: one run per (tool, workload), each in a fresh process
+        memory: dict[str, dict[str, dict]] = {k: {} for k in mem_keys}
+        for rep, key in [(rep, key) for rep in range(max(1, args.repeats)) for key in mem_keys]:
+            for tool, python, options, env, repeats in runs:
+                child_tool = "lambdahat" if tool.startswith("lambdahat") else tool
+                if child_tool not in run_answer.RUNNERS or rep >= max(1, repeats):
+                    continue
+                r = run_answer_child(python, child_tool, key, ["--draws", str(args.memory_draws), "--chains",
+                                                               str(args.memory_chains)], options, logdir,
+                                     args.timeout, env)
+                r.pop("losses", None)
+                r["tool"] = tool
+                prev = memory[key].get(tool)
+                ratios = (prev or {}).get("all_ratios", []) + ([r["peak_added_over_param_bytes"]] if "error" not in r else [])
+                if prev is None or "error" in prev:
+                    memory[key][tool] = r
+                memory[key][tool]["all_ratios"] = ratios
+                log(f"memory ({key}) {tool}: " + (f"FAILED {r['error']}" if "error" in r else
+                    f"{r['peak_added_bytes'] / 2**20:.1f} MB added = {r['peak_added_over_param_bytes']:.2f} × "
+                    f"parameter bytes ({r['num_chains']} chains, {r.get('chain_mode')})"))
+
+        # time to an answer: the same fixed settings for every tool, rounds interleaved
+        answers: dict[str, dict[str, dict]] = {k: {} for k in ans_keys}
+        for rep in range(max((r[4] for r in runs), default=0) if ans_keys else 0):
+            for key in ans_keys:
+                cfg = ANSWER_SETTINGS[key]
+                draws = args.max_draws or cfg["max_draws"]
+                if args.quick:
+                    draws = max(args.block, draws // 10)
+                child_args = ["--draws", str(draws), "--burnin", str(cfg["burnin"]), "--step-size", str(cfg["step_size"])]
+                for tool, python, options, env, repeats in runs:
+                    child_tool = "lambdahat" if tool.startswith("lambdahat") else tool
+                    if rep >= repeats or child_tool not in run_answer.RUNNERS or (
+                            "vectorised" in tool and workloads.WORKLOADS[key].num_chains == 1):
+                        continue
+                    r = run_answer_child(python, child_tool, key, child_args, options, logdir, args.timeout, env)
+                    r["tool"] = tool
+                    best = answers[key].get(tool)
+                    if "error" in r:
+                        log(f"answer [{rep + 1}/{repeats}] ({key}) {tool}: FAILED {r['error']}")
+                        answers[key].setdefault(tool, r)
+                        continue
+                    times = (best or {}).get("all_seconds", []) + [r["seconds"]]
+                    if best is None or "error" in best or r["seconds"] < best["seconds"]:
+                        r["scan"] = answer_scan(r, args.target_rel_mcse, args.block, 2 * args.block)
+                        r.pop("losses", None)
+                        answers[key][tool] = best = r
+                    best["all_seconds"] = times
+                    a = best["scan"]
+                    log(f"answer [{rep + 1}/{repeats}] ({key}) {tool}: full run {r['seconds']:.2f} s; " + (
+                        f"answer at {a['draws']} draws, {a['seconds']:.2f} s, λ̂ {a['llc']:.4g} ± {a['mcse']:.2g}"
+                        if a["reached"] else f"no answer within {a['draws_run']} draws"))
     total = time.perf_counter() - t0
     body = report(results, tools, info, command, args.quick, args.repeats, args.devinterp_repeats, total,
-                  (load_start, os.getloadavg()), started, devinterp_info)
+                  (load_start, os.getloadavg()), started, devinterp_info) if keys else (
+        f"Command: `{command}`\n\nDate: {started} (UTC). Machine: {info['cpu']}, {info['cores']} cores (every "
+        f"process single-threaded), torch {info['torch']}, Python {info['python']}; lambdahat at commit "
+        f"{info['commit']}" + "".join(f"; devinterp {v} (torch {t})" for v, t in devinterp_info.items())
+        + f". Load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}. Total wall time "
+        f"{total:.0f} s.\n")
+    if mem_keys:
+        body += "\n".join([
+            "", f"Peak memory added by sampling ({args.memory_chains} chains × {args.memory_draws} draws, a fresh "
+            "process per run: VmHWM, reset right before the sampling call, minus VmRSS then (after gc and "
+            "malloc_trim); the model, its data and the imports are already resident; the median over the "
+            "repeats, all listed):", "",
+            *memory_report(memory, tools), ""])
+    if ans_keys:
+        settings = "; ".join(f"({k}) ε = {ANSWER_SETTINGS[k]['step_size']:g}, burn-in {ANSWER_SETTINGS[k]['burnin']}, "
+                             f"at most {args.max_draws or ANSWER_SETTINGS[k]['max_draws']} draws per chain"
+                             for k in ans_keys)
+        body += "\n".join([
+            "", f"Time to an answer: λ̂ with MCSE ≤ {args.target_rel_mcse:.0%} of λ̂, MCSE by "
+            "lambdahat.diagnostics.llc_statistics on each tool's own per-draw losses, checked every "
+            f"{args.block} draws per chain (from {2 * args.block}); every tool at the same γ, nβ = n / log n, batch "
+            f"size and {settings}. Seconds and gradient evaluations to the answer: the full run's × (burn-in + "
+            "draws needed) / (burn-in + draws run), the fastest full run of the repeats; ESS / s and ESS / "
+            "gradient evaluation at the answer, and over the whole run (steadier: the stopping block is "
+            "itself a noisy statistic, so draws to the answer differ between tools by chance at the "
+            "block size):", "",
+            *answer_report(answers, tools, args.target_rel_mcse, args.block), ""])
     print(body)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(info=info, command=command, results=results), indent=1))
+        Path(args.json).write_text(json.dumps(dict(info=info, command=command, results=results, memory=memory,
+                                                   answers=answers), indent=1))
     if args.out:
         write_out(Path(args.out), body)
         log(f"wrote {args.out}")
