@@ -124,8 +124,12 @@ def _step_factor(acceptance: float, target: float) -> float:
     """The multiplicative change of ε that moves the acceptance toward ``target``."""
     if not math.isfinite(acceptance):
         return 0.5
-    ratio = max(1.0 - acceptance, 1e-3) / (1.0 - target)
-    return float(np.clip(ratio ** (-2.0 / 3.0), 0.5, 2.0))
+    return float(np.clip(_rejection_ratio(acceptance, target) ** (-2.0 / 3.0), 0.5, 2.0))
+
+
+def _rejection_ratio(acceptance: float, target: float) -> float:
+    """(1 − acceptance) / (1 − target), at least 1/100 (an acceptance of exactly 1 still says "grow")."""
+    return max(1.0 - acceptance, (1.0 - target) / 100) / (1.0 - target)
 
 
 def _options(settings_sampler, every: int) -> dict[str, Any]:
@@ -226,7 +230,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         windows, warm_acc = warm_up(min_warmup, max_warmup)
         if remedies < MAX_NOISE_REMEDIES and step >= noise_cap and math.isfinite(warm_acc):
             # the acceptance would allow a larger ε than the noise does: remove noise where it pays for itself
-            wanted = step * max(1.0, ((1.0 - target) / max(1.0 - warm_acc, 1e-3)) ** (2.0 / 3.0))
+            wanted = step * max(1.0, _rejection_ratio(warm_acc, target) ** (-2.0 / 3.0))
             change = monitor.remedy(chains, wanted, noise_cap, auto_batch=auto_batch,
                                     auto_cv=settings.control_variate == AUTO)
             if change is not None:
