@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lambdahat as lh
-from lambdahat import adapt, tasks, truth
+from lambdahat import adapt, stopping, tasks, truth
 from lambdahat.settings import Settings
 
 Z = 4.0
@@ -174,7 +174,7 @@ def test_unknown_and_bad_settings_fail_before_any_work(small_dln):
 
 
 def test_step_factor_moves_toward_the_target():
-    assert adapt._step_factor(0.99, 0.9) > 1  # too small a step: grow it
-    assert adapt._step_factor(0.5, 0.9) < 1  # too large: shrink it
-    assert adapt._step_factor(0.9, 0.9) == pytest.approx(1.0)
-    assert 0.5 <= adapt._step_factor(0.0, 0.9) and adapt._step_factor(1.0, 0.9) <= 2.0
+    assert stopping.step_factor(0.99, 0.9) > 1  # too small a step: grow it
+    assert stopping.step_factor(0.5, 0.9) < 1  # too large: shrink it
+    assert stopping.step_factor(0.9, 0.9) == pytest.approx(1.0)
+    assert 0.5 <= stopping.step_factor(0.0, 0.9) and stopping.step_factor(1.0, 0.9) <= 2.0

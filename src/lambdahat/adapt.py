@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from . import diagnostics, health, noise
+from . import diagnostics, health, noise, stopping
 from .chains import ChainSet
 from .samplers import as_sampler_config
 from .settings import AUTO, Settings, default_max_steps
@@ -60,9 +60,6 @@ __all__ = ["Adaptation", "adapt_and_sample", "WINDOW", "MALA_ACCEPTANCE"]
 WINDOW = 100
 #: Exact MALA's own acceptance biases nothing; ≈ 0.6 mixes well (Roberts & Rosenthal 1998: 0.574).
 MALA_ACCEPTANCE = 0.6
-#: The warm-up has settled when its last windows' rejection rate is within these factors of the target's
-#: (0.85 to 0.95 at the target 0.9).
-SETTLED_REJECTION = (0.5, 1.5)
 MAX_REWARMS = 3
 #: Restarts after a divergence before the step size is capped at half the one that diverged (and
 #: the steps thrown away count against ``max_steps``, so the warm-up always ends).
@@ -74,7 +71,6 @@ DRAW_ACCEPTANCE_EVERY = 10
 MIN_WARMUP = 1_000
 MIN_DRAWS = 1_000
 DRAW_BLOCK = 1_000
-MIN_ESS = 400.0
 MAX_GAMMA_REDUCTIONS = 2
 #: Warm-up windows between measurements of the minibatch gradient noise (:class:`lambdahat.noise.NoiseMonitor`).
 NOISE_EVERY = 5
@@ -107,29 +103,6 @@ class Adaptation:
         return dict(phases=self.phases, notes=self.notes, bias=self.bias, bias_mcse=self.bias_mcse,
                     budget_spent=self.budget_spent, gradient_evaluations=self.gradient_evaluations,
                     discarded_steps=self.discarded_steps, noise_bias=self.noise_bias)
-
-
-def _acceptance(records: dict[str, np.ndarray]) -> float:
-    values = records.get("mala_accept")
-    if values is None or not np.isfinite(values).any():
-        return float("nan")
-    return float(np.nanmean(values))
-
-
-def _finite(records: dict[str, np.ndarray]) -> bool:
-    return bool(np.isfinite(records["loss"]).all())
-
-
-def _step_factor(acceptance: float, target: float) -> float:
-    """The multiplicative change of ε that moves the acceptance toward ``target``."""
-    if not math.isfinite(acceptance):
-        return 0.5
-    return float(np.clip(_rejection_ratio(acceptance, target) ** (-2.0 / 3.0), 0.5, 2.0))
-
-
-def _rejection_ratio(acceptance: float, target: float) -> float:
-    """(1 − acceptance) / (1 − target), at least 1/100 (an acceptance of exactly 1 still says "grow")."""
-    return max(1.0 - acceptance, (1.0 - target) / 100) / (1.0 - target)
 
 
 def _options(settings_sampler, every: int) -> dict[str, Any]:
@@ -194,7 +167,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             length = min(WINDOW, steps_max - done)
             records = chains.advance(length, step, options=warm_every, bar=bar)
             spend(records, cost)
-            if not _finite(records) and auto_step and log.discarded_steps + chains.steps < budget:
+            if not stopping.finite(records) and auto_step and log.discarded_steps + chains.steps < budget:
                 log.discarded_steps += chains.steps
                 log.notes.append(f"a chain diverged at ε = {step:.3g} during the warm-up: every chain restarted from w* "
                                  "at ε / 10")
@@ -214,11 +187,11 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             if measure_noise and len(windows) % NOISE_EVERY == 1:
                 noise_cap = monitor.cap(chains, recent)
             if auto_step:
-                step = min(step * _step_factor(_acceptance(records), target), ceiling, noise_cap)
+                step = min(step * stopping.step_factor(stopping.acceptance(records), target), ceiling, noise_cap)
             capped = auto_step and step >= noise_cap
-            if done >= steps_min and _settled(windows, target if auto_step else None, init_loss, nbeta, capped):
+            if done >= steps_min and stopping.settled(windows, target if auto_step else None, init_loss, nbeta, capped):
                 break
-        recent = [a for a in (_acceptance(r) for r in windows[-3:]) if math.isfinite(a)]
+        recent = [a for a in (stopping.acceptance(r) for r in windows[-3:]) if math.isfinite(a)]
         return windows, float(np.mean(recent)) if recent else float("nan")
 
     restarts, ceiling = 0, math.inf
@@ -230,7 +203,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         windows, warm_acc = warm_up(min_warmup, max_warmup)
         if remedies < MAX_NOISE_REMEDIES and step >= noise_cap and math.isfinite(warm_acc):
             # the acceptance would allow a larger ε than the noise does: remove noise where it pays for itself
-            wanted = step * max(1.0, _rejection_ratio(warm_acc, target) ** (-2.0 / 3.0))
+            wanted = step * max(1.0, stopping.rejection_ratio(warm_acc, target) ** (-2.0 / 3.0))
             change = monitor.remedy(chains, wanted, noise_cap, auto_batch=auto_batch,
                                     auto_cv=settings.control_variate == AUTO)
             if change is not None:
@@ -249,7 +222,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         if not auto_gamma or reductions >= MAX_GAMMA_REDUCTIONS or not windows:
             break
         half = windows[len(windows) // 2:]
-        share, elasticity = _prior_statistics(half, gamma, nbeta, num_params, init_loss)
+        share, elasticity = stopping.prior_statistics_of(half, gamma, nbeta, num_params, init_loss)
         if not health.localization_too_tight(share, elasticity):
             break
         log.notes.append(
@@ -292,7 +265,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         healthy = [k for k, s in enumerate(chains.first_bad) if s is None]
         if not healthy:
             break
-        acc = _acceptance(records)
+        acc = stopping.acceptance(records)
         so_far = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
         low = 0.2 if exact else health.acceptance_band(nbeta * (float(np.nanmean(so_far)) - init_loss))[0]
         if auto_step and auto_burnin and rewarms < MAX_REWARMS and math.isfinite(acc) and acc < low \
@@ -314,7 +287,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         if losses.shape[1] < draw_floor:
             continue
         run = chains.recorded("loss")[healthy]
-        verdict = _draws_verdict(losses, init_loss, nbeta, settings.target_rel_mcse, run)
+        verdict = stopping.draws_verdict(losses, init_loss, nbeta, settings.target_rel_mcse, run)
         if verdict == "ok":
             break
         if verdict == "moving" and auto_burnin and losses.shape[1] >= 2 * MIN_DRAWS:
@@ -329,7 +302,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             burnin += moved
             draws = keep
     num_draws = sum(r["loss"].shape[1] for r in draws)
-    draw_acc = _acceptance({"mala_accept": np.concatenate([r["mala_accept"] for r in draws], axis=1)}) if (
+    draw_acc = stopping.acceptance({"mala_accept": np.concatenate([r["mala_accept"] for r in draws], axis=1)}) if (
         draws and "mala_accept" in draws[0]) else float("nan")
     log.phases.append(dict(name="draws", steps=num_draws, step_size=step, localization=gamma, acceptance=draw_acc))
     log.gradient_evaluations += monitor.evaluations
@@ -351,7 +324,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     if auto_draws:
         log.notes.append(
             f"num_draws = {num_draws}: " + (f"the step budget max_steps = {budget} was spent before the length targets "
-                                            f"(convergence, R̂, ESS ≥ {MIN_ESS:.0f}, MCSE ≤ {settings.target_rel_mcse:.0%} of λ̂) "
+                                            f"(convergence, R̂, ESS ≥ {stopping.MIN_ESS:.0f}, MCSE ≤ {settings.target_rel_mcse:.0%} of λ̂) "
                                             "were all met" if log.budget_spent else
                                             "extended in blocks until the convergence, R̂, ESS and MCSE targets passed")
         )
@@ -378,7 +351,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         log.bias = 2 * (stats["llc_mean"] - half["llc_mean"])
         log.bias_mcse = 2 * math.hypot(stats["llc_mcse"], half["llc_mcse"])
         log.phases.append(dict(name="bias check", steps=settle + measure, step_size=step / 2, localization=gamma,
-                               acceptance=_acceptance(records)))
+                               acceptance=stopping.acceptance(records)))
 
     records, first_bad = chains.records()
     records["step_size"] = np.broadcast_to(np.asarray(step_sizes, dtype=float), records["loss"].shape).copy()
@@ -401,51 +374,3 @@ def _warmup_steps(log: Adaptation) -> int:
     return sum(p["steps"] for p in log.phases if p["name"] == "warm-up")
 
 
-def _settled(windows: list[dict[str, np.ndarray]], target: float | None, init_loss: float, nbeta: float,
-             capped: bool = False) -> bool:
-    """The warm-up may end: the last windows' rejection rate 1 − acceptance is within a factor
-    ``SETTLED_REJECTION`` of the target's (when adapting ε; at most that when ε is held below by the
-    noise cap, ``capped``) and the loss level of the last fifth of the warm-up is within 5% (in λ̂)
-    of the fifth before."""
-    if len(windows) < 10:
-        return False
-    if target is not None:
-        low, high = SETTLED_REJECTION
-        ratios = [(1 - _acceptance(r)) / (1 - target) for r in windows[-3:]]
-        if not all(math.isfinite(q) and (q <= high if capped else low <= q <= high) for q in ratios):
-            return False
-    k = max(2, len(windows) // 5)
-    last = np.concatenate([r["loss"] for r in windows[-k:]], axis=1)
-    before = np.concatenate([r["loss"] for r in windows[-2 * k:-k]], axis=1)
-    if not (np.isfinite(last).all() and np.isfinite(before).all()):
-        return False
-    llc_last = nbeta * (float(last.mean()) - init_loss)
-    llc_before = nbeta * (float(before.mean()) - init_loss)
-    return abs(llc_last - llc_before) <= 0.05 * max(abs(llc_last), 1e-12)
-
-
-def _draws_verdict(losses: np.ndarray, init_loss: float, nbeta: float, target_rel_mcse: float,
-                   run: np.ndarray | None = None) -> str:
-    """"ok" when the draws pass the length checks, "moving" when λ̂ is still moving between the
-    halves of the draws, "travelling" when it moves on the scale of the whole ``run`` (the
-    ladder check), else "short"."""
-    stats = diagnostics.llc_statistics(losses, init_loss, nbeta)
-    llc = stats["llc_mean"]
-    if not health.drift(losses, init_loss, nbeta, llc).ok:
-        return "moving"
-    if run is not None and not health.ladder(run, init_loss, nbeta, llc).ok:
-        return "travelling"
-    rhat = diagnostics.rhat(losses)
-    rhat_ok = math.isnan(rhat) or rhat <= health.rhat_threshold(stats["ess"], losses.shape[0])
-    if rhat_ok and stats["ess"] >= MIN_ESS and stats["llc_mcse"] <= target_rel_mcse * abs(llc):
-        return "ok"
-    return "short"
-
-
-def _prior_statistics(segments: list[dict[str, np.ndarray]], gamma: float, nbeta: float, d: int,
-                      init_loss: float) -> tuple[float, float]:
-    """The localisation check's prior share and elasticity (see ``health.check_localization``)."""
-    losses = np.concatenate([r["loss"] for r in segments], axis=1)
-    distance = np.concatenate([r["distance"] for r in segments], axis=1)
-    llc = nbeta * (float(losses.mean()) - init_loss)
-    return health.prior_statistics(losses, distance, gamma, nbeta, d, llc)
