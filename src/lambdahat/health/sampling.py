@@ -232,31 +232,3 @@ def ladder(losses: np.ndarray, init_loss: float, nbeta: float, llc: float, dista
         "sampled is smaller (λ̂ then describes that smaller neighbourhood).",
         shift.relative, max_relative,
     )
-
-
-def check_bias(result: LLCResult, max_relative: float = 0.05, z: float = 2.0) -> Check:
-    """SGLD's discretisation bias at the step size used, measured by step doubling on the run.
-
-    After the draws the adaptive run continues every chain at ε/2 (see :mod:`lambdahat.adapt`);
-    the bias of SGLD is about linear in ε (for a quadratic loss 1 / (1 − εa/4) − 1 ≈ εa/4), so
-    b = 2 (λ̂(ε) − λ̂(ε/2)) estimates the bias at ε. Fails when b exceeds ``max_relative`` × |λ̂| (5%)
-    by more than ``z`` standard errors: the step is too large for the accuracy claimed. Skipped
-    when the run did not measure it (a fixed step size, or exact MALA).
-    """
-    name = "bias"
-    adaptation = getattr(result, "adaptation", None)
-    bias = getattr(adaptation, "bias", None)
-    if bias is None:
-        return _skip(name, "the step-size bias was not measured (it is, when step_size is 'auto')")
-    se = float(adaptation.bias_mcse or 0.0)
-    llc = abs(result.llc_mean)
-    measured = f"2 (λ̂(ε) − λ̂(ε/2)) = {bias:+.3g} ± {se:.2g}, {bias / max(llc, 1e-12):+.1%} of λ̂"
-    if abs(bias) - z * se <= max_relative * llc:
-        return Check(name, True, f"SGLD's step-size bias is small: {measured} (the bias at ε is about that).",
-                     bias / max(llc, 1e-12), max_relative)
-    return Check(
-        name, False,
-        f"SGLD's step-size bias is large: {measured}, beyond {max_relative:.0%} of λ̂. Lower step_size 2× (or let the "
-        "warm-up aim at a higher MALA acceptance).",
-        bias / max(llc, 1e-12), max_relative,
-    )
