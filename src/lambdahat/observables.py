@@ -163,8 +163,10 @@ def bif(result: Any, *, correlation: bool = False) -> np.ndarray:
 
     Sign and scale. This is the local BIF of Kreer et al., "Bayesian Influence Functions for
     Hessian-Free Data Attribution", arXiv 2509.26544: BIF(z_i, φ) = −Cov_γ(ℓ_i(w), φ(w)) with the
-    observable φ = ℓ_j, at the posterior's own nβ and γ, with no further factor. Negative values:
-    the two losses rise together under the posterior (up-weighting z_i lowers the loss on z_j).
+    observable φ = ℓ_j, at the posterior's own nβ and γ, with no further factor: it is
+    d/dh E_h[φ] at h = 0 for the posterior up-weighted by z_i, p_h ∝ p · exp(−h ℓ_i). Negative
+    values: the two losses rise together under the posterior, and up-weighting z_i lowers the
+    expected loss on z_j.
     For a regular model near its minimum, w ≈ N(μ, (nβ H + γ I)⁻¹) with H the Hessian of L_n, so
     −Cov(ℓ_i, ℓ_j) ≈ −∇ℓ_iᵀ (nβ H + γ I)⁻¹ ∇ℓ_j: the classical influence function scaled by
     1/(nβ) (when γ ≪ nβ H); the covariance shrinks as 1/(nβ), the correlation does not.
