@@ -371,10 +371,10 @@ def estimate_llc(
 
 
 #: Models with at most this many sampled weights sample on one intra-op thread: their matrix products
-#: are too small for threads to pay, and on shared cores extra threads contend (measured on 2 cores:
-#: a small model took 26.0 s with 2 threads and 4.5 s with 1, the same λ̂). Larger ones keep torch's
-#: setting. The caller's thread count is restored afterwards.
-SINGLE_THREAD_MAX_PARAMS = 2**16
+#: are too small for threads to pay, and on shared cores extra threads contend (measured on 2 shared
+#: cores, benchmarks/threads.py: 2 threads ran at 0.06, 0.16 and 0.25 × the speed of 1 at 10k, 100k and
+#: 1M weights). Larger ones keep torch's setting. The caller's thread count is restored afterwards.
+SINGLE_THREAD_MAX_PARAMS = 2**20
 
 
 def select_threads(num_params: int) -> int | None:

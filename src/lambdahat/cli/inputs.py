@@ -232,15 +232,16 @@ def build_task(task: str | dict[str, Any]) -> _Task:
 
 @contextmanager
 def torch_threads(requested: int | None, model: Any) -> Iterator[None]:
-    """Torch intra-op threads while a command runs, restored after: as ``--threads`` asks, else 1
-    for a model under 1M weights, which gains nothing from more and loses up to 20× when the cores
-    are shared (measured on 2), else torch's own choice."""
+    """Torch intra-op threads while a command runs, restored after: as ``--threads`` asks, else the
+    library's policy (:func:`lambdahat.estimate.select_threads`: one thread up to 2²⁰ weights)."""
     import torch
+
+    from ..estimate import select_threads
 
     first = next(iter(model.values())) if isinstance(model, dict) else model
     threads = requested
-    if threads is None and sum(p.numel() for p in first.parameters()) < 1_000_000:
-        threads = 1
+    if threads is None:
+        threads = select_threads(sum(p.numel() for p in first.parameters()))
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
