@@ -7,6 +7,9 @@ under a Gaussian has a closed form, which the BIF must match entry by entry with
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +137,16 @@ def test_probe_leaves_the_chains_bit_identical_and_repeats_bit_for_bit():
         np.testing.assert_array_equal(probed.trace[name], plain.trace[name])
     np.testing.assert_array_equal(again.trace.probe, probed.trace.probe)
     np.testing.assert_array_equal(again.trace.probe_steps, probed.trace.probe_steps)
+
+
+def test_probe_travels_with_chains_on_an_executor():
+    """One chain per worker process: the probe goes with the pickled job, the rows come back the same."""
+    model, data, probe, _, _ = _linear_problem()
+    here = lh.estimate_llc(model, data, gaussian_nll, probe=probe, probe_every=3, chain_mode="sequential", **SMALL)
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        there = lh.estimate_llc(model, data, gaussian_nll, probe=probe, probe_every=3, executor=pool, **SMALL)
+    np.testing.assert_array_equal(there.trace.probe, here.trace.probe)
+    np.testing.assert_array_equal(there.trace.probe_steps, here.trace.probe_steps)
 
 
 def test_saved_trace_keeps_the_probe(tmp_path):
