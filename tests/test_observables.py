@@ -244,3 +244,34 @@ def test_loss_without_per_sample_form_fails_before_sampling(monkeypatch):
     monkeypatch.undo()
     result = lh.estimate_llc(model, data, not_vmappable, probe=probe, **SMALL)
     assert result.trace.probe.shape == (2, 30, 5)
+
+
+def test_chain_set_probes_only_active_kept_segments():
+    """The hook adapt.py may use: probe_active=False (a warm-up) and keep=False (a side measurement)
+    segments record no rows; the steps of the rows count only kept segments."""
+    from lambdahat.chains import ChainJob, ChainSet
+    from lambdahat.data import as_data_source
+    from lambdahat.observables import Probe
+    from lambdahat.potential import Potential
+    from lambdahat.samplers import as_sampler_config
+
+    model, data, probe, _, _ = _linear_problem()
+    source = as_data_source(data)
+    potential = Potential(model, gaussian_nll, ["weight"])
+    job = ChainJob(model=model, loss_fn=gaussian_nll, sampled_names=["weight"], masks=None, data=source,
+                   sampler=as_sampler_config("sgld"), step_size=1e-3, nbeta=NBETA, localization=GAMMA, num_steps=0,
+                   batch_size=N, seed=0, probe=Probe(as_data_source(probe), every=2), _potential=potential)
+    chains = ChainSet(job, [0, 1], "sequential")
+    chains.probe_active = False
+    chains.advance(5, 1e-3)
+    chains.probe_active = True
+    chains.keep = False
+    chains.advance(7, 1e-3)
+    chains.keep = True
+    chains.advance(6, 1e-3)
+    records, _ = chains.records()
+    np.testing.assert_array_equal(records["probe_step"], [[5, 7, 9], [5, 7, 9]])
+    assert records["probe"].shape == (2, 3, 5) and np.isfinite(records["probe"]).all()
+    trace = Trace(records, 6, [None, None])
+    np.testing.assert_array_equal(trace.probe_steps, [7, 9])
+    assert "probe" not in trace.arrays and trace.num_steps == 11

@@ -154,6 +154,12 @@ class ChainSet:
     :meth:`restart`, the localisation) may change: that is how the warm-up of
     :mod:`lambdahat.adapt` adapts, and the draws after it run at frozen settings.
     ``mode`` is ``"sequential"`` (one chain after another) or ``"vectorized"`` (one (K, d) state).
+
+    With ``job.probe`` (:class:`lambdahat.observables.Probe`), every kept segment also evaluates
+    the probe's per-sample losses at the chains' points after the probe's scheduled steps (the step
+    numbers count kept steps, as ``steps`` does); :meth:`records` returns them as ``"probe"``
+    (chain, row, sample) and ``"probe_step"`` (chain, row). ``probe_active = False`` skips the
+    probe in the segments that follow (a warm-up, whose rows would be dropped as burn-in anyway).
     """
 
     def __init__(self, job: ChainJob, chains: Sequence[int], mode: str):
@@ -188,6 +194,8 @@ class ChainSet:
         # the probe hook: per kept segment, (steps probed, per-sample losses (chain, row, sample))
         self._probe_losses = job.probe.evaluator(job.potential, job.model, job.loss_fn) if job.probe else None
         self._probe_segments: list[tuple[np.ndarray, np.ndarray]] = []
+        # False: kept segments are not probed (a warm-up whose rows would be dropped as burn-in anyway)
+        self.probe_active = True
 
     def positions(self) -> Tensor:
         """Every chain's current point, (chain, d) (w* for a chain that has not stepped yet)."""
@@ -216,7 +224,8 @@ class ChainSet:
         potential = LocalizedPotential(self._loss_and_grad, job.potential.w_star, job.nbeta, self.localization)
         sampler = job.sampler.with_options(**dict(options or {})).build(potential, step_size=step_size)
         device = job.potential.w_star.device
-        probed = job.probe.schedule(self.steps, num_steps) if self._probe_losses is not None and self.keep else None
+        probing = self._probe_losses is not None and self.keep and self.probe_active
+        probed = job.probe.schedule(self.steps, num_steps) if probing else None
         probe_rows: list[Tensor | None] = []
         rows = []
         for i in range(len(self._starts)):
