@@ -195,7 +195,8 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         return windows, float(np.mean(recent)) if recent else float("nan")
 
     restarts, ceiling = 0, math.inf
-    # 1-2. warm-up: step size, then localisation
+    # 1-2. warm-up: step size, then localisation (all burn-in: no probe evaluations)
+    chains.probe_active = False
     if bar is not None:
         bar.set_description("warm-up")
     reductions = 0
@@ -238,6 +239,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     log.phases.append(dict(name="warm-up", steps=chains.steps, step_size=step, localization=gamma, acceptance=warm_acc))
     burnin = chains.steps
     rewarms = 0
+    chains.probe_active = True
     if bar is not None:
         bar.set_description("draws")
 
@@ -275,7 +277,9 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             log.notes.append(f"the draws' MALA acceptance fell to {acc:.2f} at ε = {step:.3g}: the warm-up resumed")
             if bar is not None:
                 bar.set_description("warm-up (resumed)")
+            chains.probe_active = False
             _, warm_acc = warm_up(MIN_WARMUP // 2, min(max_warmup, budget_draws - chains.steps - MIN_DRAWS))
+            chains.probe_active = True
             if bar is not None:
                 bar.set_description("draws")
             burnin = chains.steps
@@ -367,6 +371,7 @@ def _rebuilt(chains: ChainSet, gamma: float, **changes: Any) -> ChainSet:
     mode = chains.mode if chains.mode == "sequential" or job.check_stacked() is None else "sequential"
     fresh = ChainSet(job, chains.chains, mode)
     fresh.restart(gamma)
+    fresh.probe_active = chains.probe_active
     return fresh
 
 
