@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
-from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -93,9 +94,53 @@ def estimate_llc(
             the data of interest as ``data``.
     """
     start = time.perf_counter()
+    sampled_params = settings.pop("sampled_params", None)
+    settings, sampler_config = _checked_settings(model, executor, probe, probe_every, probe_batch_size, settings)
+    source = as_data_source(data)
+    nbeta = default_nbeta(source.n) if settings.nbeta is None else float(settings.nbeta)
+    settings, auto_batch = _with_batch_size(settings, sampler_config, source)
+    names = select_params(model, sampled_params)
+    masks = sampled_params if isinstance(sampled_params, Mapping) else None
+    device = _device_of(model)
+    source = source.to(device)
+    with _sampling_state(model, names):
+        potential, init_loss = _measured_w_star(model, loss_fn, names, masks, source, settings, device)
+        probe_set = _checked_probe(probe, probe_every, probe_batch_size, settings, potential, model, loss_fn, source,
+                                   device)
+        model.train(settings.train_mode)
+        job = ChainJob(
+            model=model, loss_fn=loss_fn, sampled_names=names, masks=masks, data=source, sampler=sampler_config,
+            step_size=settings.step_size, nbeta=nbeta, localization=settings.localization, num_steps=0,
+            batch_size=settings.batch_size, seed=settings.seed, probe=probe_set, _potential=potential,
+        )
+        if settings.control_variate is True:
+            anchor = full_loss_and_grad(potential.loss_and_grad, source, potential.w_star, settings.init_loss_batch_size)[1]
+            job.control_variate = (init_loss, anchor)
+        extras = _recorded_extras(settings, sampler_config, nbeta, source.n, potential, names, masks, probe_set)
+        adaptation = None
+        if not settings.auto_fields:
+            job.num_steps = settings.num_burnin_steps + settings.num_draws
+            trace = run_chains(
+                job, num_chains=settings.num_chains, num_burnin_steps=settings.num_burnin_steps,
+                config={**settings.to_dict(), **extras}, chain_mode=settings.chain_mode,
+                train_mode=settings.train_mode, executor=executor, progress=progress,
+            )
+            evaluations = settings.num_chains * job.num_steps * sampler_config.evaluations_per_step
+        else:  # the warm-up sets the localisation (given, or its own starting value) before any step
+            trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress, auto_batch)
+            evaluations = settings.num_chains * adaptation.gradient_evaluations
+    result = LLCResult.from_trace(trace, init_loss, nbeta, settings, potential.num_params, adaptation=adaptation,
+                                  gradient_evaluations=int(evaluations))
+    result.wall_time = time.perf_counter() - start
+    return result
+
+
+def _checked_settings(model: Any, executor: Any, probe: Any, probe_every: int, probe_batch_size: int | None,
+                      settings: dict[str, Any]) -> tuple[Settings, Any]:
+    """The settings and sampler of a call, with every mistake in the arguments turned into a clear
+    error before any work is done."""
     if probe is None and (probe_every != 1 or probe_batch_size is not None):
         raise ValueError("probe_every and probe_batch_size set how the probe is evaluated; pass probe=probe_data too.")
-    sampled_params = settings.pop("sampled_params", None)
     settings = Settings.from_mapping(settings, where="estimate_llc")
     sampler_config = as_sampler_config(settings.sampler)
     if settings.step_size == AUTO and sampler_config.name in ("sghmc", "sgnht"):
@@ -117,12 +162,13 @@ def estimate_llc(
             )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    return settings, sampler_config
 
-    source = as_data_source(data)
-    n = source.n
-    nbeta, nbeta_default = (default_nbeta(n), True) if settings.nbeta is None else (float(settings.nbeta), False)
-    batch_size = settings.batch_size
-    # no batch size given anywhere: the warm-up may raise it where minibatch noise would bias λ̂
+
+def _with_batch_size(settings: Settings, sampler_config: Any, source: Any) -> tuple[Settings, bool]:
+    """The settings with the batch size resolved (given, the DataLoader's, else 256, clipped to n;
+    the full data for an exact sampler), and whether the warm-up may raise it (none was given)."""
+    n, batch_size = source.n, settings.batch_size
     auto_batch = batch_size is None and not source.default_batch_size and not sampler_config.full_batch
     if sampler_config.full_batch:
         if batch_size is not None and batch_size < n:
@@ -131,76 +177,74 @@ def estimate_llc(
                 f"full data (n = {n}); leave batch_size=None, or use 'sgld' for minibatches."
             )
         batch_size = n
-    batch_size = min(batch_size or source.default_batch_size or 256, n)
-    settings = settings.replace(batch_size=batch_size)
+    return settings.replace(batch_size=min(batch_size or source.default_batch_size or 256, n)), auto_batch
 
-    names = select_params(model, sampled_params)
-    masks = sampled_params if isinstance(sampled_params, Mapping) else None
+
+def _device_of(model: nn.Module) -> torch.device:
     try:
         device = next(model.parameters()).device
     except StopIteration:
-        device = torch.device("cpu")
+        return torch.device("cpu")
     if device.type == "meta":
         raise ValueError("model: its parameters are on the meta device (shapes without values); load its weights "
                          "(e.g. model.to_empty(device='cpu') then load_state_dict) before estimating.")
-    source = source.to(device)
+    return device
+
+
+@contextmanager
+def _sampling_state(model: nn.Module, names: list[str]) -> Iterator[None]:
+    """The thread policy (:func:`select_threads`) and eval mode while sampling; the caller's thread
+    count and every module's train/eval mode restored afterwards, whatever happens."""
     modes = {module: module.training for module in model.modules()}
     threads = torch.get_num_threads()
     try:
         if select_threads(sum(p.numel() for name, p in model.named_parameters() if name in names)) == 1:
             torch.set_num_threads(1)
         model.eval()
-        potential = Potential(model, loss_fn, names, masks)
-        potential.check_loss(source.batch(torch.arange(min(batch_size, n))))
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(settings.seed)  # a stochastic eval-mode forward gives the same L_n(w*) every time
-            init_loss = potential.full_loss(potential.w_star, source, settings.init_loss_batch_size)
-        if not math.isfinite(init_loss):
-            raise ValueError(f"loss_fn is not finite at w* on the full data (L_n(w*) = {init_loss}).")
-        probe_set = None
-        if probe is not None:  # validated before any sampling work
-            from .observables import make_probe
-
-            start_step = 0 if settings.auto_fields else settings.num_burnin_steps
-            probe_set = make_probe(probe, probe_every, probe_batch_size, batch_size, device, start=start_step)
-            probe_set.check(potential, model, loss_fn, source)
-        model.train(settings.train_mode)
-        job = ChainJob(
-            model=model, loss_fn=loss_fn, sampled_names=names, masks=masks, data=source, sampler=sampler_config,
-            step_size=settings.step_size, nbeta=nbeta, localization=settings.localization,
-            num_steps=0, batch_size=batch_size, seed=settings.seed, probe=probe_set, _potential=potential,
-        )
-        if settings.control_variate is True:
-            anchor = full_loss_and_grad(potential.loss_and_grad, source, potential.w_star, settings.init_loss_batch_size)[1]
-            job.control_variate = (init_loss, anchor)
-        extras = dict(
-            sampler=sampler_config.name, sampler_options=dict(sampler_config.options), nbeta=nbeta,
-            nbeta_default=nbeta_default, n=n, init_loss_samples=n, num_params=potential.num_params,
-            sampled_params=names,
-            masked_params={name: int(mask.sum()) for name, mask in masks.items() if name in names} if masks else None,
-        )
-        if probe_set is not None:
-            extras["probe"] = dict(size=probe_set.size, every=probe_set.every, batch_size=probe_set.batch_size)
-        adaptation = None
-        if not settings.auto_fields:
-            job.num_steps = settings.num_burnin_steps + settings.num_draws
-            trace = run_chains(
-                job, num_chains=settings.num_chains, num_burnin_steps=settings.num_burnin_steps,
-                config={**settings.to_dict(), **extras}, chain_mode=settings.chain_mode,
-                train_mode=settings.train_mode, executor=executor, progress=progress,
-            )
-            evaluations = settings.num_chains * job.num_steps * sampler_config.evaluations_per_step
-        else:  # the warm-up sets the localisation (given, or its own starting value) before any step
-            trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress, auto_batch)
-            evaluations = settings.num_chains * adaptation.gradient_evaluations
+        yield
     finally:
         torch.set_num_threads(threads)
         for module, mode in modes.items():
             module.training = mode
-    result = LLCResult.from_trace(trace, init_loss, nbeta, settings, potential.num_params, adaptation=adaptation,
-                                  gradient_evaluations=int(evaluations))
-    result.wall_time = time.perf_counter() - start
-    return result
+
+
+def _measured_w_star(model, loss_fn, names, masks, source, settings: Settings, device) -> tuple[Potential, float]:
+    """The flat potential of the sampled weights, checked on one batch, and L_n(w*) on the full data
+    (under the run's seed: a stochastic eval-mode forward gives the same value every time)."""
+    potential = Potential(model, loss_fn, names, masks)
+    potential.check_loss(source.batch(torch.arange(min(settings.batch_size, source.n))))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        init_loss = potential.full_loss(potential.w_star, source, settings.init_loss_batch_size)
+    if not math.isfinite(init_loss):
+        raise ValueError(f"loss_fn is not finite at w* on the full data (L_n(w*) = {init_loss}).")
+    return potential, init_loss
+
+
+def _checked_probe(probe, probe_every, probe_batch_size, settings: Settings, potential, model, loss_fn, source, device):
+    """The probe set (:mod:`lambdahat.observables`), validated before any sampling work; None without one."""
+    if probe is None:
+        return None
+    from .observables import make_probe
+
+    start_step = 0 if settings.auto_fields else settings.num_burnin_steps
+    probe_set = make_probe(probe, probe_every, probe_batch_size, settings.batch_size, device, start=start_step)
+    probe_set.check(potential, model, loss_fn, source)
+    return probe_set
+
+
+def _recorded_extras(settings: Settings, sampler_config, nbeta: float, n: int, potential, names, masks,
+                     probe_set) -> dict[str, Any]:
+    """What the Trace records about the run besides its settings."""
+    extras = dict(
+        sampler=sampler_config.name, sampler_options=dict(sampler_config.options), nbeta=nbeta,
+        nbeta_default=settings.nbeta is None, n=n, init_loss_samples=n, num_params=potential.num_params,
+        sampled_params=names,
+        masked_params={name: int(mask.sum()) for name, mask in masks.items() if name in names} if masks else None,
+    )
+    if probe_set is not None:
+        extras["probe"] = dict(size=probe_set.size, every=probe_set.every, batch_size=probe_set.batch_size)
+    return extras
 
 
 #: Models with at most this many sampled weights sample on one intra-op thread: their matrix products
