@@ -51,7 +51,6 @@ def _run_case(case_name: str, route: str, version: str = "v1") -> dict:
     torch.set_num_threads(1)
     import lambdahat as lh
     from blind_cases import build
-    from lambdahat.potential import default_nbeta
 
     case = next(c for c in cases(version) if c.name == case_name)
     task = build(case)
@@ -64,6 +63,8 @@ def _run_case(case_name: str, route: str, version: str = "v1") -> dict:
                    bias=result.adaptation.bias)
     elif route == "fixed":
         n = task.n
+        from lambdahat.potential import default_nbeta  # here: the old routes' release has no default_nbeta
+
         nbeta = default_nbeta(n)
         result = lh.estimate_llc(task.model, task.data, task.loss_fn, step_size=0.04 / nbeta, localization=1.0,
                                  num_chains=4, num_burnin_steps=4000, num_draws=4000, batch_size=500, progress=False)
