@@ -86,7 +86,9 @@ class Adaptation:
     ``acceptance``); ``notes``: one sentence per auto setting saying how it got its value;
     ``bias`` and ``bias_mcse``: λ̂(2ε) − λ̂(ε) and its standard error (None when not measured);
     ``budget_spent``: the draws stopped at ``max_steps``, not because the checks passed;
-    ``gradient_evaluations``: per chain, every phase included (a proposal check costs one more).
+    ``gradient_evaluations``: per chain, every phase included (a proposal check costs one more,
+    a noise measurement four); ``noise_bias``: the λ̂ that minibatch noise adds, predicted from the
+    noise measured in the draws (None when not measured); ``chain_mode``: the mode the chains ran in.
     """
 
     phases: list[dict[str, Any]] = field(default_factory=list)
