@@ -63,7 +63,7 @@ def add_setting_flags(group, *, exclude: Sequence[str] = ()) -> None:
         elif kind == "bool":
             group.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
         else:
-            metavar = {"float": "X", "int": "N"}.get(kind.removesuffix("_or_auto"), "NAME")
+            metavar = {"float": "X", "int": "N", "bool": "true|false"}.get(kind.removesuffix("_or_auto"), "NAME")
             metavar += "|auto" if kind.endswith("_or_auto") else ""
             group.add_argument(flag, dest=f.name, type=_setting_type(f.name), default=None, metavar=metavar,
                                help=text)
