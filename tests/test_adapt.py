@@ -178,3 +178,24 @@ def test_step_factor_moves_toward_the_target():
     assert stopping.step_factor(0.5, 0.9) < 1  # too large: shrink it
     assert stopping.step_factor(0.9, 0.9) == pytest.approx(1.0)
     assert 0.5 <= stopping.step_factor(0.0, 0.9) and stopping.step_factor(1.0, 0.9) <= 2.0
+
+
+def test_a_long_run_says_how_long_it_may_take_before_it_goes_on():
+    class Bar:
+        disable = False
+
+        def __init__(self):
+            self.lines = []
+
+        def write(self, line):
+            self.lines.append(line)
+
+    job = type("Job", (), {"batch_size": 500, "data": type("D", (), {"n": 500})(),
+                           "potential": type("P", (), {"num_params": 14})()})()
+    slow, quick, hidden = Bar(), Bar(), Bar()
+    hidden.disable = True
+    adapt._announce_cost(slow, 0.01, 40_000, 4, job)  # 400 s
+    adapt._announce_cost(quick, 0.001, 40_000, 4, job)  # 40 s: nothing to say
+    adapt._announce_cost(hidden, 0.01, 40_000, 4, job)  # no progress shown: quiet
+    assert len(slow.lines) == 1 and "7 min" in slow.lines[0] and "max_steps = 40000" in slow.lines[0]
+    assert "full batch" in slow.lines[0] and not quick.lines and not hidden.lines

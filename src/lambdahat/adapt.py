@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,7 +168,10 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         done, windows = 0, []
         while done < steps_max:
             length = min(WINDOW, steps_max - done)
+            began = time.perf_counter()
             records = chains.advance(length, step, options=warm_every, bar=bar)
+            if chains.steps == length and remedies == 0 and not log.discarded_steps:
+                _announce_cost(bar, (time.perf_counter() - began) / length, budget, len(chains.chains), chains.job)
             spend(records, cost)
             if not stopping.finite(records) and auto_step and log.discarded_steps + chains.steps < budget:
                 log.discarded_steps += chains.steps
@@ -365,6 +369,25 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
                                 max_steps=budget, batch_size=chains.job.batch_size,
                                 control_variate=chains.job.control_variate is not None)
     return records, burnin, first_bad, resolved, log
+
+
+#: Runs expected to take longer than this (seconds) say so, with what drives the cost, when they start.
+ANNOUNCE_AFTER = 120.0
+
+
+def _announce_cost(bar, seconds_per_step: float, budget: int, num_chains: int, job) -> None:
+    """Print, above the progress bar, how long the whole budget would take at the speed of the
+    first window (the run's results never depend on this timing), if that is over ANNOUNCE_AFTER."""
+    if bar is None or getattr(bar, "disable", True):
+        return
+    expected = seconds_per_step * budget
+    if expected <= ANNOUNCE_AFTER:
+        return
+    full = " (full batch)" if job.batch_size >= job.data.n else ""
+    bar.write(f"lambdahat: this run may take up to about {expected / 60:.0f} min: a budget of max_steps = {budget} steps "
+              f"for {num_chains} chains of {job.potential.num_params} weights, batch {job.batch_size}{full}, at "
+              f"{seconds_per_step * 1e3:.1f} ms per step of all chains. Lower max_steps, or give the settings of an earlier run "
+              "(**result.settings), to bound it.")
 
 
 def _rebuilt(chains: ChainSet, gamma: float, **changes: Any) -> ChainSet:
