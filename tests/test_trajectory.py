@@ -112,6 +112,18 @@ def test_rows_equal_estimate_llc_per_checkpoint(ckpt_dir):
     assert result.stages is not None and result.stages.stages[0].start == 0 and result.stages.stages[-1].end == 80
 
 
+def test_probe_at_every_checkpoint_is_estimate_llcs(ckpt_dir, tmp_path):
+    x, y = _data()
+    probe = (x[:6], y[:6])
+    result = _run(ckpt_dir, probe=probe, probe_every=2)
+    model = load_weights(_make_model(), ckpt_dir / "step_000040.pt")
+    direct = lh.estimate_llc(model, _data(), gaussian_nll, progress=False, probe=probe, probe_every=2, **SETTINGS)
+    assert np.array_equal(result.results[40].trace.probe, direct.trace.probe, equal_nan=True)
+    assert lh.bif(result.results[40]).shape == (6, 6)
+    with pytest.raises(ValueError, match="probe with cache_dir"):
+        _run(ckpt_dir, probe=probe, cache_dir=tmp_path / "cache")
+
+
 def test_cache_resumes_without_recomputing(ckpt_dir, tmp_path):
     first = Counter()
     full = _run(ckpt_dir, cache_dir=tmp_path)

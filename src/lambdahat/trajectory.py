@@ -198,6 +198,8 @@ def trajectory(
     progress: bool = True,
     stage_options: Mapping[str, Any] | None = None,
     checkpoints_in_flight: int = 4,
+    probe: Any = None,
+    probe_every: int = 1,
 ) -> TrajectoryResult:
     """The LLC of every checkpoint of a training run, with one fixed setting.
 
@@ -229,6 +231,9 @@ def trajectory(
             worker, stopped at once on Ctrl-C, and no worker outlives this process (even on SIGKILL).
         progress: progress bars. stage_options: :func:`lambdahat.stages.detect_stages` options.
         checkpoints_in_flight: with an executor, how many checkpoints are loaded at once.
+        probe, probe_every: the probe set of :func:`~lambdahat.estimate_llc`, evaluated at every
+            checkpoint (``result.results[step].trace.probe``; ``lh.bif(result.results[step])``).
+            Not with ``cache_dir``: the cache keeps each checkpoint's row, not its probe losses.
 
     Returns:
         A :class:`TrajectoryResult` (``rows``, ``to_csv``, ``to_json``, ``stages``, ``plot()``).
@@ -256,6 +261,10 @@ def trajectory(
     if not isinstance(checkpoints_in_flight, int) or checkpoints_in_flight < 1:
         raise ValueError(f"checkpoints_in_flight must be a positive integer, got {checkpoints_in_flight!r}.")
     stage_options = _check_stage_options(stage_options, [step for step, _ in items])
+    if probe is not None and cache_dir is not None:
+        raise ValueError("probe with cache_dir: the cache keeps each checkpoint's row, not its probe losses, so a "
+                         "rerun could not return them; pass cache_dir=None to probe (or drop probe to cache).")
+    probing = {} if probe is None else {"probe": probe, "probe_every": probe_every}
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         if cache.exists() and not cache.is_dir():
@@ -282,7 +291,7 @@ def trajectory(
 
     def estimate(step: int, source: Any, inner_progress: bool) -> LLCResult:
         model = load_checkpoint(make_model, step, source)
-        return estimate_llc(model, data, loss_fn, executor=executor, progress=inner_progress, **settings)
+        return estimate_llc(model, data, loss_fn, executor=executor, progress=inner_progress, **probing, **settings)
 
     def finish(step: int, source: Any, identity: str, result: LLCResult) -> None:
         rows[step], verdicts[step] = _row(step, source, result)
