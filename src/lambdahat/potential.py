@@ -157,7 +157,7 @@ class Potential:
                 self._masked[n][1][self._masked[n][0]] if n in self._masked else named[n].detach().reshape(-1)
                 for n in self.names
             ]
-            self.w_star = torch.cat(pieces).clone()
+            self.w_star = torch.cat(pieces)  # a copy already: cat never returns a view
 
     def tensors(self, w: Tensor) -> dict[str, Tensor]:
         """Parameters and buffers for ``functional_call``: views of w for the sampled ones."""
@@ -238,8 +238,8 @@ class Potential:
         gen = torch.Generator(device=w.device).manual_seed(0)
         # a large move (of the order of the weights themselves): a loss that depends on w changes under it
         # even at a degenerate w* (w1·w2² at the origin moves by far less than float resolution under 1%)
-        moved = self.w_star + (1 + self.w_star.abs()) * torch.randn(w.shape, generator=gen, device=w.device,
-                                                                     dtype=w.dtype)
+        moved = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)  # in place: two copies of w at most
+        moved.mul_(self.w_star.abs().add_(1)).add_(self.w_star)
         with torch.no_grad():
             other = self.loss(moved, batch)
         if torch.equal(other.detach(), loss.detach()):
