@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import resource
 import sys
@@ -123,47 +122,14 @@ def run_lambdahat(w, model, x, y, burnin, options):
 
 
 def run_bare(w, model, x, y, burnin, options):
-    """benchmarks/run_one.py's bare loop (the same update, minibatches and generators), run for
-    burn-in + draws steps per chain, returning the per-step losses after the burn-in."""
-    device = x.device
-    eps, gamma, nbeta = w.step_size, w.localization, w.nbeta
-    n, batch_size, steps = w.n, min(w.batch_size, w.n), burnin + w.num_draws
-    params = list(model.parameters())
-    loss_fn = workloads.loss_fn
-    noise_std = math.sqrt(eps)
+    """benchmarks/run_one.py's bare loop (:func:`run_one.bare_sgld`), run for burn-in + draws steps
+    per chain, returning the per-step losses after the burn-in."""
+    from run_one import bare_sgld
+
+    steps = burnin + w.num_draws
 
     def go():
-        with torch.no_grad():
-            w_star = [p.detach().clone() for p in params]
-        noise = [torch.empty_like(p) for p in params]
-        losses = torch.empty(w.num_chains, steps, device=device)
-        for chain in range(w.num_chains):
-            gen = torch.Generator(device=device).manual_seed(1000 + chain)
-            with torch.no_grad():
-                torch._foreach_copy_(params, w_star)
-            perm, pos = None, n
-            for t in range(steps):
-                if batch_size >= n:
-                    xb, yb = x, y
-                else:
-                    if pos + batch_size > n:
-                        perm, pos = torch.randperm(n, generator=gen, device=device), 0
-                    idx = perm[pos : pos + batch_size]
-                    pos += batch_size
-                    xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-                loss = loss_fn(model(xb), yb)
-                grads = torch.autograd.grad(loss, params)
-                with torch.no_grad():
-                    losses[chain, t] = loss
-                    offset = torch._foreach_sub(params, w_star)
-                    torch._foreach_mul_(grads, nbeta)
-                    torch._foreach_add_(grads, offset, alpha=gamma)
-                    torch._foreach_add_(params, grads, alpha=-eps / 2)
-                    for buf in noise:
-                        buf.normal_(generator=gen)
-                    torch._foreach_add_(params, noise, alpha=noise_std)
-        with torch.no_grad():
-            torch._foreach_copy_(params, w_star)
+        losses = bare_sgld(w, model, x, y, steps)
         return dict(losses=losses[:, burnin:].double().cpu().numpy(), gradient_evaluations=w.num_chains * steps)
 
     return go

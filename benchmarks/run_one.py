@@ -62,7 +62,7 @@ def run_lambdahat(w, model, x, y, options):
 # ----------------------------------------------------------------------------- bare loop
 
 
-def run_bare(w, model, x, y, options):
+def bare_sgld(w, model, x, y, steps: int):
     """Plain PyTorch SGLD, the update of Lau et al. (arXiv 2308.12108), chains one after another:
 
         w ← w − (ε/2) (nβ ∇L_B(w) + γ (w − w*)) + √ε ξ,   ξ ~ N(0, I)
@@ -70,48 +70,56 @@ def run_bare(w, model, x, y, options):
     in-memory tensors, a minibatch by indexing a fresh permutation each epoch (the full data when
     the batch is the whole set), forward + backward, a torch._foreach update, the batch loss
     recorded into a preallocated tensor (no .item() in the loop). Runs on the data's device (the
-    generator and the loss buffer live there; on the CPU the draws do not depend on that)."""
+    generator and the loss buffer live there; on the CPU the draws do not depend on that).
+    Returns the batch losses (chain, step) of ``steps`` steps per chain; the model is left at w*."""
     device = x.device
     eps, gamma, nbeta = w.step_size, w.localization, w.nbeta
-    n, batch_size, steps = w.n, min(w.batch_size, w.n), w.num_draws
+    n, batch_size = w.n, min(w.batch_size, w.n)
     params = [p for p in model.parameters()]
     loss_fn = workloads.loss_fn
     noise_std = math.sqrt(eps)
+    with torch.no_grad():
+        w_star = [p.detach().clone() for p in params]
+    noise = [torch.empty_like(p) for p in params]
+    losses = torch.empty(w.num_chains, steps, device=device)
+    for chain in range(w.num_chains):
+        gen = torch.Generator(device=device).manual_seed(1000 + chain)
+        with torch.no_grad():
+            torch._foreach_copy_(params, w_star)
+        perm, pos = None, n
+        for t in range(steps):
+            if batch_size >= n:
+                xb, yb = x, y
+            else:
+                if pos + batch_size > n:
+                    perm, pos = torch.randperm(n, generator=gen, device=device), 0
+                idx = perm[pos : pos + batch_size]
+                pos += batch_size
+                xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            loss = loss_fn(model(xb), yb)
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                losses[chain, t] = loss
+                offset = torch._foreach_sub(params, w_star)
+                torch._foreach_mul_(grads, nbeta)
+                torch._foreach_add_(grads, offset, alpha=gamma)  # drift = nβ g + γ (w − w*)
+                torch._foreach_add_(params, grads, alpha=-eps / 2)
+                for buf in noise:
+                    buf.normal_(generator=gen)
+                torch._foreach_add_(params, noise, alpha=noise_std)
+    with torch.no_grad():
+        torch._foreach_copy_(params, w_star)
+    return losses
+
+
+def run_bare(w, model, x, y, options):
+    """:func:`bare_sgld` for ``num_draws`` steps per chain, λ̂ from its batch losses and L_n(w*)."""
 
     def go():
         with torch.no_grad():
-            w_star = [p.detach().clone() for p in params]
-            init_loss = float(loss_fn(model(x), y))  # L_n(w*) on the full data
-        noise = [torch.empty_like(p) for p in params]
-        losses = torch.empty(w.num_chains, steps, device=device)
-        for chain in range(w.num_chains):
-            gen = torch.Generator(device=device).manual_seed(1000 + chain)
-            with torch.no_grad():
-                torch._foreach_copy_(params, w_star)
-            perm, pos = None, n
-            for t in range(steps):
-                if batch_size >= n:
-                    xb, yb = x, y
-                else:
-                    if pos + batch_size > n:
-                        perm, pos = torch.randperm(n, generator=gen, device=device), 0
-                    idx = perm[pos : pos + batch_size]
-                    pos += batch_size
-                    xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-                loss = loss_fn(model(xb), yb)
-                grads = torch.autograd.grad(loss, params)
-                with torch.no_grad():
-                    losses[chain, t] = loss
-                    offset = torch._foreach_sub(params, w_star)
-                    torch._foreach_mul_(grads, nbeta)
-                    torch._foreach_add_(grads, offset, alpha=gamma)  # drift = nβ g + γ (w − w*)
-                    torch._foreach_add_(params, grads, alpha=-eps / 2)
-                    for buf in noise:
-                        buf.normal_(generator=gen)
-                    torch._foreach_add_(params, noise, alpha=noise_std)
-        llc_per_chain = nbeta * (losses.double().mean(dim=1) - init_loss)
-        with torch.no_grad():
-            torch._foreach_copy_(params, w_star)
+            init_loss = float(workloads.loss_fn(model(x), y))  # L_n(w*) on the full data
+        losses = bare_sgld(w, model, x, y, w.num_draws)
+        llc_per_chain = w.nbeta * (losses.double().mean(dim=1) - init_loss)
         return float(llc_per_chain.mean()), {}
 
     return go
