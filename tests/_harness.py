@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch.utils.data import Dataset
+
 from lambdahat import tasks, truth
 
-__all__ = ["Z", "agrees", "finite_step_quadratic", "small_dln", "figure_text"]
+__all__ = ["Z", "agrees", "finite_step_quadratic", "small_dln", "figure_text", "Pairs"]
 
 #: |estimate − truth| ≤ Z · MCSE: a false alarm rate of ~6e-5 per check for a correct sampler.
 Z = 4.0
@@ -58,3 +60,17 @@ def figure_text(fig) -> str:
     from matplotlib.text import Text
 
     return "\n".join(t.get_text() for t in fig.findobj(Text))
+
+
+class Pairs(Dataset):
+    """A plain map-style dataset returning (x_i, y_i): data read item by item, as a user's own
+    Dataset would be."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]

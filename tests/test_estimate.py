@@ -17,11 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import lambdahat as lh
 from lambdahat import tasks
 from lambdahat.losses import gaussian_nll
+from tests._harness import Pairs
 
 FAST = dict(step_size=1e-3, localization=10.0, nbeta=5.0, num_draws=20, num_burnin_steps=5, progress=False)
 
@@ -241,19 +242,6 @@ def test_default_nbeta_is_n_over_log_n():
 # ------------------------------------------------------------------ accepted forms of data and loss
 
 
-class _Pairs(Dataset):
-    """A plain map-style dataset returning (x_i, y_i)."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-
 def test_all_data_forms_give_identical_traces():
     x, y = _data(n=30)  # 30 is not a multiple of the batch size: the ragged last batch is dropped
     model = _mlp()
@@ -262,8 +250,8 @@ def test_all_data_forms_give_identical_traces():
     others = [
         run([x, y], batch_size=8),
         run(TensorDataset(x, y), batch_size=8),
-        run(_Pairs(x, y), batch_size=8),
-        run(DataLoader(_Pairs(x, y), batch_size=8, shuffle=True)),
+        run(Pairs(x, y), batch_size=8),
+        run(DataLoader(Pairs(x, y), batch_size=8, shuffle=True)),
         run(DataLoader(TensorDataset(x, y), batch_size=8)),
     ]
     for other in others:
@@ -274,7 +262,7 @@ def test_all_data_forms_give_identical_traces():
 
 def test_dataloader_batch_size_is_the_default_and_clipped_to_n():
     x, y = _data(n=30)
-    r = lh.estimate_llc(_mlp(), DataLoader(_Pairs(x, y), batch_size=7), nn.MSELoss(), num_chains=1, **FAST)
+    r = lh.estimate_llc(_mlp(), DataLoader(Pairs(x, y), batch_size=7), nn.MSELoss(), num_chains=1, **FAST)
     assert r.config["batch_size"] == 7
     r = lh.estimate_llc(_mlp(), (x, y), nn.MSELoss(), num_chains=1, **FAST)
     assert r.config["batch_size"] == 30 and r.config["n"] == 30

@@ -17,6 +17,7 @@ from torch import nn
 
 import lambdahat as lh
 from lambdahat.losses import gaussian_nll
+from tests._harness import Pairs
 from lambdahat.trace import Trace
 
 N, D, NBETA, GAMMA = 40, 3, 40.0, 10.0
@@ -192,17 +193,6 @@ def test_bif_pools_only_the_healthy_chains():
         lh.bif(Trace({"loss": np.zeros((1, 5))}, 0, [None]))
 
 
-class _Pairs(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-
 def _no_sampling(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("sampling started before the probe was validated")
@@ -217,7 +207,7 @@ def test_probe_that_does_not_fit_the_model_fails_before_sampling(monkeypatch):
         lh.estimate_llc(model, data, gaussian_nll, probe=(torch.randn(5, 4, dtype=torch.float64), yp), **SMALL)
     with pytest.raises(ValueError, match="probe: 1 tensor"):
         lh.estimate_llc(model, data, gaussian_nll, probe=xp, **SMALL)
-    dataset = _Pairs(torch.randn(5, 4, dtype=torch.float64), yp)  # read item by item: no shapes to compare first
+    dataset = Pairs(torch.randn(5, 4, dtype=torch.float64), yp)  # read item by item: no shapes to compare first
     with pytest.raises(ValueError, match="probe: the model cannot be evaluated on the probe data"):
         lh.estimate_llc(model, data, gaussian_nll, probe=dataset, **SMALL)
     with pytest.raises(ValueError, match="probe_every must be a positive integer"):
