@@ -133,11 +133,6 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     exact = sampler.name == "mala"
     target = MALA_ACCEPTANCE if exact else health.acceptance_target(0.0)
 
-    def aim(losses: np.ndarray) -> float:
-        """The acceptance to aim at, for the λ̂ of these recent losses (``health.acceptance_target``)."""
-        if exact or not np.isfinite(losses).any():
-            return target
-        return health.acceptance_target(nbeta * (float(np.nanmean(losses)) - init_loss))
     step = 0.01 / nbeta if auto_step else float(settings.step_size)
     gamma = 1.0 if auto_gamma else float(settings.localization)
     if chains.localization != gamma:
@@ -189,9 +184,12 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             done += length
             windows.append(records)
             recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1)
-            target = aim(recent)
+            # the running λ̂ of the last windows (NaN when none is finite) sets the target and the noise cap
+            running = nbeta * (float(np.nanmean(recent)) - init_loss) if np.isfinite(recent).any() else math.nan
+            if not exact and math.isfinite(running):
+                target = health.acceptance_target(running)
             if measure_noise and len(windows) % NOISE_EVERY == 1:
-                noise_cap = monitor.cap(chains, recent)
+                noise_cap = monitor.cap(chains, running)
             if auto_step:
                 step = min(step * stopping.step_factor(stopping.acceptance(records), target), ceiling, noise_cap)
             capped = auto_step and step >= noise_cap
@@ -274,8 +272,8 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         if not healthy:
             break
         acc = stopping.acceptance(records)
-        so_far = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
-        low = 0.2 if exact else health.acceptance_band(nbeta * (float(np.nanmean(so_far)) - init_loss))[0]
+        losses = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
+        low = 0.2 if exact else health.acceptance_band(nbeta * (float(np.nanmean(losses)) - init_loss))[0]
         if auto_step and auto_burnin and rewarms < MAX_REWARMS and math.isfinite(acc) and acc < low \
                 and chains.steps + MIN_WARMUP < budget_draws:
             # the chains moved on into steeper ground: adapt again, and count what came before as burn-in
@@ -293,7 +291,6 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             log.phases.append(dict(name="warm-up", steps=chains.steps - log.phases[-1]["steps"], step_size=step,
                                    localization=gamma, acceptance=warm_acc))
             continue
-        losses = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
         if losses.shape[1] < draw_floor:
             continue
         run = chains.recorded("loss")[healthy]

@@ -149,13 +149,13 @@ class NoiseMonitor:
     def recent(self, which: int) -> float:
         return float(np.mean([v[which] for v in self.values[-3:]]))
 
-    def cap(self, chains, losses: np.ndarray) -> float:
-        """The largest ε whose noise bias is at most ``NOISE_BIAS`` × λ̂, with λ̂ read off ``losses``
-        (recent batch losses); ∞ for full-batch steps."""
+    def cap(self, chains, llc: float) -> float:
+        """The largest ε whose noise bias is at most ``NOISE_BIAS`` × ``llc`` (the running λ̂; NaN
+        when unknown counts as the floor); ∞ for full-batch steps."""
         if chains.job.batch_size >= chains.job.data.n:
             return math.inf
         self.measure(chains)
-        llc = self.nbeta * (float(np.nanmean(losses)) - self.init_loss) if np.isfinite(losses).any() else LLC_FLOOR
+        llc = llc if math.isfinite(llc) else LLC_FLOOR
         noise = self.recent(1 if chains.job.control_variate is not None else 0)
         return noise_step_bound(NOISE_BIAS * max(llc, LLC_FLOOR), self.nbeta, noise)
 
