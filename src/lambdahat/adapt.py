@@ -148,7 +148,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     draw_floor = MIN_DRAWS if auto_draws else int(settings.num_draws)
     step_sizes: list[float] = []  # the ε of every kept step
     n = chains.job.data.n
-    measure_noise = auto_step and sampler.name != "mala"
+    measure_noise = auto_step and not exact
     monitor = noise.NoiseMonitor(settings.seed, nbeta, init_loss)
     draw_noise: list[float] = []  # measured in the draws, of the gradient in use
     noise_cap = math.inf
@@ -273,7 +273,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             break
         acc = stopping.acceptance(records)
         losses = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
-        low = 0.2 if exact else health.acceptance_band(nbeta * (float(np.nanmean(losses)) - init_loss))[0]
+        low = health.EXACT_MALA_ACCEPT_BAND[0] if exact else health.acceptance_band(nbeta * (float(np.nanmean(losses)) - init_loss))[0]
         if auto_step and auto_burnin and rewarms < MAX_REWARMS and math.isfinite(acc) and acc < low \
                 and chains.steps + MIN_WARMUP < budget_draws:
             # the chains moved on into steeper ground: adapt again, and count what came before as burn-in

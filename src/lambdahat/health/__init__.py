@@ -48,6 +48,7 @@ from ._common import Check, LLCResult
 from .sampling import check_convergence, check_ess, check_ladder, check_rhat, drift, ladder, rhat_threshold
 from .sanity import check_divergence, check_negative, check_runaway
 from .step import (
+    EXACT_MALA_ACCEPT_BAND,
     MALA_ACCEPT_LOW,
     acceptance_band,
     acceptance_target,
@@ -76,6 +77,7 @@ __all__ = [
     "check_noise",
     "acceptance_target",
     "acceptance_band",
+    "EXACT_MALA_ACCEPT_BAND",
     "rhat_threshold",
     "drift",
     "ladder",

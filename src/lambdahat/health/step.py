@@ -99,7 +99,12 @@ def check_mala_accept(result: LLCResult, low: float | None = None, high: float |
     )
 
 
-def _exact_mala_accept(value: float, measured: str, low: float = 0.2, high: float = 0.995) -> Check:
+#: The acceptances exact MALA's own chain passes with: it moves, and not in tiny steps.
+EXACT_MALA_ACCEPT_BAND = (0.2, 0.995)
+
+
+def _exact_mala_accept(value: float, measured: str, low: float = EXACT_MALA_ACCEPT_BAND[0],
+                       high: float = EXACT_MALA_ACCEPT_BAND[1]) -> Check:
     """Exact MALA's own acceptance: its accept/reject removes the step's bias, so the rate speaks
     to efficiency only (Roberts & Rosenthal 1998: ≈ 0.57 is optimal in high dimension). Fails when
     so few proposals are accepted (< 0.2) or the steps are so small (> 0.995) that the chain
