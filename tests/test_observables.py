@@ -265,3 +265,57 @@ def test_chain_set_probes_only_active_kept_segments():
     trace = Trace(records, 6, [None, None])
     np.testing.assert_array_equal(trace.probe_steps, [7, 9])
     assert "probe" not in trace.arrays and trace.num_steps == 11
+
+
+def _language_model():
+    """A tiny transformer, token sequences of length T + 1 = 9 and a probe of 3 of them."""
+    torch.manual_seed(0)
+    from lambdahat.models import tiny_transformer
+
+    model = tiny_transformer(vocab_size=11, d_model=8, n_layers=1, n_heads=2, seq_len=8)
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 11, (64, 9), generator=gen)
+    return model, tokens, tokens[:3]
+
+
+LM_SMALL = dict(step_size=1e-4, num_burnin_steps=5, num_draws=12, num_chains=2, batch_size=16, seed=0, progress=False)
+
+
+def test_per_token_probe_records_every_position_and_averages_to_the_per_sample_probe(tmp_path):
+    model, tokens, probe = _language_model()
+    per_sample = lh.estimate_llc(model, tokens, lh.losses.next_token, probe=probe, probe_every=2, **LM_SMALL)
+    per_token = lh.estimate_llc(model, tokens, lh.losses.next_token, probe=probe, probe_every=2,
+                                probe_per_token=True, **LM_SMALL)
+    assert per_token.trace.probe.shape == (2, 6, 3, 8)  # (chain, draw, sample, token)
+    assert per_token.config["probe"]["shape"] == [3, 8] and per_token.config["probe"]["size"] == 24
+    np.testing.assert_array_equal(per_token.trace["loss"], per_sample.trace["loss"])  # the chains are the same
+    np.testing.assert_allclose(per_token.trace.probe.mean(axis=3), per_sample.trace.probe, rtol=1e-5)
+    loaded = Trace.load(per_token.trace.save(tmp_path / "t"))
+    np.testing.assert_array_equal(loaded.probe, per_token.trace.probe)
+
+    full = lh.bif(per_token)
+    assert full.shape == (3, 8, 3, 8)
+    flat = per_token.trace.probe.reshape(-1, 24).astype(np.float64)
+    np.testing.assert_allclose(full.reshape(24, 24), -np.cov(flat, rowvar=False), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(lh.bif(per_token, samples=[2, 0]), full[[2, 0]][:, :, [2, 0]], rtol=1e-9, atol=1e-15)
+    # float32 losses (~2.4, rounding ~3e-7) averaged in two orders: covariances ~1e-3 agree to ~1e-8
+    np.testing.assert_allclose(lh.bif(per_token, per_token=False), lh.bif(per_sample), rtol=1e-3, atol=1e-8)
+    with pytest.raises(ValueError, match="per_token=True needs a probe recorded per token"):
+        lh.bif(per_sample, per_token=True)
+    with pytest.raises(ValueError, match="bif: samples must be indices"):
+        lh.bif(per_token, samples=[5])
+
+
+def test_per_token_probe_needs_a_per_token_loss(monkeypatch):
+    model, tokens, probe = _language_model()
+    _no_sampling(monkeypatch)
+
+    def mean_next_token(model, batch):
+        return lh.losses.next_token(model, batch)
+
+    with pytest.raises(ValueError, match="probe_per_token=True: loss_fn has no per_token attribute"):
+        lh.estimate_llc(model, tokens, mean_next_token, probe=probe, probe_per_token=True, **LM_SMALL)
+    with pytest.raises(ValueError, match="pass probe=probe_data too"):
+        lh.estimate_llc(model, tokens, lh.losses.next_token, probe_per_token=True, **LM_SMALL)
+    with pytest.raises(ValueError, match="probe_per_token must be True or False"):
+        lh.estimate_llc(model, tokens, lh.losses.next_token, probe=probe, probe_per_token="yes", **LM_SMALL)

@@ -43,6 +43,7 @@ def estimate_llc(
     probe: Any = None,
     probe_every: int = 1,
     probe_batch_size: int | None = None,
+    probe_per_token: bool = False,
     **settings: Any,
 ) -> LLCResult:
     """Estimate the local learning coefficient of ``model`` at its current weights w*.
@@ -82,6 +83,9 @@ def estimate_llc(
             models; 8 for float64) per chain per probed draw. The chains themselves are exactly
             those of the same run without a probe.
         probe_every: evaluate the probe after every k-th draw (k ≥ 1).
+        probe_per_token: record the loss of every position of every probe sequence instead
+            (``loss_fn.per_token``, e.g. :func:`lambdahat.losses.next_token`): ``trace.probe`` is
+            then shaped (chain, draw, sample, token) and stores T times as many numbers.
         probe_batch_size: samples per probe forward pass (default: the sampling batch size).
         **settings: any field of :class:`lambdahat.settings.Settings` (the one place their
             defaults and meanings are written): ``step_size``, ``localization``, ``nbeta``,
@@ -95,7 +99,8 @@ def estimate_llc(
     """
     start = time.perf_counter()
     sampled_params = settings.pop("sampled_params", None)
-    settings, sampler_config = _checked_settings(model, executor, probe, probe_every, probe_batch_size, settings)
+    settings, sampler_config = _checked_settings(model, executor, probe, probe_every, probe_batch_size, settings,
+                                                 probe_per_token)
     source = as_data_source(data)
     nbeta = default_nbeta(source.n) if settings.nbeta is None else float(settings.nbeta)
     settings, auto_batch = _with_batch_size(settings, sampler_config, source)
@@ -105,8 +110,8 @@ def estimate_llc(
     source = source.to(device)
     with _sampling_state(model, names):
         potential, init_loss = _measured_w_star(model, loss_fn, names, masks, source, settings, device)
-        probe_set = _checked_probe(probe, probe_every, probe_batch_size, settings, potential, model, loss_fn, source,
-                                   device)
+        probe_set = _checked_probe(probe, probe_every, probe_batch_size, probe_per_token, settings, potential, model,
+                                   loss_fn, source, device)
         model.train(settings.train_mode)
         job = ChainJob(
             model=model, loss_fn=loss_fn, sampled_names=names, masks=masks, data=source, sampler=sampler_config,
@@ -136,11 +141,12 @@ def estimate_llc(
 
 
 def _checked_settings(model: Any, executor: Any, probe: Any, probe_every: int, probe_batch_size: int | None,
-                      settings: dict[str, Any]) -> tuple[Settings, Any]:
+                      settings: dict[str, Any], probe_per_token: bool = False) -> tuple[Settings, Any]:
     """The settings and sampler of a call, with every mistake in the arguments turned into a clear
     error before any work is done."""
-    if probe is None and (probe_every != 1 or probe_batch_size is not None):
-        raise ValueError("probe_every and probe_batch_size set how the probe is evaluated; pass probe=probe_data too.")
+    if probe is None and (probe_every != 1 or probe_batch_size is not None or probe_per_token):
+        raise ValueError("probe_every, probe_batch_size and probe_per_token set how the probe is evaluated; pass "
+                         "probe=probe_data too.")
     settings = Settings.from_mapping(settings, where="estimate_llc")
     sampler_config = as_sampler_config(settings.sampler)
     if settings.step_size == AUTO and sampler_config.name in ("sghmc", "sgnht"):
@@ -221,14 +227,16 @@ def _measured_w_star(model, loss_fn, names, masks, source, settings: Settings, d
     return potential, init_loss
 
 
-def _checked_probe(probe, probe_every, probe_batch_size, settings: Settings, potential, model, loss_fn, source, device):
+def _checked_probe(probe, probe_every, probe_batch_size, per_token, settings: Settings, potential, model, loss_fn,
+                   source, device):
     """The probe set (:mod:`lambdahat.observables`), validated before any sampling work; None without one."""
     if probe is None:
         return None
     from .observables import make_probe
 
     start_step = 0 if settings.auto_fields else settings.num_burnin_steps
-    probe_set = make_probe(probe, probe_every, probe_batch_size, settings.batch_size, device, start=start_step)
+    probe_set = make_probe(probe, probe_every, probe_batch_size, settings.batch_size, device, start=start_step,
+                           per_token=per_token)
     probe_set.check(potential, model, loss_fn, source)
     return probe_set
 
@@ -244,6 +252,8 @@ def _recorded_extras(settings: Settings, sampler_config, nbeta: float, n: int, p
     )
     if probe_set is not None:
         extras["probe"] = dict(size=probe_set.size, every=probe_set.every, batch_size=probe_set.batch_size)
+        if probe_set.per_token:
+            extras["probe"]["shape"] = list(probe_set.shape)
     return extras
 
 

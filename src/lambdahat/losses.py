@@ -21,6 +21,11 @@ one-sample batch i, computed for every sample at once with ``torch.func.vmap`` (
 over the model's output and the targets; for a model loss, over the batch, model call included).
 :func:`make_per_sample_loss` builds either; the probe checks, before any sampling, that the mean
 of the per-sample losses is the loss.
+
+**Per-token form** (``estimate_llc(..., probe=..., probe_per_token=True)``, language models): a
+``per_token`` attribute of the same form returning the (B, T) losses of every position of every
+sequence, whose mean over positions is the per-sample loss; :func:`next_token` has one.
+:func:`make_per_token_loss` builds it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
-__all__ = ["gaussian_nll", "cross_entropy", "next_token", "is_model_loss", "make_per_sample_loss"]
+__all__ = ["gaussian_nll", "cross_entropy", "next_token", "is_model_loss", "make_per_sample_loss", "make_per_token_loss"]
 
 
 def gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
@@ -103,15 +108,21 @@ def _next_token_logits(model: Callable[..., Tensor], batch: Any) -> tuple[Tensor
     return logits, targets
 
 
+def _next_token_per_token(model: Callable[..., Tensor], batch: Any) -> Tensor:
+    """−log p(x_{t+1} | x_{≤t}) at every position t of every sequence, shape (B, T)."""
+    logits, targets = _next_token_logits(model, batch)
+    values = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return values.view(targets.shape[0], -1)
+
+
 def _next_token_per_sample(model: Callable[..., Tensor], batch: Any) -> Tensor:
     """Each sequence's next-token loss, averaged over its positions, shape (B,): every sequence
     has the same length, so their mean is :func:`next_token`."""
-    logits, targets = _next_token_logits(model, batch)
-    values = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return values.view(targets.shape[0], -1).mean(dim=1)
+    return _next_token_per_token(model, batch).mean(dim=1)
 
 
 next_token.per_sample = _next_token_per_sample  # type: ignore[attr-defined]
+next_token.per_token = _next_token_per_token  # type: ignore[attr-defined]
 
 
 def is_model_loss(loss_fn: Callable[..., Tensor]) -> bool:
@@ -196,3 +207,26 @@ def make_per_sample_loss(
             return criterion(output, targets)
 
     return per_sample
+
+
+def make_per_token_loss(
+    model: nn.Module, loss_fn: Callable[..., Tensor]
+) -> Callable[[dict[str, Tensor], Any], Tensor]:
+    """Return ``per_token(tensors, batch)``: the (B, T) losses of every position of every sample,
+    from ``loss_fn.per_token`` (same form as ``loss_fn``). A loss without one raises ValueError:
+    positions cannot be told apart from outside the loss."""
+    given = getattr(loss_fn, "per_token", None)
+    if given is None:
+        raise ValueError(
+            "probe_per_token=True: loss_fn has no per_token attribute, so the losses of single positions cannot be "
+            "computed. Use lambdahat.losses.next_token, or give loss_fn a per_token function of the same arguments "
+            "returning the (B, T) per-position losses (their mean over positions is the per-sample loss)."
+        )
+    if is_model_loss(loss_fn):
+        return lambda tensors, batch: given(FunctionalModel(model, tensors), batch)
+
+    def per_token(tensors: dict[str, Tensor], batch: Any) -> Tensor:
+        inputs, targets = batch
+        return given(functional_call(model, tensors, (inputs,), strict=False), targets)
+
+    return per_token

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .data import DataSource, as_data_source
-from .losses import make_per_sample_loss
+from .losses import make_per_sample_loss, make_per_token_loss
 
 __all__ = ["Probe", "bif"]
 
@@ -40,19 +40,41 @@ class Probe:
     probe is evaluated in chunks of this many samples, so one evaluation costs
     ceil(m / batch_size) forward passes per chain and holds one chunk's activations at a time.
 
-    Storage: ``m`` × (bytes of the loss's dtype: 4 for float32, 8 for float64) per chain per
-    probed draw, plus 8 bytes for the step number of each probed draw; e.g. 10⁴ probe samples in
-    float32, 4 chains, 1000 probed draws: 160 MB.
+    ``per_token``: record the loss of every position of every sample (``loss_fn.per_token``, see
+    :mod:`lambdahat.losses`) instead of each sample's mean; ``tokens`` (T) is read off the first
+    chunk by :meth:`check`.
+
+    Storage: :attr:`size` = m (or m × T per token) × (bytes of the loss's dtype: 4 for float32, 8
+    for float64) per chain per probed draw, plus 8 bytes for the step number of each probed draw;
+    e.g. 10⁴ probe samples in float32, 4 chains, 1000 probed draws: 160 MB.
     """
 
     data: DataSource
     every: int = 1
     start: int = 0
     batch_size: int = 256
+    per_token: bool = False
+    tokens: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The losses of one evaluation: (m,) per sample, (m, T) per token."""
+        return (self.data.n, self.tokens) if self.per_token else (self.data.n,)
 
     @property
     def size(self) -> int:
-        return self.data.n
+        """The number of losses one evaluation records (m, or m × T per token)."""
+        return math.prod(self.shape)
+
+    @property
+    def bytes_per_draw(self) -> int:
+        """Bytes stored per chain per probed draw (float32 losses, or float64 for a float64 model)."""
+        return self.size * self.data_itemsize + 8
+
+    @property
+    def data_itemsize(self) -> int:
+        leaves = [t for t in (self.data.tensors or ()) if t.dtype.is_floating_point]
+        return leaves[0].element_size() if leaves else 4
 
     def schedule(self, first: int, count: int) -> np.ndarray:
         """The offsets t in [0, count) of the steps first + t after which the probe is evaluated."""
@@ -63,9 +85,9 @@ class Probe:
     def evaluator(self, potential: Any, model: Any, loss_fn: Callable[..., Tensor]) -> Callable[[Tensor], Tensor]:
         """``losses(w)``: the m per-sample losses at w, shape (m,) for w of shape (d,) and (K, m)
         for (K, d). Its chunks are collated once, here."""
-        per_sample = make_per_sample_loss(model, loss_fn)
-        chunks = [self.data.batch(torch.arange(i, min(i + self.batch_size, self.size)))
-                  for i in range(0, self.size, self.batch_size)]
+        per_sample = self._loss(model, loss_fn)
+        m = self.data.n
+        chunks = [self.data.batch(torch.arange(i, min(i + self.batch_size, m))) for i in range(0, m, self.batch_size)]
 
         def losses(w: Tensor) -> Tensor:
             with torch.no_grad():
@@ -75,12 +97,15 @@ class Probe:
 
         return losses
 
+    def _loss(self, model: Any, loss_fn: Callable[..., Tensor]) -> Callable[[dict[str, Tensor], Any], Tensor]:
+        return make_per_token_loss(model, loss_fn) if self.per_token else make_per_sample_loss(model, loss_fn)
+
     def check(self, potential: Any, model: Any, loss_fn: Callable[..., Tensor], data: DataSource) -> None:
         """Raise a clear error, before any sampling, when the probe does not fit the model or the
-        data, or ``loss_fn`` has no per-sample form."""
+        data, or ``loss_fn`` has no per-sample (per-token) form; a per-token probe learns T here."""
         check_compatible(self.data, data)
-        chunk = self.data.batch(torch.arange(min(self.batch_size, self.size)))
-        per_sample = make_per_sample_loss(model, loss_fn)
+        chunk = self.data.batch(torch.arange(min(self.batch_size, self.data.n)))
+        per_sample = self._loss(model, loss_fn)
         tensors = potential.tensors(potential.w_star)
         with torch.no_grad():
             try:
@@ -99,10 +124,17 @@ class Probe:
                     "attribute, a function of the same arguments returning the (B,) per-sample losses whose mean is "
                     "the loss (as lambdahat.losses.gaussian_nll.per_sample), or use a loss of lambdahat.losses."
                 ) from None
-        if not isinstance(values, Tensor) or values.shape != (chunk_size(chunk),):
+        rows = chunk_size(chunk)
+        if self.per_token:
+            if not isinstance(values, Tensor) or values.dim() != 2 or values.shape[0] != rows:
+                got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+                raise ValueError(f"probe_per_token=True: loss_fn.per_token returned {got}, not (B, T) = ({rows}, T) "
+                                 "losses, one per position of each probe sample.")
+            self.tokens = int(values.shape[1])
+        elif not isinstance(values, Tensor) or values.shape != (rows,):
             got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
             raise ValueError(f"probe: loss_fn's per-sample form returned {got}, not one loss per probe sample "
-                             f"({chunk_size(chunk)},); its per_sample must return shape (B,).")
+                             f"({rows},); its per_sample must return shape (B,).")
         mean, loss = float(values.double().mean()), float(batch_loss)
         if not math.isfinite(mean) or not math.isclose(mean, loss, rel_tol=1e-4, abs_tol=1e-6 * max(1.0, abs(loss))):
             raise ValueError(
@@ -135,8 +167,10 @@ def check_compatible(probe: DataSource, data: DataSource) -> None:
 
 
 def make_probe(probe: Any, every: int, batch_size: int | None, default_batch: int, device: torch.device,
-               start: int = 0) -> Probe:
-    """The :class:`Probe` of ``estimate_llc(..., probe=, probe_every=, probe_batch_size=)``."""
+               start: int = 0, per_token: bool = False) -> Probe:
+    """The :class:`Probe` of ``estimate_llc(..., probe=, probe_every=, probe_batch_size=, probe_per_token=)``."""
+    if not isinstance(per_token, bool):
+        raise ValueError(f"probe_per_token must be True or False, got {per_token!r}.")
     if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
         raise ValueError(f"probe_every must be a positive integer (evaluate the probe every k-th draw), got {every!r}.")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
@@ -147,10 +181,10 @@ def make_probe(probe: Any, every: int, batch_size: int | None, default_batch: in
     except (TypeError, ValueError) as err:
         raise ValueError(f"probe: {err}") from None
     return Probe(source.to(device), every=int(every), start=int(start),
-                 batch_size=int(min(batch_size or default_batch, source.n)))
+                 batch_size=int(min(batch_size or default_batch, source.n)), per_token=per_token)
 
 
-def bif(result: Any, *, correlation: bool = False) -> np.ndarray:
+def bif(result: Any, *, correlation: bool = False, per_token: bool | None = None, samples: Any = None) -> np.ndarray:
     """The Bayesian influence function of the probe samples on each other, an (m, m) array.
 
     BIF(z_i, z_j) = −Cov_w(ℓ_i(w), ℓ_j(w)), the covariance over the localised tempered posterior
@@ -160,6 +194,13 @@ def bif(result: Any, *, correlation: bool = False) -> np.ndarray:
     ``correlation=True`` gives −Corr(ℓ_i, ℓ_j) instead (−1 on the diagonal; NaN where a loss does
     not vary). ``result`` is an :class:`~lambdahat.estimate.LLCResult` or a
     :class:`~lambdahat.trace.Trace`.
+
+    Per token (a probe recorded with ``probe_per_token=True``, losses (chain, draw, m, T)): the
+    BIF between every pair of positions, an (m, T, m, T) array, so ``bif(r)[a, :, b, :]`` is the
+    T × T token-pair block of sequences a and b; ``per_token=False`` averages each sequence's
+    losses over its positions first and gives the (m, m) per-sample BIF. ``samples`` (indices
+    into the probe) restricts both sides to those samples, which bounds the memory of the
+    per-token array, (m T)² × 8 bytes.
 
     Sign and scale. This is the local BIF of Kreer et al., "Bayesian Influence Functions for
     Hessian-Free Data Attribution", arXiv 2509.26544: BIF(z_i, φ) = −Cov_γ(ℓ_i(w), φ(w)) with the
@@ -189,7 +230,20 @@ def bif(result: Any, *, correlation: bool = False) -> np.ndarray:
     if not healthy:
         raise ValueError("bif: every chain diverged, so there are no posterior draws; lower step_size or raise "
                          "localization.")
-    losses = np.asarray(probe, dtype=np.float64)[healthy].reshape(-1, probe.shape[-1])
+    losses = np.asarray(probe, dtype=np.float64)[healthy]
+    if samples is not None:
+        try:
+            losses = losses[:, :, np.asarray(samples, dtype=np.int64).reshape(-1)]
+        except (IndexError, TypeError, ValueError):
+            raise ValueError(f"bif: samples must be indices of probe samples (0..{probe.shape[2] - 1}), "
+                             f"got {samples!r}.") from None
+    if per_token is True and losses.ndim == 3:
+        raise ValueError("bif: per_token=True needs a probe recorded per token; run estimate_llc(..., probe=..., "
+                         "probe_per_token=True) with a loss that has a per_token form (lambdahat.losses.next_token).")
+    if per_token is False and losses.ndim == 4:
+        losses = losses.mean(axis=3)
+    shape = losses.shape[2:]
+    losses = losses.reshape(-1, math.prod(shape))
     if losses.shape[0] < 2:
         raise ValueError(f"bif: {losses.shape[0]} probed draw(s); the covariance needs at least 2 (more draws, or a "
                          "smaller probe_every).")
@@ -199,4 +253,4 @@ def bif(result: Any, *, correlation: bool = False) -> np.ndarray:
         sd = np.sqrt(np.diag(cov))
         with np.errstate(divide="ignore", invalid="ignore"):
             cov = cov / np.outer(sd, sd)
-    return -cov
+    return -cov.reshape(*shape, *shape)

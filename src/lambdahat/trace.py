@@ -25,7 +25,8 @@ class Trace:
     ``config`` holds every setting that produced the run (JSON-serialisable).
 
     ``probe`` (a run with ``estimate_llc(..., probe=...)``, else None): the per-sample losses of
-    the probe set, shaped (chain, draw, sample), for the probed draws after burn-in only;
+    the probe set, shaped (chain, draw, sample) (or (chain, draw, sample, token) for a per-token
+    probe, whose ``config["probe"]["shape"]`` is (sample, token)), for the probed draws after burn-in only;
     ``probe_steps[r]`` is the step after which row r was evaluated (≥ ``num_burnin_steps``, on the
     step axis of ``arrays``). A row is NaN for a chain that had diverged by then. Records as
     :meth:`lambdahat.chains.ChainSet.records` gives them may carry the probe as
@@ -51,6 +52,9 @@ class Trace:
             steps = steps.reshape(-1, rows)[0].astype(np.int64)
             kept = steps >= self.num_burnin_steps
             self.probe, self.probe_steps = self.probe[:, kept], steps[kept]
+            shape = (self.config.get("probe") or {}).get("shape")
+            if shape and self.probe.ndim == 3:  # a per-token probe is recorded flat: (chain, row, sample, token)
+                self.probe = self.probe.reshape(*self.probe.shape[:2], *shape)
 
     @property
     def num_chains(self) -> int:
