@@ -1,5 +1,7 @@
 """The models users have: a factory by name, state-dict checkpoints, local Hugging Face causal
-LMs, TransformerLens models, and a built-in tiny transformer; masks for one attention head.
+LMs, TransformerLens models, and a built-in tiny transformer. ``head_mask`` (one attention head's
+``sampled_params``) lives in :mod:`lambdahat.restrictions` with the other components and is
+re-exported here.
 
 Nothing here downloads anything: Hugging Face models load from a local directory only.
 """
@@ -16,6 +18,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .restrictions import head_mask
 
 __all__ = ["load_factory", "load_weights", "load_hf", "head_mask", "tiny_transformer", "TinyTransformer"]
 
@@ -164,100 +168,6 @@ def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[nn
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")
-
-
-def head_mask(model: nn.Module, layer: int, head: int) -> dict[str, Tensor]:
-    """``sampled_params`` for one attention head: boolean masks over its query, key, value and
-    output weights (and biases), for :func:`lambdahat.estimate_llc` — the head's weight-refined
-    LLC (Wang et al., arXiv 2410.02984).
-
-    Understands three layouts: per-head tensors with a leading head dimension
-    (``blocks.{layer}.attn.W_Q``/``W_K``/``W_V``/``W_O``/``b_*``, as in TransformerLens and
-    :class:`TinyTransformer`); GPT-2's fused ``c_attn``/``c_proj``; and separate
-    ``q_proj``/``k_proj``/``v_proj``/``o_proj`` (Llama, Mistral, Qwen, …; with grouped key/value
-    heads the head's shared key/value slice is included).
-    """
-    params = dict(model.named_parameters())
-    masks = _per_head_layout(params, layer, head) or _gpt2_layout(model, params, layer, head) or _proj_layout(model, params, layer, head)
-    if not masks:
-        raise ValueError(
-            f"head_mask: found no attention weights of layer {layer} in this model (looked for "
-            "blocks.L.attn.W_Q, GPT-2's h.L.attn.c_attn and layers.L.self_attn.q_proj); build the "
-            "masks yourself as {parameter name: boolean mask}."
-        )
-    return masks
-
-
-def _per_head_layout(params: dict[str, Tensor], layer: int, head: int) -> dict[str, Tensor]:
-    pattern = re.compile(rf"(^|\.)blocks\.{layer}\.attn\.(W_Q|W_K|W_V|W_O|b_Q|b_K|b_V)$")
-    masks = {}
-    for name, p in params.items():
-        if pattern.search(name):
-            if not 0 <= head < p.shape[0]:
-                raise ValueError(f"head_mask: head {head} out of range; layer {layer} has {p.shape[0]} heads.")
-            mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-            mask[head] = True
-            masks[name] = mask
-    return masks
-
-
-def _heads(model: nn.Module) -> tuple[int, int]:
-    config = getattr(model, "config", None)
-    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
-    if n_heads is None:
-        raise ValueError("head_mask: the model has no config.num_attention_heads; build the masks yourself.")
-    return int(n_heads), int(getattr(config, "num_key_value_heads", None) or n_heads)
-
-
-def _gpt2_layout(model: nn.Module, params: dict[str, Tensor], layer: int, head: int) -> dict[str, Tensor]:
-    prefix = next((n[: -len("c_attn.weight")] for n in params if n.endswith(f"h.{layer}.attn.c_attn.weight")), None)
-    if prefix is None:
-        return {}
-    n_heads, _ = _heads(model)
-    d_model = params[prefix + "c_attn.weight"].shape[0]
-    d_head = d_model // n_heads
-    _check_head(head, n_heads, layer)
-    cols = torch.cat([torch.arange(i * d_model + head * d_head, i * d_model + (head + 1) * d_head) for i in range(3)])
-    rows = slice(head * d_head, (head + 1) * d_head)
-    masks = {}
-    w = torch.zeros(params[prefix + "c_attn.weight"].shape, dtype=torch.bool)
-    w[:, cols] = True  # Conv1D: (in, out); q, k, v side by side along out
-    masks[prefix + "c_attn.weight"] = w
-    if prefix + "c_attn.bias" in params:
-        b = torch.zeros(3 * d_model, dtype=torch.bool)
-        b[cols] = True
-        masks[prefix + "c_attn.bias"] = b
-    o = torch.zeros(params[prefix + "c_proj.weight"].shape, dtype=torch.bool)
-    o[rows, :] = True  # the head's slice of the concatenated head outputs
-    masks[prefix + "c_proj.weight"] = o
-    return masks
-
-
-def _proj_layout(model: nn.Module, params: dict[str, Tensor], layer: int, head: int) -> dict[str, Tensor]:
-    prefix = next((n[: -len("q_proj.weight")] for n in params if n.endswith(f"layers.{layer}.self_attn.q_proj.weight")), None)
-    if prefix is None:
-        return {}
-    n_heads, n_kv = _heads(model)
-    _check_head(head, n_heads, layer)
-    d_head = params[prefix + "q_proj.weight"].shape[0] // n_heads
-    kv_head = head // (n_heads // n_kv)
-    masks = {}
-    for proj, h in (("q_proj", head), ("k_proj", kv_head), ("v_proj", kv_head)):
-        for kind in ("weight", "bias"):
-            name = f"{prefix}{proj}.{kind}"
-            if name in params:
-                mask = torch.zeros(params[name].shape, dtype=torch.bool)
-                mask[h * d_head : (h + 1) * d_head] = True  # nn.Linear: (out, in); the head's output rows
-                masks[name] = mask
-    o = torch.zeros(params[prefix + "o_proj.weight"].shape, dtype=torch.bool)
-    o[:, head * d_head : (head + 1) * d_head] = True
-    masks[prefix + "o_proj.weight"] = o
-    return masks
-
-
-def _check_head(head: int, n_heads: int, layer: int) -> None:
-    if not 0 <= head < n_heads:
-        raise ValueError(f"head_mask: head {head} out of range; layer {layer} has {n_heads} heads.")
 
 
 class TinyTransformer(nn.Module):
