@@ -8,10 +8,11 @@ Lau, Furman, Wang, Murfet, Wei, "The Local Learning Coefficient: A Singularity-A
 Measure", arXiv 2308.12108.
 """
 
-from . import diagnostics, health, losses, observables, plot, report, samplers, tasks, truth
+from . import diagnostics, health, losses, observables, plot, report, restrictions, samplers, tasks, truth
 from .calibrate import CalibrationResult, calibrate
 from .estimate import LLCResult, estimate_llc, llc_from_trace
 from .observables import bif
+from .restrictions import component, components, head_mask
 from .samplers import SamplerConfig
 from .settings import Settings
 from .report import write_report
@@ -22,6 +23,10 @@ from .trajectory import TrajectoryResult, trajectory  # the function shadows the
 __all__ = [
     "estimate_llc",
     "bif",
+    "component",
+    "components",
+    "head_mask",
+    "restrictions",
     "observables",
     "calibrate",
     "CalibrationResult",
