@@ -170,6 +170,49 @@ def test_meta_tensors_are_refused():
         as_data_source((torch.empty(4, 2, device="meta"), torch.empty(4, 1, device="meta")))
 
 
+# --- Hugging Face datasets ----------------------------------------------------------------------
+
+
+def _token_rows(n=24, t=9, vocab=20):
+    return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(3))
+
+
+def test_a_hugging_face_dataset_is_read_through_its_input_ids():
+    """A datasets.Dataset with input_ids gives the same run as the (n, T) tensor of its ids."""
+    datasets = pytest.importorskip("datasets")
+    from lambdahat.models import TinyTransformer
+
+    rows = _token_rows()
+    table = datasets.Dataset.from_dict({"input_ids": rows.tolist(), "text": [f"row {i}" for i in range(len(rows))],
+                                        "attention_mask": torch.ones_like(rows).tolist()})
+    source = as_data_source(table)
+    assert source.n == 24 and source.bare and torch.equal(source.all(), rows)
+    torch.manual_seed(0)
+    model = TinyTransformer(vocab_size=20, d_model=8, n_layers=1, n_heads=2, seq_len=8)
+    settings = dict(step_size=1e-4, localization=10.0, nbeta=20.0, num_chains=2, num_draws=10, num_burnin_steps=0,
+                    batch_size=8, seed=0, progress=False)
+    from_table = lh.estimate_llc(model, table, lh.losses.next_token, **settings)
+    from_tensor = lh.estimate_llc(model, rows, lh.losses.next_token, **settings)
+    assert from_table.init_loss == from_tensor.init_loss
+    np.testing.assert_array_equal(from_table.trace["loss"], from_tensor.trace["loss"])
+    loader = as_data_source(DataLoader(table, batch_size=4, sampler=SubsetRandomSampler(range(10))))
+    assert loader.n == 10 and loader.default_batch_size == 4 and torch.equal(loader.all(), rows[:10])
+
+
+def test_a_hugging_face_dataset_without_usable_input_ids_is_refused():
+    datasets = pytest.importorskip("datasets")
+    with pytest.raises(ValueError, match="no 'input_ids' column \\(its columns: text, label\\); tokenize it first"):
+        as_data_source(datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}))
+    with pytest.raises(ValueError, match="one length, got lengths 2..3"):
+        as_data_source(datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]]}))
+    with pytest.raises(ValueError, match="attention_mask has zeros"):
+        as_data_source(datasets.Dataset.from_dict({"input_ids": [[1, 2], [4, 0]], "attention_mask": [[1, 1], [1, 0]]}))
+    with pytest.raises(ValueError, match="several splits \\(train\\); pass one"):
+        as_data_source(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"input_ids": [[1, 2]]})}))
+    with pytest.raises(ValueError, match="IterableDataset cannot be indexed"):
+        as_data_source(datasets.Dataset.from_dict({"input_ids": [[1, 2]]}).to_iterable_dataset())
+
+
 # --- Trace files ------------------------------------------------------------------------------
 
 

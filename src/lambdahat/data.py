@@ -11,7 +11,9 @@ tensors, so a one-tensor ``TensorDataset(x)`` gives ``(x_batch,)`` as torch's co
 ``collate_fn`` (a custom one is used for every batch, also over a ``TensorDataset``) and the
 samples its sampler selects: a ``SubsetRandomSampler`` restricts the data to its indices (n is
 the subset's size), a ``SequentialSampler`` or a ``RandomSampler`` without replacement covers
-the whole dataset. Samplers that re-weight or repeat samples (``WeightedRandomSampler``, a
+the whole dataset. A Hugging Face ``datasets.Dataset`` (or a DataLoader over one) is read through
+its ``input_ids`` column, rows of one length, as a (n, T) tensor: the loss receives a bare tensor
+of token ids, as for a bare tensor given as the data (``lambdahat.losses.next_token``). Samplers that re-weight or repeat samples (``WeightedRandomSampler``, a
 ``RandomSampler`` with replacement, custom samplers and batch samplers) are refused with an
 error: the estimator draws its own uniform minibatches, because the LLC is defined on the
 empirical loss L_n over n samples.
@@ -128,9 +130,12 @@ class DataSource:
 
 
 def as_data_source(data: Any) -> DataSource:
-    """Accept ``(inputs, targets)`` tensors, a bare tensor, a ``Dataset`` or a ``DataLoader``."""
+    """Accept ``(inputs, targets)`` tensors, a bare tensor, a ``Dataset``, a ``DataLoader`` or a
+    Hugging Face ``datasets.Dataset`` with an ``input_ids`` column."""
     if isinstance(data, DataSource):
         return data
+    if _is_hf(data):
+        return _from_hf(data)
     if isinstance(data, DataLoader):
         return _from_loader(data)
     if isinstance(data, TensorDataset):
@@ -176,6 +181,10 @@ def _from_loader(loader: DataLoader) -> DataSource:
         sampler, batch_size = loader.batch_sampler.sampler, loader.batch_sampler.batch_size
         collate_fn = loader.collate_fn or default_collate
     indices = _sampler_indices(sampler, len(dataset))
+    if _is_hf(dataset) and collate_fn is default_collate:
+        source = _from_hf(dataset if indices is None else dataset.select(indices))
+        source.default_batch_size = batch_size
+        return source
     if isinstance(dataset, TensorDataset) and collate_fn is default_collate:
         tensors = dataset.tensors
         if indices is not None:
@@ -207,6 +216,48 @@ def _sampler_indices(sampler: Any, n: int) -> list[int] | None:
         "and cannot honour it; pass the samples you mean as a torch.utils.data.Subset of the dataset, or use "
         "a SubsetRandomSampler."
     )
+
+
+def _is_hf(data: Any) -> bool:
+    """A Hugging Face ``datasets`` object, recognised without importing ``datasets``."""
+    return type(data).__module__.split(".")[0] == "datasets"
+
+
+def _from_hf(data: Any) -> DataSource:
+    """The ``input_ids`` column of a Hugging Face ``datasets.Dataset`` as one (n, T) tensor."""
+    kind = type(data).__name__
+    if kind in ("DatasetDict", "IterableDatasetDict"):
+        raise ValueError(f"data: a {kind} holds several splits ({', '.join(map(str, data))}); pass one, e.g. data['train'].")
+    if not hasattr(data, "column_names") or not hasattr(data, "with_format") or kind == "IterableDataset":
+        raise ValueError(_ITERABLE if kind == "IterableDataset" else
+                         f"data: a Hugging Face {kind} is not supported; pass a datasets.Dataset with an input_ids column.")
+    columns = list(data.column_names)
+    if "input_ids" not in columns:
+        raise ValueError(
+            f"data: the Hugging Face Dataset has no 'input_ids' column (its columns: {', '.join(columns) or 'none'}); "
+            "tokenize it first, e.g. dataset.map(lambda rows: tokenizer(rows['text']), batched=True), and cut the "
+            "token ids into rows of one length (lambdahat.datafiles.token_windows does this for one long sequence)."
+        )
+    if len(data) == 0:
+        raise ValueError("data is empty: pass at least one sample.")
+    ids = data.with_format("torch", columns=["input_ids"])[:]["input_ids"]
+    if not isinstance(ids, Tensor) or ids.dim() != 2:
+        lengths = sorted({len(row) if hasattr(row, "__len__") else 0 for row in data["input_ids"]})
+        raise ValueError(
+            f"data: the rows of the Dataset's input_ids must be sequences of one length, got lengths "
+            f"{lengths[0]}..{lengths[-1]}; cut the token ids into windows of one length (e.g. concatenate and chunk "
+            "them, or lambdahat.datafiles.token_windows), rather than padding: padded positions would count as tokens."
+        )
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise ValueError(f"data: the Dataset's input_ids must be integer token ids, got {ids.dtype}.")
+    if "attention_mask" in columns:
+        attention = data.with_format("torch", columns=["attention_mask"])[:]["attention_mask"]
+        if isinstance(attention, Tensor) and not bool((attention != 0).all()):
+            raise ValueError(
+                "data: the Dataset's attention_mask has zeros (padding), but the loss sees input_ids only and would "
+                "count padded positions as tokens; drop the padded rows, or cut the ids into full windows of one length."
+            )
+    return _from_tensors((ids.long(),), bare=True)
 
 
 def _from_tensors(tensors: Sequence[Tensor], bare: bool = False) -> DataSource:
