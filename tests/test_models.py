@@ -3,6 +3,8 @@ TransformerLens, head masks, tensors and text. Every model is built in-process; 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -85,18 +87,19 @@ def test_hugging_face_models_from_a_local_folder(tmp_path):
 
 
 def test_transformer_lens_hooked_transformer():
-    """Runs where TransformerLens 3 is installed (not in CI: it pulls wandb, datasets and
-    accelerate, ~1.6 GB, and version 4 removed HookedTransformer). TinyTransformer has the same
-    per-head parameter names and shapes, so the mask logic itself is tested above in any case."""
-    transformer_lens = pytest.importorskip("transformer_lens")
+    """TransformerLens 3 is in the dev extra (``transformer_lens>=3,<4``: version 4 removed
+    HookedTransformer), so this runs in CI; more layouts in tests/test_restrictions.py."""
+    transformer_lens = pytest.importorskip("transformer_lens", reason="needs the dev extra: pip install -e '.[dev]'")
     try:
-        config_class = transformer_lens.HookedTransformerConfig
-    except (AttributeError, ImportError):
-        pytest.skip("TransformerLens ≥ 4 has no HookedTransformer")
-    cfg = config_class(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4,
-                                                   d_vocab=256, attn_only=True, act_fn=None, seed=0)
-    model = transformer_lens.HookedTransformer(cfg)
+        config_class, hooked = transformer_lens.HookedTransformerConfig, transformer_lens.HookedTransformer
+    except (AttributeError, ImportError):  # 4.x raises ImportError for the removed names
+        pytest.skip("TransformerLens ≥ 4 has no HookedTransformer; the dev extra pins transformer_lens<4")
+    cfg = config_class(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4, d_vocab=256, attn_only=True, act_fn=None, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.x announces that 4.0 removes HookedTransformer
+        model = hooked(cfg)
     mask = models.head_mask(model, layer=0, head=1)
+    assert mask.keys() == lh.component(model, "layer 0 head 1").keys()
     assert mask["blocks.0.attn.W_Q"][1].all() and int(mask["blocks.0.attn.W_O"].sum()) == 4 * 16
     tokens = datafiles.token_windows(datafiles.byte_tokens(datafiles.python_docs_text()[:8000]), 16)
     r = lh.estimate_llc(model, tokens, lh.losses.next_token, sampled_params=mask, **QUICK)
