@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "plot_loss_traces", "plot_running_llc", "plot_summary", "plot_calibration", "plot_trajectory",
+    "plot_susceptibilities",
 ]
 
 
@@ -339,3 +340,40 @@ def plot_trajectory(trajectory: Any, stages: Any = None, title: str | None = Non
     headline = f"LLC over training: {len(steps)} checkpoints" + (f", {count} stage boundaries" if stages is not None else "")
     fig.suptitle(f"{title}: {headline}" if title else headline)
     return fig
+
+
+# --- susceptibilities --------------------------------------------------------------------------
+
+
+def plot_susceptibilities(result: Any, ax: Axes | None = None, title: str | None = None,
+                          labels: Any = None) -> Figure:
+    """Heatmap of χ_C (:func:`lambdahat.susceptibilities`): one row per component, one column per
+    probe sample (per token: per (sample, position), samples separated by white lines), on a
+    diverging colour scale symmetric about 0 (blue χ < 0: the component expresses the sample).
+    ``labels``: one text per probe sample for the columns (default: its index)."""
+    values = np.asarray(result.values, dtype=float)
+    k = values.shape[0]
+    flat = values.reshape(k, -1)
+    ax = _axes(ax, figsize=(min(16.0, 3.0 + 0.35 * flat.shape[1]), 1.6 + 0.45 * k))
+    finite = np.abs(flat[np.isfinite(flat)])
+    scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    image = ax.imshow(flat, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest")
+    ax.figure.colorbar(image, ax=ax, label="χ_C")
+    ax.set_yticks(range(k), result.components)
+    samples = values.shape[1]
+    if values.ndim == 3:
+        tokens = values.shape[2]
+        for i in range(1, samples):
+            ax.axvline(i * tokens - 0.5, color="white", lw=1.5)
+        ax.set_xticks([i * tokens + (tokens - 1) / 2 for i in range(samples)],
+                      labels if labels is not None else range(samples))
+        ax.set_xlabel("probe sample (each: its positions)")
+    else:
+        step = max(1, samples // 40)
+        ticks = list(range(0, samples, step))
+        ax.set_xticks(ticks, [labels[i] for i in ticks] if labels is not None else ticks)
+        ax.set_xlabel("probe sample")
+    ax.set_ylabel("component")
+    headline = f"susceptibilities: {k} components × {samples} probe samples (nβ = {result.nbeta:.4g})"
+    ax.set_title(f"{title}: {headline}" if title else headline)
+    return ax.figure
