@@ -18,11 +18,14 @@ from .settings import Settings
 from .report import write_report
 from .trace import Trace
 from .stages import detect_stages
+from .susceptibility import SusceptibilityResult, susceptibilities
 from .trajectory import TrajectoryResult, trajectory  # the function shadows the module name, as intended
 
 __all__ = [
     "estimate_llc",
     "bif",
+    "susceptibilities",
+    "SusceptibilityResult",
     "component",
     "components",
     "head_mask",
