@@ -349,7 +349,7 @@ def plot_susceptibilities(result: Any, ax: Axes | None = None, title: str | None
                           labels: Any = None) -> Figure:
     """Heatmap of χ_C (:func:`lambdahat.susceptibilities`): one row per component, one column per
     probe sample (per token: per (sample, position), samples separated by white lines), on a
-    diverging colour scale symmetric about 0 (blue χ < 0: the component expresses the sample).
+    diverging colour scale symmetric about 0 (blue: χ < 0, red: χ > 0).
     ``labels``: one text per probe sample for the columns (default: its index)."""
     values = np.asarray(result.values, dtype=float)
     k = values.shape[0]

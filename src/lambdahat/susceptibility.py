@@ -16,7 +16,7 @@ for any X, while E_p[ΔL_z] stays an expectation over the full posterior, so
 
     χ_C(z) = −( E_C[φ ΔL_z] − E_C[φ] · E_full[ΔL_z] ),   φ(w) = L̄(w) − L̄(w*),   ΔL_z(w) = ℓ_z(w) − L̄(w),
 
-with the positive normaliser Z_C / Z dropped (as in the paper). E_C is over a **restricted run**
+with the positive normaliser Z_C / Z dropped (devinterp's implementation of App. C.4 drops it too). E_C is over a **restricted run**
 (``estimate_llc(..., sampled_params=C)``: SGLD on the weights of C only, the rest frozen at w*, the
 same nβ, γ, step and chain length) and E_full over one **full run** of every weight. L̄ is the mean
 per-sample loss over a fixed reference set of the sampling data (``reference`` samples spread
@@ -27,9 +27,10 @@ are sample means over the probed draws of the chains that did not diverge, poole
 ℓ_z is the loss of one position of one sequence, giving an (m, T) table per component; L̄ is then
 the mean over the reference's sequences and positions.
 
-Reading it: χ_C(z) < 0 when ℓ_z rises with the restricted loss more than L_n does (up-weighting z
-lowers the loss of C: C "expresses" z); the sum of χ_C over the samples of a distribution q' is the
-susceptibility to shifting the data toward q'. No nβ factor: nβ χ is the derivative.
+Reading it: χ_C(z) < 0 when, under the posterior, ℓ_z − L̄ rises with the loss of C, so that
+up-weighting z lowers E[φ_C] to first order (d/dh E_h[φ_C] = nβ χ_C); χ_C(z) > 0 the other way. The
+mean of χ_C over the samples of a distribution q' is the susceptibility to shifting the data toward
+q' (ΔL is linear in the perturbation). No nβ factor: nβ χ is the derivative.
 
 If the full run's means equal the restricted run's (E_full[ΔL] = E_C[ΔL]), χ_C(z) = −Cov_C(L̄, ΔL_z).
 
@@ -49,8 +50,9 @@ of ``data``; its L0 is the full run's ``init_loss`` (the mean of ``num_init_loss
 minibatches at w*, in train mode), here L̄(w*) on the reference itself, so φ(w*) = 0 exactly; its
 result is per token, (batch, target_position) per observable and restriction, here per sample unless
 ``per_token=True``; its ``lr`` is ε here, and its default ``localization`` is 0 (γ = 1 or adapted
-here); its chains see the same batches (``match_sampling_input_ids_across_chains``), here each
-chain has its own. With the same draws, reference set and L0 the two give the same numbers.
+here); its chains see the same batches (``match_sampling_input_ids_across_chains``) and every
+restriction's run the same ``init_seed``, here each chain has its own batches and each run its own
+seed. With the same draws, reference set and L0 the two give the same numbers.
 
 **Cost.** 1 + K runs of ``estimate_llc`` for K components (the restricted ones at the full run's
 settings, which the warm-up chooses when they are left ``"auto"``), each evaluating m + R probe and
@@ -224,6 +226,12 @@ def susceptibilities(
     index = _reference_indices(source.n, reference)
     combined = _with_reference(probe_source, source, index)
     m = probe_source.n
+    try:  # read item by item, a probe sample of another shape first fails when batched with the data's
+        combined.batch(torch.tensor([0, m]))
+    except Exception as err:
+        raise ValueError(f"probe: its samples cannot be batched with the data's ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:300]}); give probe in the form of data, with samples of the "
+                         "same shape.") from None
 
     full = estimate_llc(model, data, loss_fn, probe=combined, probe_every=probe_every,
                         probe_batch_size=probe_batch_size, probe_per_token=per_token, progress=progress, **settings)
