@@ -153,8 +153,8 @@ def test_a_diverging_first_guess_restarts_from_w_star_with_a_smaller_step():
 
 def test_auto_step_refuses_samplers_without_an_acceptance(small_dln):
     t = small_dln
-    with pytest.raises(ValueError, match="step_size='auto'.*sghmc"):
-        lh.estimate_llc(t.model, t.data, t.loss_fn, sampler="sghmc", progress=False)
+    with pytest.raises(ValueError, match="step_size='auto'.*sgnht"):
+        lh.estimate_llc(t.model, t.data, t.loss_fn, sampler="sgnht", progress=False)
 
 
 def test_an_executor_needs_fixed_settings(small_dln):

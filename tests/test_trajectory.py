@@ -150,7 +150,7 @@ def test_cache_resumes_without_recomputing(ckpt_dir, tmp_path):
 def test_cache_key_follows_settings_data_and_contents(ckpt_dir, tmp_path):
     _run(ckpt_dir, cache_dir=tmp_path)
     same_setting = Counter()  # estimate_llc's defaults, spelled out, are the same setting
-    _run(ckpt_dir, cache_dir=tmp_path, settings=dict(chain_mode="auto", sampler="sgld"))
+    _run(ckpt_dir, cache_dir=tmp_path, settings=dict(chain_mode="auto", sampler="auto"))
     assert same_setting.calls == 0
     other_setting = Counter()
     _run(ckpt_dir, cache_dir=tmp_path, settings=dict(seed=4))

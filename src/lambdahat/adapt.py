@@ -20,6 +20,14 @@ warm-up, so the draws are one valid chain of fixed-step SGLD:
    what the acceptance allows, an automatic batch size is raised (else the control-variate
    gradient is switched on) and the warm-up restarts from w*. The noise is measured again during
    the draws and judged by the ``noise`` health check.
+   **Momentum.** With ``sampler="auto"`` (the default) the chains are SGHMC (Chen, Fox & Guestrin
+   2014), whose friction α follows the measured noise (:func:`choose_friction`): the smallest
+   α ≥ ``MIN_FRICTION`` whose noise bias, SGLD's divided by α, stays within 2% of λ̂. At α = 1
+   SGHMC is SGLD; a small α keeps the velocity for about 1/α steps, so the chains cross the
+   flat valleys of singular models (along which only γ confines them, and SGLD needs about
+   2/(εγ) steps to relax) about 1/α times faster, at no larger step-size bias. Its acceptance
+   diagnostic is that of the SGLD proposal from the same point. The friction is frozen with ε
+   for the draws.
 2. **Localisation.** γ = 1 (the value of Lau et al.'s deep-linear-network and ResNet runs). After
    the warm-up the :func:`~lambdahat.health.check_localization` statistics are read on its last
    half; while they say the prior, not the loss, confines the chain, γ is divided by 10 and the
@@ -53,7 +61,6 @@ import numpy as np
 
 from . import diagnostics, health, noise, stopping
 from .chains import ChainSet
-from .samplers import as_sampler_config
 from .settings import AUTO, Settings, default_max_steps
 
 __all__ = ["Adaptation", "adapt_and_sample", "WINDOW", "MALA_ACCEPTANCE"]
@@ -65,6 +72,10 @@ MAX_REWARMS = 3
 #: Restarts after a divergence before the step size is capped at half the one that diverged (and
 #: the steps thrown away count against ``max_steps``, so the warm-up always ends).
 MAX_FREE_RESTARTS = 3
+#: The smallest SGHMC friction the draws use: the velocity of a stiff direction is damped in ~2/α steps.
+MIN_FRICTION = 0.02
+#: Steps at the draws' friction before them (burn-in), in damping times 1/α.
+SETTLE_DAMPING_TIMES = 5
 #: How often the warm-up records the acceptance (every step would double its cost).
 WARMUP_ACCEPTANCE_EVERY = 4
 #: During the draws (the sampler's option): enough to report the acceptance, cheap.
@@ -123,7 +134,8 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     draws (chain, step), the number of burn-in steps, each chain's first non-finite step, the
     settings with every auto field resolved, and the :class:`Adaptation` record.
     """
-    sampler = as_sampler_config(settings.sampler)
+    sampler = settings.sampler_config
+    momentum = settings.sampler == AUTO  # SGHMC whose friction follows the measured minibatch noise
     log = Adaptation(chain_mode=chains.mode)
     auto_step = settings.step_size == AUTO
     auto_gamma = settings.localization == AUTO
@@ -139,6 +151,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         chains.restart(gamma)
     warm_every = _options(sampler, WARMUP_ACCEPTANCE_EVERY) if auto_step else _options(sampler, DRAW_ACCEPTANCE_EVERY)
     draw_every = _options(sampler, DRAW_ACCEPTANCE_EVERY)
+    friction = float(sampler.options.get("friction", 1.0)) if sampler.name == "sghmc" else 1.0
     cost = sampler.with_options(**warm_every).evaluations_per_step
     draw_cost = sampler.with_options(**draw_every).evaluations_per_step
     reserve = budget // 5 if auto_step and sampler.name != "mala" else 0  # for the bias check
@@ -154,17 +167,34 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     noise_cap = math.inf
     remedies = 0
 
+    def moving() -> dict[str, float]:
+        """The auto sampler's current friction, as a sampler option."""
+        return {"friction": friction} if momentum else {}
+
+    def friction_for(llc: float) -> tuple[float, float]:
+        """The friction (:func:`choose_friction`) for the noise at the chains' points now, and the
+        cap on ε the noise sets (∞ below friction 1)."""
+        measured = 0.0
+        if chains.job.batch_size < n:  # the mean of the last three measurements: one is a noisy χ² of few samples
+            monitor.measure(chains)
+            measured = monitor.recent(1 if chains.job.control_variate is not None else 0)
+        chosen = choose_friction(noise.noise_bias(step, nbeta, measured), llc)
+        if chosen < 1.0:
+            return chosen, math.inf
+        return 1.0, noise.noise_step_bound(noise.NOISE_BIAS * max(llc if math.isfinite(llc) else 0.0, noise.LLC_FLOOR),
+                                           nbeta, measured)
+
     def spend(records: dict[str, np.ndarray], per_step: float) -> None:
         log.gradient_evaluations += int(round(records["loss"].shape[1] * per_step))
 
     def warm_up(steps_min: int, steps_max: int) -> tuple[list[dict[str, np.ndarray]], float]:
         """Adapt ε window by window until the acceptance and the loss level have settled."""
-        nonlocal step, restarts, ceiling, noise_cap, target
+        nonlocal step, restarts, ceiling, noise_cap, target, friction
         done, windows = 0, []
         while done < steps_max:
             length = min(WINDOW, steps_max - done)
             began = time.perf_counter()
-            records = chains.advance(length, step, options=warm_every, bar=bar)
+            records = chains.advance(length, step, options={**warm_every, **moving()}, bar=bar)
             if chains.steps == length and remedies == 0 and not log.discarded_steps:
                 _announce_cost(bar, (time.perf_counter() - began) / length, budget, len(chains.chains), chains.job)
             spend(records, cost)
@@ -189,7 +219,10 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             if not exact and math.isfinite(running):
                 target = health.acceptance_target(running)
             if measure_noise and len(windows) % NOISE_EVERY == 1:
-                noise_cap = monitor.cap(chains, running)
+                if momentum:  # the noise sets the friction; it caps ε only once the friction is 1 (SGLD)
+                    friction, noise_cap = friction_for(running)
+                else:
+                    noise_cap = monitor.cap(chains, running, friction)
             if auto_step:
                 step = min(step * stopping.step_factor(stopping.acceptance(records), target), ceiling, noise_cap)
             capped = auto_step and step >= noise_cap
@@ -241,6 +274,23 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         chains.restart(gamma)
         step_sizes.clear()
     log.phases.append(dict(name="warm-up", steps=chains.steps, step_size=step, localization=gamma, acceptance=warm_acc))
+
+    def freeze_friction() -> None:
+        """Fix the draws' friction for the noise at the warm-up's end and let the velocity settle."""
+        nonlocal friction, draw_every
+        recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1) if windows else None
+        running = nbeta * (float(np.nanmean(recent)) - init_loss) if recent is not None and np.isfinite(recent).any() \
+            else math.nan
+        friction = friction_for(running)[0]
+        draw_every = {**draw_every, "friction": friction}
+        settle = min(math.ceil(SETTLE_DAMPING_TIMES / friction), max(0, budget_draws - chains.steps - MIN_DRAWS)) \
+            if auto_burnin else 0  # a given burn-in is kept as given
+        if settle:
+            spend(chains.advance(settle, step, options=draw_every, bar=bar), draw_cost)
+            step_sizes.extend([step] * settle)
+
+    if momentum:
+        freeze_friction()
     burnin = chains.steps
     rewarms = 0
     chains.probe_active = True
@@ -282,7 +332,9 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             if bar is not None:
                 bar.set_description("warm-up (resumed)")
             chains.probe_active = False
-            _, warm_acc = warm_up(MIN_WARMUP // 2, min(max_warmup, budget_draws - chains.steps - MIN_DRAWS))
+            windows, warm_acc = warm_up(MIN_WARMUP // 2, min(max_warmup, budget_draws - chains.steps - MIN_DRAWS))
+            if momentum:
+                freeze_friction()
             chains.probe_active = True
             if bar is not None:
                 bar.set_description("draws")
@@ -314,7 +366,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     log.phases.append(dict(name="draws", steps=num_draws, step_size=step, localization=gamma, acceptance=draw_acc))
     log.gradient_evaluations += monitor.evaluations
     if draw_noise:
-        log.noise_bias = noise.noise_bias(step, nbeta, float(np.mean(draw_noise)))
+        log.noise_bias = noise.noise_bias(step, nbeta, float(np.mean(draw_noise)), friction)
     if auto_step:
         log.notes.append(
             f"step_size ε = {step:.3g} (ε·nβ = {step * nbeta:.3g}), adapted in the warm-up so that the MALA acceptance of "
@@ -322,6 +374,12 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             + (f", and capped so that minibatch gradient noise adds at most {noise.NOISE_BIAS:.0%} of λ̂ "
                f"(predicted: {log.noise_bias:.3g})" if step >= noise_cap and log.noise_bias is not None else "")
         )
+    if momentum:
+        log.notes.append(
+            f"sampler SGHMC with friction α = {friction:.2g}: the smallest α ≥ {MIN_FRICTION} (1 is SGLD) whose "
+            f"minibatch-noise bias (ε/16α) nβ² E‖∇L_B₁ − ∇L_B₂‖² stays within {noise.NOISE_BIAS:.0%} of λ̂ at the "
+            "warm-up's end (SGHMC moves about 1/α times further than SGLD per step along directions the loss "
+            "leaves flat); the friction followed the measured noise through the warm-up")
     if auto_gamma:
         log.notes.append(f"localization γ = {gamma:g}" + (" (the default: the localization check passed in the warm-up)"
                                                           if reductions == 0 else ""))
@@ -362,10 +420,27 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
 
     records, first_bad = chains.records()
     records["step_size"] = np.broadcast_to(np.asarray(step_sizes, dtype=float), records["loss"].shape).copy()
+    ran = sampler.with_options(**draw_every) if momentum else settings.sampler
     resolved = settings.replace(step_size=step, localization=gamma, num_burnin_steps=burnin, num_draws=num_draws,
                                 max_steps=budget, batch_size=chains.job.batch_size,
-                                control_variate=chains.job.control_variate is not None)
+                                control_variate=chains.job.control_variate is not None, sampler=ran)
     return records, burnin, first_bad, resolved, log
+
+
+def choose_friction(sgld_noise_bias: float, llc: float) -> float:
+    """SGHMC's friction α for the draws: the smallest in [MIN_FRICTION, 1] whose minibatch-noise
+    bias, SGLD's divided by α (:func:`lambdahat.noise.noise_bias`), is at most NOISE_BIAS × λ̂.
+
+    Along a direction the loss leaves flat, SGHMC's position diffuses ε/α per step against SGLD's
+    ε (its velocity keeps its direction for about 1/α steps), so a small α crosses the flat
+    valleys of singular models in 1/α times fewer steps; on a quadratic its step-size bias is at
+    most SGLD's (see :func:`lambdahat.samplers.sghmc.build`). The gradient noise, though, enters
+    the velocity at (ε/2)² nβ² Σ_B per step against the injected α ε, so it heats the chain 1/α
+    times more than SGLD's: α is as small as that allows."""
+    if not math.isfinite(llc) or sgld_noise_bias <= 0 or not math.isfinite(sgld_noise_bias):
+        return MIN_FRICTION if sgld_noise_bias == 0 else 1.0
+    wanted = sgld_noise_bias / (noise.NOISE_BIAS * max(llc, noise.LLC_FLOOR))
+    return float(f"{min(1.0, max(MIN_FRICTION, wanted)):.2g}")
 
 
 #: Runs expected to take longer than this (seconds) say so, with what drives the cost, when they start.

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 
 from . import tables
 from .data import as_data_source
 from .estimate import LLCResult, estimate_llc
 from .potential import default_nbeta
-from .settings import Settings
+from .settings import AUTO, Settings
 
 __all__ = ["CalibrationResult", "calibrate", "ROW_KEYS"]
 
@@ -213,6 +214,7 @@ def calibrate(
     chosen = [r.settings for r in adaptive.values()]
     common = given.replace(
         nbeta=nbeta,
+        sampler=_one_sampler(chosen) if given.sampler == AUTO else given.sampler,
         step_size=min(s.step_size for s in chosen),
         localization=min(s.localization for s in chosen),
         num_burnin_steps=max(s.num_burnin_steps for s in chosen),
@@ -236,3 +238,13 @@ def calibrate(
     if progress:
         print(f"  calibration took {time.perf_counter() - start:.0f} s", flush=True)
     return CalibrationResult(rows, common, certified, rule, names, results)
+
+
+def _one_sampler(chosen: Sequence[Settings]) -> Any:
+    """The auto sampler's one setting for every model: SGHMC at the largest friction the warm-ups
+    chose (the friction that keeps every model's minibatch-noise bias within bounds)."""
+    samplers = [s.sampler for s in chosen]
+    frictions = [getattr(s, "options", {}).get("friction") for s in samplers]
+    if any(f is None for f in frictions):
+        return samplers[0]
+    return samplers[int(np.argmax(frictions))]

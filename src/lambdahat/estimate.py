@@ -26,7 +26,6 @@ from .data import as_data_source
 from .noise import full_loss_and_grad
 from .potential import Potential, default_nbeta, select_params
 from .result import LLCResult, llc_from_trace
-from .samplers import as_sampler_config
 from .settings import AUTO, Settings, default_max_steps
 from .trace import Trace
 
@@ -148,11 +147,13 @@ def _checked_settings(model: Any, executor: Any, probe: Any, probe_every: int, p
         raise ValueError("probe_every, probe_batch_size and probe_per_token set how the probe is evaluated; pass "
                          "probe=probe_data too.")
     settings = Settings.from_mapping(settings, where="estimate_llc")
-    sampler_config = as_sampler_config(settings.sampler)
-    if settings.step_size == AUTO and sampler_config.name in ("sghmc", "sgnht"):
+    if settings.sampler == AUTO and settings.step_size != AUTO:
+        settings = settings.replace(sampler="sgld")
+    sampler_config = settings.sampler_config
+    if settings.step_size == AUTO and sampler_config.name == "sgnht":
         raise ValueError(
-            f"step_size='auto' needs a sampler that records a MALA acceptance (sgld, rmsprop_sgld or mala); "
-            f"sampler {sampler_config.name!r} does not: pass step_size (e.g. from a run with sampler='sgld')."
+            "step_size='auto' needs a sampler that records a MALA acceptance (sgld, rmsprop_sgld, sghmc or mala); "
+            "sampler 'sgnht' does not: pass step_size (e.g. from a run with sampler='sgld')."
         )
     if executor is not None:
         if not isinstance(executor, Executor):
@@ -289,5 +290,6 @@ def _adaptive_run(job: ChainJob, settings: Settings, init_loss: float, nbeta: fl
             auto_batch=auto_batch, bar=bar)
     finally:
         bar.close()
+    extras = {**extras, "sampler_options": dict(resolved.sampler_config.options)}  # the draws' (auto: their friction)
     config = {**resolved.to_dict(), **extras, "chain_mode": adaptation.chain_mode, "adaptation": adaptation.to_dict()}
     return Trace(records, burnin, first_bad, config), resolved, adaptation

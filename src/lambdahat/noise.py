@@ -101,9 +101,11 @@ def full_loss_and_grad(loss_and_grad: LossAndGrad, data: DataSource, w: Tensor, 
     return total / data.n, grad
 
 
-def noise_bias(step_size: float, nbeta: float, noise: float) -> float:
-    """Δλ̂ ≈ (ε/16) nβ² E‖∇L_B₁ − ∇L_B₂‖²: the λ̂ that minibatch noise adds (module docstring)."""
-    return step_size * nbeta**2 * noise / 16
+def noise_bias(step_size: float, nbeta: float, noise: float, friction: float = 1.0) -> float:
+    """Δλ̂ ≈ (ε/16α) nβ² E‖∇L_B₁ − ∇L_B₂‖²: the λ̂ that minibatch noise adds (module docstring) to
+    SGLD (α = 1) or to SGHMC with friction α, whose velocity receives the gradient noise
+    (ε²/4) nβ² Σ_B per step against the injected α ε, so its excess temperature is 1/α times SGLD's."""
+    return step_size * nbeta**2 * noise / (16 * friction)
 
 
 def noise_step_bound(allowed_bias: float, nbeta: float, noise: float) -> float:
@@ -149,15 +151,15 @@ class NoiseMonitor:
     def recent(self, which: int) -> float:
         return float(np.mean([v[which] for v in self.values[-3:]]))
 
-    def cap(self, chains, llc: float) -> float:
+    def cap(self, chains, llc: float, friction: float = 1.0) -> float:
         """The largest ε whose noise bias is at most ``NOISE_BIAS`` × ``llc`` (the running λ̂; NaN
-        when unknown counts as the floor); ∞ for full-batch steps."""
+        when unknown counts as the floor) for SGLD, or SGHMC at ``friction``; ∞ for full-batch steps."""
         if chains.job.batch_size >= chains.job.data.n:
             return math.inf
         self.measure(chains)
         llc = llc if math.isfinite(llc) else LLC_FLOOR
         noise = self.recent(1 if chains.job.control_variate is not None else 0)
-        return noise_step_bound(NOISE_BIAS * max(llc, LLC_FLOOR), self.nbeta, noise)
+        return noise_step_bound(NOISE_BIAS * max(llc, LLC_FLOOR) * friction, self.nbeta, noise)
 
     def remedy(self, chains, wanted: float, cap: float, *, auto_batch: bool, auto_cv: bool) -> dict[str, Any] | None:
         """The change to the chains' job that lets ε reach ``wanted`` (the step the acceptance

@@ -64,8 +64,9 @@ class Settings:
         "most minibatch noise for twice the cost of a step; auto: switched on by the warm-up when the measured "
         "minibatch noise would otherwise hold the step size down (off when the other settings are all given)",
         "bool_or_auto"))
-    sampler: Any = field(default="sgld", metadata=_help(
-        "sgld, rmsprop_sgld, sghmc, sgnht or mala", "str"))
+    sampler: Any = field(default=AUTO, metadata=_help(
+        "sgld, rmsprop_sgld, sghmc, sgnht or mala; auto: when step_size is auto, SGHMC with the smallest friction "
+        "the measured minibatch noise allows (the warm-up chooses it), else sgld", "str"))
     max_steps: int | str = field(default=AUTO, metadata=_help(
         "budget of steps per chain for the auto settings (warm-up, burn-in, draws and the bias check together); "
         "auto: 40,000 up to 1,000 sampled weights, 20,000 up to 10,000, 10,000 up to 100,000, 5,000 beyond "
@@ -110,7 +111,8 @@ class Settings:
             raise TypeError(
                 f"sampler must be a name such as 'sgld' or a lambdahat.samplers.SamplerConfig, got {type(self.sampler).__name__}."
             )
-        as_sampler_config(self.sampler)  # checks the name
+        if self.sampler != AUTO:
+            as_sampler_config(self.sampler)  # checks the name
 
     # --- a read-only mapping, so that **settings passes straight to estimate_llc -------------
     def keys(self) -> list[str]:
@@ -136,6 +138,17 @@ class Settings:
         if unknown:
             raise TypeError(f"unknown setting(s) {unknown}; settings are {self.keys()}.")
         return dataclasses.replace(self, **changes)
+
+    @property
+    def sampler_config(self):
+        """The sampler that runs: ``sampler`` itself, or for ``"auto"`` SGHMC at friction 1 (the
+        warm-up's, which is SGLD; :mod:`lambdahat.adapt` lowers it for the draws) when step_size is
+        auto, and SGLD when it is given."""
+        from .samplers import SamplerConfig, as_sampler_config
+
+        if self.sampler != AUTO:
+            return as_sampler_config(self.sampler)
+        return SamplerConfig("sghmc", friction=1.0) if self.step_size == AUTO else as_sampler_config("sgld")
 
     @property
     def auto_fields(self) -> list[str]:

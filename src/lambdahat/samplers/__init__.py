@@ -23,7 +23,7 @@ the loss gradient's buffer), and returns the new state. Keep no reference to an 
 |----------------|-----------------------------------------------|------------------------------|
 | ``sgld``         | SGLD (Welling & Teh 2011)                      | acceptance_every             |
 | ``rmsprop_sgld`` | RMSProp-preconditioned SGLD (Li et al. 2016)   | alpha, eps, acceptance_every |
-| ``sghmc``        | SG Hamiltonian MC (Chen et al. 2014)           | friction                     |
+| ``sghmc``        | SG Hamiltonian MC (Chen et al. 2014)           | friction, acceptance_every   |
 | ``sgnht``        | SG Nosé–Hoover thermostat (Ding et al. 2014)   | diffusion                    |
 | ``mala``         | Metropolis-adjusted Langevin, full batch, exact | —                            |
 """

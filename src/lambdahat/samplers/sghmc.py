@@ -13,18 +13,19 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_
+from ._common import Generators, normal_, proposal_acceptance
 
 if TYPE_CHECKING:
     from ..potential import LocalizedPotential
 
-__all__ = ["SGHMCState", "SGHMCInfo", "build"]
+__all__ = ["SGHMCState", "SGHMCInfo", "SGHMCInfoWithAcceptance", "build"]
 
 
 class SGHMCState(NamedTuple):
     params: Tensor  # w_t, flat: (d,) or (K, d)
     velocity: Tensor  # v_t = h p_t
     noise: Tensor  # reused buffer
+    count: int = 0  # steps taken
 
 
 class SGHMCInfo(NamedTuple):
@@ -33,7 +34,14 @@ class SGHMCInfo(NamedTuple):
     temperature: Tensor  # ‖v‖² / (d η) after the step: the kinetic temperature, 1 at equilibrium
 
 
-def build(potential: LocalizedPotential, *, step_size: float, friction: float = 0.1):
+class SGHMCInfoWithAcceptance(NamedTuple):
+    loss: Tensor
+    distance: Tensor
+    temperature: Tensor
+    mala_accept: Tensor  # MH acceptance of the SGLD proposal from w_t with this step's ξ_t; NaN when not computed
+
+
+def build(potential: LocalizedPotential, *, step_size: float, friction: float = 0.1, acceptance_every: int = 0):
     """SGHMC targeting p(w) ∝ exp(−U(w)), U(w) = nβ L_n(w) + (γ/2)‖w − w*‖². One step, with
     η = ε/2 and friction α ∈ [0, 1]:
 
@@ -50,29 +58,49 @@ def build(potential: LocalizedPotential, *, step_size: float, friction: float = 
     integrator's O(h) oscillation. Smaller α means longer, less random moves: fewer steps to
     cross a flat valley, but more risk of overshooting.
 
+    Every ``acceptance_every`` steps (0: never) the step also reports ``mala_accept``: the MALA
+    acceptance probability of the SGLD proposal w_t − (ε/2)∇U_B(w_t) + √ε ξ_t from the same point
+    with the same ξ_t (one extra forward and backward pass), the step-size diagnostic of
+    :func:`lambdahat.samplers.sgld.build`. It bounds SGHMC's own step-size bias too: on a quadratic
+    U = a w²/2 the stationary variance of w is (1/a)(1 + εa/8 + O(ε²)) for small α, half of SGLD's
+    excess (1/a)(εa/4 + O(ε²)) (the discrete Lyapunov equation of the linear update).
+
     nβ, γ and w* are the potential's; any object with :class:`LocalizedPotential`'s interface works.
     """
     from . import Sampler
 
     if not (0.0 <= friction <= 1.0):
         raise ValueError(f"friction must lie in [0, 1] (the fraction of velocity lost per step), got {friction!r}.")
+    if not isinstance(acceptance_every, int) or acceptance_every < 0:
+        raise ValueError(f"acceptance_every must be an integer ≥ 0 (0 turns it off), got {acceptance_every!r}.")
     half_step = step_size / 2
     noise_std = math.sqrt(friction * step_size)
 
     def init(params: Tensor, batch: Any) -> SGHMCState:
         params = params.detach().clone()
-        return SGHMCState(params, torch.zeros_like(params), torch.empty_like(params))
+        return SGHMCState(params, torch.zeros_like(params), torch.empty_like(params), 0)
 
     @torch.no_grad()
     def step(state: SGHMCState, batch: Any, generator: Generators):
-        w, v, noise = state
+        w, v, noise, count = state
         here = potential(w, batch)
         loss, dist, drift = here.loss, here.distance, here.grad_energy
+        check = acceptance_every and count % acceptance_every == 0
         v.mul_(1.0 - friction).add_(drift, alpha=-half_step)
+        if noise_std > 0 or check:
+            normal_(noise, generator)
         if noise_std > 0:
-            v.add_(normal_(noise, generator), alpha=noise_std)
+            v.add_(noise, alpha=noise_std)
+        if check:  # the SGLD proposal from w with the same ξ
+            proposal = (w - half_step * drift).add_(noise, alpha=math.sqrt(step_size))
+            accept = proposal_acceptance(potential, batch, w, here.energy, drift, proposal, step_size)
         w.add_(v)
         temperature = v.square().mean(dim=-1) / half_step
-        return SGHMCState(w, v, noise), SGHMCInfo(loss, dist, temperature.to(loss.dtype))
+        new_state = SGHMCState(w, v, noise, count + 1)
+        if not acceptance_every:
+            return new_state, SGHMCInfo(loss, dist, temperature.to(loss.dtype))
+        if not check:
+            accept = torch.full_like(loss, float("nan"))
+        return new_state, SGHMCInfoWithAcceptance(loss, dist, temperature.to(loss.dtype), accept)
 
     return Sampler(init, step)
