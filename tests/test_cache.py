@@ -139,7 +139,7 @@ def test_settings_key_fills_in_defaults():
     def key(**given):
         return cache.cache_key(Settings.from_mapping(given).to_dict(), data=None, loss_fn=None, make_model=None)
 
-    assert key() == key(seed=0, sampler="sgld") and key() != key(seed=1)
+    assert key() == key(seed=0, sampler="auto") and key() != key(seed=1)
 
 
 # --- entries ----------------------------------------------------------------------------------
