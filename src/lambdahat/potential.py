@@ -223,10 +223,7 @@ class Potential:
             with torch.enable_grad():
                 leaves, grad = self._leaves(w)
                 loss = per_chain(leaves, batch)
-                with warnings.catch_warnings():
-                    # a (K, numel) slot of the (K, d) gradient is strided; in-place accumulation is what is wanted
-                    warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-                    torch.autograd.backward(loss.sum(), inputs=leaves)
+                torch.autograd.backward(loss.sum(), inputs=leaves)
             return loss.detach(), grad
 
         return loss_and_grad
