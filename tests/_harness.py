@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from lambdahat import tasks, truth
 
-__all__ = ["Z", "agrees", "finite_step_quadratic", "small_dln", "figure_text", "Pairs"]
+__all__ = ["Z", "agrees", "finite_step_quadratic", "small_dln", "linear_gaussian_probe_problem", "figure_text", "Pairs"]
 
 #: |estimate − truth| ≤ Z · MCSE: a false alarm rate of ~6e-5 per check for a correct sampler.
 Z = 4.0
@@ -74,3 +77,22 @@ class Pairs(Dataset):
 
     def __getitem__(self, i):
         return self.x[i], self.y[i]
+
+
+def linear_gaussian_probe_problem(n: int = 40, d: int = 3):
+    """The probe tests' linear-Gaussian problem: data (X, y) of n samples in d = 3 dimensions, a
+    probe of 3 training and 2 new samples, and a float64 linear model at w* off the least-squares
+    point w_ls (so that the localisation pulls every posterior mean away from w_ls). Returns
+    (model, (x, y), (xp, yp), w_ls, w_star)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = x @ torch.tensor([[1.0], [-0.5], [0.8]], dtype=torch.float64) + 0.5 * torch.randn(n, 1, generator=gen,
+                                                                                          dtype=torch.float64)
+    xp = torch.cat([x[:3], torch.randn(2, d, generator=gen, dtype=torch.float64)])
+    yp = torch.cat([y[:3], torch.randn(2, 1, generator=gen, dtype=torch.float64)])
+    w_ls = np.linalg.lstsq(x.numpy(), y.numpy()[:, 0], rcond=None)[0]
+    w_star = w_ls + np.array([0.1, -0.05, 0.08])
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(w_star)[None])
+    return model, (x, y), (xp, yp), w_ls, w_star

@@ -13,31 +13,17 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import lambdahat as lh
 from lambdahat.losses import gaussian_nll
-from tests._harness import Pairs
+from tests._harness import Pairs, linear_gaussian_probe_problem
 from lambdahat.trace import Trace
 
 N, D, NBETA, GAMMA = 40, 3, 40.0, 10.0
 
 
 def _linear_problem():
-    """Data (X, y), a probe of 3 training and 2 new samples, and w* off the least-squares point
-    (so that the localisation pulls the posterior mean away from w_ls)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(N, D, generator=gen, dtype=torch.float64)
-    y = x @ torch.tensor([[1.0], [-0.5], [0.8]], dtype=torch.float64) + 0.5 * torch.randn(N, 1, generator=gen,
-                                                                                          dtype=torch.float64)
-    xp = torch.cat([x[:3], torch.randn(2, D, generator=gen, dtype=torch.float64)])
-    yp = torch.cat([y[:3], torch.randn(2, 1, generator=gen, dtype=torch.float64)])
-    w_ls = np.linalg.lstsq(x.numpy(), y.numpy()[:, 0], rcond=None)[0]
-    w_star = w_ls + np.array([0.1, -0.05, 0.08])
-    model = nn.Linear(D, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor(w_star)[None])
-    return model, (x, y), (xp, yp), w_ls, w_star
+    return linear_gaussian_probe_problem(N, D)
 
 
 def _loss_covariance(xp, yp, mu, sigma):

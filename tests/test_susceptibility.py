@@ -12,33 +12,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import lambdahat as lh
 from lambdahat.losses import gaussian_nll
 from lambdahat.models import tiny_transformer
 from lambdahat.susceptibility import susceptibility_from_runs
-from tests._harness import Pairs, Z, figure_text
+from tests._harness import Pairs, Z, figure_text, linear_gaussian_probe_problem
 
 N, D, NBETA, GAMMA = 40, 3, 40.0, 10.0
 COMPONENTS = {"w0": [0], "w1 w2": [1, 2]}  # coordinates of the weight each component lets move
 
 
 def _linear_problem():
-    """Data (X, y), a probe of 3 training and 2 new samples, and w* off the least-squares point
-    (so that the localisation pulls every posterior mean away from w_ls)."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(N, D, generator=gen, dtype=torch.float64)
-    y = x @ torch.tensor([[1.0], [-0.5], [0.8]], dtype=torch.float64) + 0.5 * torch.randn(N, 1, generator=gen,
-                                                                                          dtype=torch.float64)
-    xp = torch.cat([x[:3], torch.randn(2, D, generator=gen, dtype=torch.float64)])
-    yp = torch.cat([y[:3], torch.randn(2, 1, generator=gen, dtype=torch.float64)])
-    w_ls = np.linalg.lstsq(x.numpy(), y.numpy()[:, 0], rcond=None)[0]
-    w_star = w_ls + np.array([0.1, -0.05, 0.08])
-    model = nn.Linear(D, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor(w_star)[None])
-    return model, (x, y), (xp, yp), w_star
+    """The probe tests' problem without w_ls: (model, data, probe, w_star)."""
+    model, data, probe, _, w_star = linear_gaussian_probe_problem(N, D)
+    return model, data, probe, w_star
 
 
 def _masks(coordinates):
