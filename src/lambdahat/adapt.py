@@ -167,22 +167,16 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     noise_cap = math.inf
     remedies = 0
 
-    def moving() -> dict[str, float]:
+    def friction_option() -> dict[str, float]:
         """The auto sampler's current friction, as a sampler option."""
         return {"friction": friction} if momentum else {}
 
     def friction_for(llc: float) -> tuple[float, float]:
         """The friction (:func:`choose_friction`) for the noise at the chains' points now, and the
         cap on ε the noise sets (∞ below friction 1)."""
-        measured = 0.0
-        if chains.job.batch_size < n:  # the mean of the last three measurements: one is a noisy χ² of few samples
-            monitor.measure(chains)
-            measured = monitor.recent(1 if chains.job.control_variate is not None else 0)
-        chosen = choose_friction(noise.noise_bias(step, nbeta, measured), llc)
-        if chosen < 1.0:
-            return chosen, math.inf
-        return 1.0, noise.noise_step_bound(noise.NOISE_BIAS * max(llc if math.isfinite(llc) else 0.0, noise.LLC_FLOOR),
-                                           nbeta, measured)
+        level = monitor.level(chains)
+        chosen = choose_friction(noise.noise_bias(step, nbeta, level), llc)
+        return (chosen, math.inf) if chosen < 1.0 else (1.0, noise.step_cap(llc, nbeta, level))
 
     def spend(records: dict[str, np.ndarray], per_step: float) -> None:
         log.gradient_evaluations += int(round(records["loss"].shape[1] * per_step))
@@ -194,7 +188,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         while done < steps_max:
             length = min(WINDOW, steps_max - done)
             began = time.perf_counter()
-            records = chains.advance(length, step, options={**warm_every, **moving()}, bar=bar)
+            records = chains.advance(length, step, options={**warm_every, **friction_option()}, bar=bar)
             if chains.steps == length and remedies == 0 and not log.discarded_steps:
                 _announce_cost(bar, (time.perf_counter() - began) / length, budget, len(chains.chains), chains.job)
             spend(records, cost)
@@ -213,9 +207,8 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             step_sizes.extend([step] * length)
             done += length
             windows.append(records)
-            recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1)
-            # the running λ̂ of the last windows (NaN when none is finite) sets the target and the noise cap
-            running = nbeta * (float(np.nanmean(recent)) - init_loss) if np.isfinite(recent).any() else math.nan
+            # the running λ̂ of the last windows sets the target and the noise cap
+            running = _running_llc(windows, nbeta, init_loss)
             if not exact and math.isfinite(running):
                 target = health.acceptance_target(running)
             if measure_noise and len(windows) % NOISE_EVERY == 1:
@@ -278,10 +271,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     def freeze_friction() -> None:
         """Fix the draws' friction for the noise at the warm-up's end and let the velocity settle."""
         nonlocal friction, draw_every
-        recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1) if windows else None
-        running = nbeta * (float(np.nanmean(recent)) - init_loss) if recent is not None and np.isfinite(recent).any() \
-            else math.nan
-        friction = friction_for(running)[0]
+        friction = friction_for(_running_llc(windows, nbeta, init_loss))[0]
         draw_every = {**draw_every, "friction": friction}
         settle = min(math.ceil(SETTLE_DAMPING_TIMES / friction), max(0, budget_draws - chains.steps - MIN_DRAWS)) \
             if auto_burnin else 0  # a given burn-in is kept as given
@@ -425,6 +415,14 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
                                 max_steps=budget, batch_size=chains.job.batch_size,
                                 control_variate=chains.job.control_variate is not None, sampler=ran)
     return records, burnin, first_bad, resolved, log
+
+
+def _running_llc(windows: list[dict[str, np.ndarray]], nbeta: float, init_loss: float) -> float:
+    """λ̂ over the last ``NOISE_EVERY`` warm-up windows; NaN when there is none or none is finite."""
+    if not windows:
+        return math.nan
+    recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1)
+    return nbeta * (float(np.nanmean(recent)) - init_loss) if np.isfinite(recent).any() else math.nan
 
 
 def choose_friction(sgld_noise_bias: float, llc: float) -> float:

@@ -45,8 +45,8 @@ from torch import Tensor
 
 from .data import DataSource
 
-__all__ = ["NoiseMonitor", "gradient_noise", "noise_bias", "noise_step_bound", "batch_for_step", "control_variate",
-           "full_loss_and_grad"]
+__all__ = ["NoiseMonitor", "gradient_noise", "noise_bias", "noise_step_bound", "step_cap", "batch_for_step",
+           "control_variate", "full_loss_and_grad"]
 
 #: The share of λ̂ that minibatch gradient noise may add: the warm-up caps ε so that
 #: :func:`noise_bias` stays below it (an automatic batch size grows instead, where it pays).
@@ -115,6 +115,13 @@ def noise_step_bound(allowed_bias: float, nbeta: float, noise: float) -> float:
     return 16 * allowed_bias / (nbeta**2 * noise)
 
 
+def step_cap(llc: float, nbeta: float, noise: float, friction: float = 1.0) -> float:
+    """The largest ε whose noise bias, at ``friction``, is at most ``NOISE_BIAS`` × ``llc`` (the
+    running λ̂; NaN or anything below ``LLC_FLOOR`` counts as the floor); ∞ without noise."""
+    llc = llc if math.isfinite(llc) else LLC_FLOOR
+    return noise_step_bound(NOISE_BIAS * max(llc, LLC_FLOOR) * friction, nbeta, noise)
+
+
 def batch_for_step(batch_size: int, n: int, ratio: float) -> int:
     """The batch size whose noise bias is ``ratio`` times smaller than at ``batch_size``.
 
@@ -151,15 +158,18 @@ class NoiseMonitor:
     def recent(self, which: int) -> float:
         return float(np.mean([v[which] for v in self.values[-3:]]))
 
-    def cap(self, chains, llc: float, friction: float = 1.0) -> float:
-        """The largest ε whose noise bias is at most ``NOISE_BIAS`` × ``llc`` (the running λ̂; NaN
-        when unknown counts as the floor) for SGLD, or SGHMC at ``friction``; ∞ for full-batch steps."""
+    def level(self, chains) -> float:
+        """E‖∇L_B₁ − ∇L_B₂‖² of the gradient in use, measured once more now and averaged over the
+        last three measurements (one is a χ² of few samples); 0 for full-batch steps."""
         if chains.job.batch_size >= chains.job.data.n:
-            return math.inf
+            return 0.0
         self.measure(chains)
-        llc = llc if math.isfinite(llc) else LLC_FLOOR
-        noise = self.recent(1 if chains.job.control_variate is not None else 0)
-        return noise_step_bound(NOISE_BIAS * max(llc, LLC_FLOOR) * friction, self.nbeta, noise)
+        return self.recent(1 if chains.job.control_variate is not None else 0)
+
+    def cap(self, chains, llc: float, friction: float = 1.0) -> float:
+        """:func:`step_cap` at the noise measured now: the largest ε whose noise bias is at most
+        ``NOISE_BIAS`` × ``llc`` for SGLD, or SGHMC at ``friction``; ∞ for full-batch steps."""
+        return step_cap(llc, self.nbeta, self.level(chains), friction)
 
     def remedy(self, chains, wanted: float, cap: float, *, auto_batch: bool, auto_cv: bool) -> dict[str, Any] | None:
         """The change to the chains' job that lets ε reach ``wanted`` (the step the acceptance

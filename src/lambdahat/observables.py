@@ -66,16 +66,6 @@ class Probe:
         """The number of losses one evaluation records (m, or m × T per token)."""
         return math.prod(self.shape)
 
-    @property
-    def bytes_per_draw(self) -> int:
-        """Bytes stored per chain per probed draw (float32 losses, or float64 for a float64 model)."""
-        return self.size * self.data_itemsize + 8
-
-    @property
-    def data_itemsize(self) -> int:
-        leaves = [t for t in (self.data.tensors or ()) if t.dtype.is_floating_point]
-        return leaves[0].element_size() if leaves else 4
-
     def schedule(self, first: int, count: int) -> np.ndarray:
         """The offsets t in [0, count) of the steps first + t after which the probe is evaluated."""
         steps = np.arange(first, first + count)
