@@ -90,3 +90,39 @@ def proposal_acceptance(
     new = potential(w_new, batch)
     log_alpha = langevin_log_accept(w, energy, grad_energy, w_new, new.energy, new.grad_energy, step_size, precond)
     return acceptance_probability(log_alpha).to(energy.dtype)
+
+
+def forward_log_density(back: Tensor, grad_energy: Tensor, step_size: float, precond: Tensor | float = 1.0) -> Tensor:
+    """log q(w' | w) of :func:`log_proposal_density` without a full-size temporary, from
+    ``back`` = w − w' and ∇U(w); overwrites ``grad_energy`` (``back`` is kept for
+    :func:`reverse_acceptance`). The same floating-point operations in the same order: the
+    residual (w' − w) + (ε/2) P ∇U(w) is formed as (ε/2) P ∇U(w) − (w − w'), which rounds
+    identically because a − b = −(b − a) exactly."""
+    resid = grad_energy.mul_((0.5 * step_size) * precond).sub_(back)
+    return -resid.square_().div_(precond).sum(dim=-1) / (2 * step_size)
+
+
+def reverse_acceptance(
+    potential,
+    batch,
+    back: Tensor,
+    energy: Tensor,
+    log_q_forward: Tensor,
+    w_new: Tensor,
+    step_size: float,
+    precond: Tensor | float = 1.0,
+    offset: Tensor | None = None,
+) -> Tensor:
+    """The MALA acceptance probability of the Langevin move w → w' on ``batch``, as
+    :func:`proposal_acceptance` computes it (bit for bit), given ``back`` = w − w', U(w) and
+    log q(w' | w) from :func:`forward_log_density`: one evaluation of the potential at w', its
+    gradient reused as the residual's buffer. ``offset``: a buffer of w's shape that may be
+    overwritten (w' − w*). With ∇U(w) already released by the caller, the check holds one
+    full-size vector (``back``) beyond the sampler's own."""
+    new = potential(w_new, batch, offset)
+    grad_new = new.grad_energy  # ∇U first, so that U squares the offset in place
+    energy_new = new.energy
+    resid = grad_new.mul_((0.5 * step_size) * precond).add_(back)  # (w − w') + (ε/2) P ∇U(w')
+    log_q_reverse = -resid.square_().div_(precond).sum(dim=-1) / (2 * step_size)
+    log_alpha = energy - energy_new + log_q_reverse - log_q_forward
+    return acceptance_probability(log_alpha).to(energy.dtype)

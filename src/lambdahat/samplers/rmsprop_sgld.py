@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, proposal_acceptance
+from ._common import Generators, forward_log_density, normal_, reverse_acceptance
 
 if TYPE_CHECKING:
     from ..potential import LocalizedPotential
@@ -91,28 +91,33 @@ def build(
     def step(state: RMSPropSGLDState, batch: Any, generator: Generators):
         w, square_avg, noise, count = state
         count += 1
-        here = potential(w, batch)
+        here = potential(w, batch, noise)  # the noise buffer holds w − w* until ξ is drawn
+        loss, distance = here.loss, here.distance
         grad = here.grad_loss  # V follows the loss gradient alone, so read it before ∇U overwrites it
         square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
         correction = 1.0 - alpha**count if alpha < 1.0 else 1.0
         precond = (square_avg / correction).sqrt_().add_(eps).reciprocal_()
         capped = precond > max_precond
-        precond = torch.clamp(precond, max=max_precond)
+        precond.clamp_(max=max_precond)
         drift = here.grad_energy
         check = acceptance_every and (count - 1) % acceptance_every == 0
         if check:
-            w_old, energy_old = w.clone(), here.energy
+            energy_old, back = here.energy, w.clone()
+        del here, grad  # hold ∇U's buffer, released below on a check step
         w.addcmul_(precond, drift, value=-step_size / 2)
         w.addcmul_(precond.mul_(step_size).sqrt_(), normal_(noise, generator))
-        clipped = capped.to(here.loss.dtype).mean(dim=-1)
+        clipped = capped.to(loss.dtype).mean(dim=-1)
         new_state = RMSPropSGLDState(w, square_avg, noise, count)
         if not acceptance_every:
-            return new_state, RMSPropSGLDInfo(here.loss, here.distance, clipped)
+            return new_state, RMSPropSGLDInfo(loss, distance, clipped)
         if check:
             precond = precond.square_().div_(step_size)  # back to P (the buffer held √(εP))
-            accept = proposal_acceptance(potential, batch, w_old, energy_old, drift, w, step_size, precond)
+            log_q_forward = forward_log_density(back.sub_(w), drift, step_size, precond)
+            del drift
+            accept = reverse_acceptance(potential, batch, back, energy_old, log_q_forward, w, step_size, precond,
+                                        offset=noise)
         else:
-            accept = torch.full_like(here.loss, float("nan"))
-        return new_state, RMSPropSGLDInfoWithAcceptance(here.loss, here.distance, clipped, accept)
+            accept = torch.full_like(loss, float("nan"))
+        return new_state, RMSPropSGLDInfoWithAcceptance(loss, distance, clipped, accept)
 
     return Sampler(init, step)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, proposal_acceptance
+from ._common import Generators, forward_log_density, normal_, reverse_acceptance
 
 if TYPE_CHECKING:
     from ..potential import LocalizedPotential
@@ -22,8 +22,7 @@ __all__ = ["SGLDState", "SGLDInfo", "SGLDInfoWithAcceptance", "build"]
 
 class SGLDState(NamedTuple):
     params: Tensor  # w_t, flat: (d,) or (K, d)
-    noise: Tensor  # reused buffer for ξ_t
-    offset: Tensor  # reused buffer for w_t − w*
+    buffer: Tensor  # reused for w_t − w*, then for ξ_t
     count: int  # steps taken
 
 
@@ -56,6 +55,10 @@ def build(potential: LocalizedPotential, *, step_size: float, acceptance_every: 
     changes nothing else. Healthy step sizes give ≈ 0.9; near 0 the step is too large, near 1
     it may be needlessly small (Lau et al., arXiv 2308.12108, after Furman & Lau).
 
+    Memory: w, one buffer (w − w*, then ξ) and the gradient (∇U is built in it), with w* the
+    potential's: four copies of the parameters. A check step holds one more (w_t − w_{t+1}); the
+    proposal's gradient takes the memory of this step's, which is released first.
+
     nβ, γ and w* are the potential's; any object with :class:`LocalizedPotential`'s interface works.
     """
     from . import Sampler
@@ -67,25 +70,28 @@ def build(potential: LocalizedPotential, *, step_size: float, acceptance_every: 
 
     def init(params: Tensor, batch: Any) -> SGLDState:
         params = params.detach().clone()
-        return SGLDState(params, torch.empty_like(params), torch.empty_like(params), 0)
+        return SGLDState(params, torch.empty_like(params), 0)
 
     @torch.no_grad()
     def step(state: SGLDState, batch: Any, generator: Generators):
-        w, noise, offset, count = state
-        here = potential(w, batch, offset)
-        drift = here.grad_energy
+        w, buffer, count = state
+        here = potential(w, batch, buffer)
+        loss, distance, drift = here.loss, here.distance, here.grad_energy
         check = acceptance_every and count % acceptance_every == 0
         if check:
-            w_old, energy_old = w.clone(), here.energy
+            energy_old, back = here.energy, w.clone()
+        del here  # holds ∇U's buffer, released below on a check step
         w.add_(drift, alpha=-half_step)
-        w.add_(normal_(noise, generator), alpha=noise_std)
-        new_state = SGLDState(w, noise, offset, count + 1)
+        w.add_(normal_(buffer, generator), alpha=noise_std)  # the offset is spent: the buffer takes ξ
+        new_state = SGLDState(w, buffer, count + 1)
         if not acceptance_every:
-            return new_state, SGLDInfo(here.loss, here.distance)
+            return new_state, SGLDInfo(loss, distance)
         if check:
-            accept = proposal_acceptance(potential, batch, w_old, energy_old, drift, w, step_size)
+            log_q_forward = forward_log_density(back.sub_(w), drift, step_size)
+            del drift  # so that the proposal's gradient can take its memory
+            accept = reverse_acceptance(potential, batch, back, energy_old, log_q_forward, w, step_size, offset=buffer)
         else:
-            accept = torch.full_like(here.loss, float("nan"))
-        return new_state, SGLDInfoWithAcceptance(here.loss, here.distance, accept)
+            accept = torch.full_like(loss, float("nan"))
+        return new_state, SGLDInfoWithAcceptance(loss, distance, accept)
 
     return Sampler(init, step)
