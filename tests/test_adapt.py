@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lambdahat as lh
-from lambdahat import adapt, stopping, tasks, truth
+from lambdahat import adapt, cost, stopping, tasks, truth
 from lambdahat.settings import Settings
 
 Z = 4.0
@@ -194,8 +194,8 @@ def test_a_long_run_says_how_long_it_may_take_before_it_goes_on():
                            "potential": type("P", (), {"num_params": 14})()})()
     slow, quick, hidden = Bar(), Bar(), Bar()
     hidden.disable = True
-    adapt._announce_cost(slow, 0.01, 40_000, 4, job)  # 400 s
-    adapt._announce_cost(quick, 0.001, 40_000, 4, job)  # 40 s: nothing to say
-    adapt._announce_cost(hidden, 0.01, 40_000, 4, job)  # no progress shown: quiet
+    cost.announce_cost(slow, 0.01, 40_000, 4, job)  # 400 s
+    cost.announce_cost(quick, 0.001, 40_000, 4, job)  # 40 s: nothing to say
+    cost.announce_cost(hidden, 0.01, 40_000, 4, job)  # no progress shown: quiet
     assert len(slow.lines) == 1 and "7 min" in slow.lines[0] and "max_steps = 40000" in slow.lines[0]
     assert "full batch" in slow.lines[0] and not quick.lines and not hidden.lines

@@ -41,11 +41,11 @@ def test_noise_bias_scales_inversely_with_friction():
 def test_friction_is_the_smallest_the_noise_allows():
     llc = 50.0
     allowed = noise.NOISE_BIAS * llc
-    assert adapt.choose_friction(0.0, llc) == adapt.MIN_FRICTION  # no noise (full batch, noise-free teacher at w*)
-    assert adapt.choose_friction(allowed * 0.3, llc) == pytest.approx(0.3)  # its bias, SGLD's / α, is then allowed
-    assert adapt.choose_friction(allowed * 1e-4, llc) == adapt.MIN_FRICTION
-    assert adapt.choose_friction(allowed * 5, llc) == 1.0  # even SGLD exceeds it: the step size is capped instead
-    assert adapt.choose_friction(allowed, math.nan) == 1.0
+    assert noise.choose_friction(0.0, llc) == noise.MIN_FRICTION  # no noise (full batch, noise-free teacher at w*)
+    assert noise.choose_friction(allowed * 0.3, llc) == pytest.approx(0.3)  # its bias, SGLD's / α, is then allowed
+    assert noise.choose_friction(allowed * 1e-4, llc) == noise.MIN_FRICTION
+    assert noise.choose_friction(allowed * 5, llc) == 1.0  # even SGLD exceeds it: the step size is capped instead
+    assert noise.choose_friction(allowed, math.nan) == 1.0
 
 
 def test_auto_sampler_resolves_to_sgld_for_a_given_step_and_reproduces_from_settings():
@@ -55,7 +55,7 @@ def test_auto_sampler_resolves_to_sgld_for_a_given_step_and_reproduces_from_sett
     assert fixed.settings.sampler == "sgld"
     adapted = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=3000, num_chains=2, progress=False)
     ran = adapted.settings.sampler
-    assert ran.name == "sghmc" and adapt.MIN_FRICTION <= ran.options["friction"] <= 1.0
+    assert ran.name == "sghmc" and noise.MIN_FRICTION <= ran.options["friction"] <= 1.0
     assert adapted.config["sampler_options"]["friction"] == ran.options["friction"]
     again = lh.estimate_llc(task.model, task.data, task.loss_fn, **adapted.settings, progress=False)
     assert again.settings.sampler == ran and again.adaptation is None

@@ -21,9 +21,9 @@ warm-up, so the draws are one valid chain of fixed-step SGLD:
    gradient is switched on) and the warm-up restarts from w*. The noise is measured again during
    the draws and judged by the ``noise`` health check.
    **Momentum.** With ``sampler="auto"`` (the default) the chains are SGHMC (Chen, Fox & Guestrin
-   2014), whose friction α follows the measured noise (:func:`choose_friction`): the smallest
-   α ≥ ``MIN_FRICTION`` whose noise bias, SGLD's divided by α, stays within 2% of λ̂. At α = 1
-   SGHMC is SGLD; a small α keeps the velocity for about 1/α steps, so the chains cross the
+   2014), whose friction α follows the measured noise (:func:`lambdahat.noise.choose_friction`):
+   the smallest α ≥ ``noise.MIN_FRICTION`` whose noise bias, SGLD's divided by α, stays within
+   2% of λ̂. At α = 1 SGHMC is SGLD; a small α keeps the velocity for about 1/α steps, so the chains cross the
    flat valleys of singular models (along which only γ confines them, and SGLD needs about
    2/(εγ) steps to relax) about 1/α times faster, at no larger step-size bias. Its acceptance
    diagnostic is that of the SGLD proposal from the same point. The friction is frozen with ε
@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from . import diagnostics, health, noise, stopping
+from .cost import announce_cost
 from .chains import ChainSet
 from .settings import AUTO, Settings, default_max_steps
 
@@ -72,8 +73,6 @@ MAX_REWARMS = 3
 #: Restarts after a divergence before the step size is capped at half the one that diverged (and
 #: the steps thrown away count against ``max_steps``, so the warm-up always ends).
 MAX_FREE_RESTARTS = 3
-#: The smallest SGHMC friction the draws use: the velocity of a stiff direction is damped in ~2/α steps.
-MIN_FRICTION = 0.02
 #: Steps at the draws' friction before them (burn-in), in damping times 1/α.
 SETTLE_DAMPING_TIMES = 5
 #: How often the warm-up records the acceptance (every step would double its cost).
@@ -172,10 +171,10 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         return {"friction": friction} if momentum else {}
 
     def friction_for(llc: float) -> tuple[float, float]:
-        """The friction (:func:`choose_friction`) for the noise at the chains' points now, and the
-        cap on ε the noise sets (∞ below friction 1)."""
+        """The friction (:func:`lambdahat.noise.choose_friction`) for the noise at the chains' points
+        now, and the cap on ε the noise sets (∞ below friction 1)."""
         level = monitor.level(chains)
-        chosen = choose_friction(noise.noise_bias(step, nbeta, level), llc)
+        chosen = noise.choose_friction(noise.noise_bias(step, nbeta, level), llc)
         return (chosen, math.inf) if chosen < 1.0 else (1.0, noise.step_cap(llc, nbeta, level))
 
     def spend(records: dict[str, np.ndarray], per_step: float) -> None:
@@ -190,7 +189,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             began = time.perf_counter()
             records = chains.advance(length, step, options={**warm_every, **friction_option()}, bar=bar)
             if chains.steps == length and remedies == 0 and not log.discarded_steps:
-                _announce_cost(bar, (time.perf_counter() - began) / length, budget, len(chains.chains), chains.job)
+                announce_cost(bar, (time.perf_counter() - began) / length, budget, len(chains.chains), chains.job)
             spend(records, cost)
             if not stopping.finite(records) and auto_step and log.discarded_steps + chains.steps < budget:
                 log.discarded_steps += chains.steps
@@ -366,7 +365,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
         )
     if momentum:
         log.notes.append(
-            f"sampler SGHMC with friction α = {friction:.2g}: the smallest α ≥ {MIN_FRICTION} (1 is SGLD) whose "
+            f"sampler SGHMC with friction α = {friction:.2g}: the smallest α ≥ {noise.MIN_FRICTION} (1 is SGLD) whose "
             f"minibatch-noise bias (ε/16α) nβ² E‖∇L_B₁ − ∇L_B₂‖² stays within {noise.NOISE_BIAS:.0%} of λ̂ at the "
             "warm-up's end (SGHMC moves about 1/α times further than SGLD per step along directions the loss "
             "leaves flat); the friction followed the measured noise through the warm-up")
@@ -423,41 +422,6 @@ def _running_llc(windows: list[dict[str, np.ndarray]], nbeta: float, init_loss: 
         return math.nan
     recent = np.concatenate([r["loss"] for r in windows[-NOISE_EVERY:]], axis=1)
     return nbeta * (float(np.nanmean(recent)) - init_loss) if np.isfinite(recent).any() else math.nan
-
-
-def choose_friction(sgld_noise_bias: float, llc: float) -> float:
-    """SGHMC's friction α for the draws: the smallest in [MIN_FRICTION, 1] whose minibatch-noise
-    bias, SGLD's divided by α (:func:`lambdahat.noise.noise_bias`), is at most NOISE_BIAS × λ̂.
-
-    Along a direction the loss leaves flat, SGHMC's position diffuses ε/α per step against SGLD's
-    ε (its velocity keeps its direction for about 1/α steps), so a small α crosses the flat
-    valleys of singular models in 1/α times fewer steps; on a quadratic its step-size bias is at
-    most SGLD's (see :func:`lambdahat.samplers.sghmc.build`). The gradient noise, though, enters
-    the velocity at (ε/2)² nβ² Σ_B per step against the injected α ε, so it heats the chain 1/α
-    times more than SGLD's: α is as small as that allows."""
-    if not math.isfinite(llc) or sgld_noise_bias <= 0 or not math.isfinite(sgld_noise_bias):
-        return MIN_FRICTION if sgld_noise_bias == 0 else 1.0
-    wanted = sgld_noise_bias / (noise.NOISE_BIAS * max(llc, noise.LLC_FLOOR))
-    return float(f"{min(1.0, max(MIN_FRICTION, wanted)):.2g}")
-
-
-#: Runs expected to take longer than this (seconds) say so, with what drives the cost, when they start.
-ANNOUNCE_AFTER = 120.0
-
-
-def _announce_cost(bar, seconds_per_step: float, budget: int, num_chains: int, job) -> None:
-    """Print, above the progress bar, how long the whole budget would take at the speed of the
-    first window (the run's results never depend on this timing), if that is over ANNOUNCE_AFTER."""
-    if bar is None or getattr(bar, "disable", True):
-        return
-    expected = seconds_per_step * budget
-    if expected <= ANNOUNCE_AFTER:
-        return
-    full = " (full batch)" if job.batch_size >= job.data.n else ""
-    bar.write(f"lambdahat: this run may take up to about {expected / 60:.0f} min: a budget of max_steps = {budget} steps "
-              f"for {num_chains} chains of {job.potential.num_params} weights, batch {job.batch_size}{full}, at "
-              f"{seconds_per_step * 1e3:.1f} ms per step of all chains. Lower max_steps, or give the settings of an earlier run "
-              "(**result.settings), to bound it.")
 
 
 def _rebuilt(chains: ChainSet, gamma: float, **changes: Any) -> ChainSet:

@@ -45,8 +45,8 @@ from torch import Tensor
 
 from .data import DataSource
 
-__all__ = ["NoiseMonitor", "gradient_noise", "noise_bias", "noise_step_bound", "step_cap", "batch_for_step",
-           "control_variate", "full_loss_and_grad"]
+__all__ = ["NoiseMonitor", "choose_friction", "MIN_FRICTION", "gradient_noise", "noise_bias", "noise_step_bound",
+           "step_cap", "batch_for_step", "control_variate", "full_loss_and_grad"]
 
 #: The share of λ̂ that minibatch gradient noise may add: the warm-up caps ε so that
 #: :func:`noise_bias` stays below it (an automatic batch size grows instead, where it pays).
@@ -194,3 +194,23 @@ class NoiseMonitor:
             self.evaluations += math.ceil(job.data.n / job.batch_size)
             return {"control_variate": (self.init_loss, anchor)}
         return None
+
+
+#: The smallest SGHMC friction the auto sampler uses: the velocity of a stiff direction is damped in ~2/α steps.
+MIN_FRICTION = 0.02
+
+
+def choose_friction(sgld_noise_bias: float, llc: float) -> float:
+    """SGHMC's friction α for the draws: the smallest in [MIN_FRICTION, 1] whose minibatch-noise
+    bias, SGLD's divided by α (:func:`noise_bias`), is at most NOISE_BIAS × λ̂.
+
+    Along a direction the loss leaves flat, SGHMC's position diffuses ε/α per step against SGLD's
+    ε (its velocity keeps its direction for about 1/α steps), so a small α crosses the flat
+    valleys of singular models in 1/α times fewer steps; on a quadratic its step-size bias is at
+    most SGLD's (see :func:`lambdahat.samplers.sghmc.build`). The gradient noise, though, enters
+    the velocity at (ε/2)² nβ² Σ_B per step against the injected α ε, so it heats the chain 1/α
+    times more than SGLD's: α is as small as that allows."""
+    if not math.isfinite(llc) or sgld_noise_bias <= 0 or not math.isfinite(sgld_noise_bias):
+        return MIN_FRICTION if sgld_noise_bias == 0 else 1.0
+    wanted = sgld_noise_bias / (NOISE_BIAS * max(llc, LLC_FLOOR))
+    return float(f"{min(1.0, max(MIN_FRICTION, wanted)):.2g}")
