@@ -149,6 +149,8 @@ class ChainSet:
     numbers count kept steps, as ``steps`` does); :meth:`records` returns them as ``"probe"``
     (chain, row, sample) and ``"probe_step"`` (chain, row). ``probe_active = False`` skips the
     probe in the segments that follow (a warm-up, whose rows would be dropped as burn-in anyway).
+    With ``probe.store == "moments"`` each row is folded into streaming moments instead
+    (:mod:`lambdahat.probe_moments`), one set per kept segment, returned as ``"probe_partial_*"`` records.
     """
 
     def __init__(self, job: ChainJob, chains: Sequence[int], mode: str):
@@ -182,7 +184,16 @@ class ChainSet:
         self._states: list[Any] = [None] * len(self._starts)
         # the probe hook: per kept segment, (steps probed, per-sample losses (chain, row, sample))
         self._probe_losses = job.probe.evaluator(job.potential, job.model, job.loss_fn) if job.probe else None
-        self._probe_segments: list[tuple[np.ndarray, np.ndarray]] = []
+        self._probe_segments: list[tuple[np.ndarray, Any]] = []
+        self._moments = None  # probe_store="moments": one streaming accumulator per chain group
+        if job.probe is not None and job.probe.store == "moments":
+            from .probe_moments import StreamingMoments
+
+            probe = job.probe
+            self._moments = [StreamingMoments(w.shape[0] if w.dim() == 2 else 1, probe.size, probe.query_rows,
+                                              probe.moment_weights, device,
+                                              all_rows=probe.queries is None and probe.weights is None)
+                             for w in self._starts]
         # False: kept segments are not probed (a warm-up whose rows would be dropped as burn-in anyway)
         self.probe_active = True
 
@@ -268,9 +279,18 @@ class ChainSet:
         :func:`_loop` that fills row r with the probe's losses after step ``probed[r]``."""
         w_star = self.job.potential.w_star
         width = self._starts[i].shape[0] if self._starts[i].dim() == 2 else 1
+        device = w_star.device
+        if self._moments is not None:  # streaming: each row folded into the group's moments as it comes
+            moments = self._moments[i]
+            moments.begin(len(probed))
+
+            def fold(row: int, params: Tensor) -> None:
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    moments.add(row, self._probe_losses(params).reshape(width, -1))
+
+            return moments, ({int(t): r for r, t in enumerate(probed)}, fold)
         buffer = torch.full((width, len(probed), self.job.probe.size), float("nan"), device=w_star.device,
                             dtype=w_star.dtype)
-        device = w_star.device
 
         def record(row: int, params: Tensor) -> None:
             # forked: a stochastic forward (dropout in train mode) leaves the chain's own randomness as it was
@@ -284,6 +304,10 @@ class ChainSet:
         """This segment's probe rows as (global steps, losses (chain, row, sample)); NaN for a
         chain from its first non-finite step on."""
         m = self.job.probe.size
+        if self._moments is not None:  # (steps, moments with a leading chain axis); a skipped group's are NaN
+            groups = [rows.end() if rows is not None else self._moments[i].skipped(len(probed))
+                      for i, rows in enumerate(probe_rows)]
+            return self.steps + probed, {name: np.concatenate([g[name] for g in groups]) for name in groups[0]}
         parts = []
         for i, rows in enumerate(probe_rows):
             if rows is None:
@@ -314,7 +338,12 @@ class ChainSet:
     def records(self) -> tuple[dict[str, np.ndarray], list[int | None]]:
         """Every step of every segment, shaped (chain, step), and each chain's first bad step."""
         records = {name: self.recorded(name) for name in self._segments[0]}
-        if self._probe_losses is not None:  # the probe hook's rows; Trace moves them to Trace.probe
+        if self._moments is not None:  # per-segment moments; Trace merges them into Trace.probe_moments
+            from .probe_moments import partial_records
+
+            shift = np.concatenate([moments.shift_array() for moments in self._moments])
+            records.update(partial_records(self._probe_segments, shift, self.job.probe.moment_weights))
+        elif self._probe_losses is not None:  # the probe hook's rows; Trace moves them to Trace.probe
             records["probe"], records["probe_step"] = self.probe_records()
         return records, list(self.first_bad)
 

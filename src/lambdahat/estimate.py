@@ -43,6 +43,8 @@ def estimate_llc(
     probe_every: int = 1,
     probe_batch_size: int | None = None,
     probe_per_token: bool = False,
+    probe_store: str = "raw",
+    probe_queries: Any = None,
     **settings: Any,
 ) -> LLCResult:
     """Estimate the local learning coefficient of ``model`` at its current weights w*.
@@ -86,6 +88,14 @@ def estimate_llc(
             (``loss_fn.per_token``, e.g. :func:`lambdahat.losses.next_token`): ``trace.probe`` is
             then shaped (chain, draw, sample, token) and stores T times as many numbers.
         probe_batch_size: samples per probe forward pass (default: the sampling batch size).
+        probe_store: ``"raw"`` (default): every probed row, in ``trace.probe``; ``"moments"``: streaming
+            float64 moments instead (``trace.probe_moments``, :mod:`lambdahat.probe_moments`), whose
+            memory does not grow with the draws: per chain 11 × 2 × p sums (p = m, or m × T per token)
+            and q × p cross-products, 8 bytes each; ``lh.bif`` and ``lh.susceptibilities`` read either.
+        probe_queries: with ``probe_store="moments"``, the rows whose cross-products with all m probe
+            samples are kept: None (all: the full (m, m) BIF), indices of probe samples (``lh.bif``
+            gives (q, m)), or a float array of weights (r, m) (per token also (r, m, T)): r linear
+            combinations of the probe losses (a group's mean loss), kept per batch-means block.
         **settings: any field of :class:`lambdahat.settings.Settings` (the one place their
             defaults and meanings are written): ``step_size``, ``localization``, ``nbeta``,
             ``num_chains``, ``num_burnin_steps``, ``num_draws``, ``batch_size``, ``sampler``,
@@ -99,7 +109,7 @@ def estimate_llc(
     start = time.perf_counter()
     sampled_params = settings.pop("sampled_params", None)
     settings, sampler_config = _checked_settings(model, executor, probe, probe_every, probe_batch_size, settings,
-                                                 probe_per_token)
+                                                 probe_per_token, probe_store, probe_queries)
     source = as_data_source(data)
     nbeta = default_nbeta(source.n) if settings.nbeta is None else float(settings.nbeta)
     settings, auto_batch = _with_batch_size(settings, sampler_config, source)
@@ -110,7 +120,7 @@ def estimate_llc(
     with _sampling_state(model, names):
         potential, init_loss = _measured_w_star(model, loss_fn, names, masks, source, settings, device)
         probe_set = _checked_probe(probe, probe_every, probe_batch_size, probe_per_token, settings, potential, model,
-                                   loss_fn, source, device)
+                                   loss_fn, source, device, probe_store, probe_queries)
         model.train(settings.train_mode)
         job = ChainJob(
             model=model, loss_fn=loss_fn, sampled_names=names, masks=masks, data=source, sampler=sampler_config,
@@ -140,12 +150,18 @@ def estimate_llc(
 
 
 def _checked_settings(model: Any, executor: Any, probe: Any, probe_every: int, probe_batch_size: int | None,
-                      settings: dict[str, Any], probe_per_token: bool = False) -> tuple[Settings, Any]:
+                      settings: dict[str, Any], probe_per_token: bool = False, probe_store: str = "raw",
+                      probe_queries: Any = None) -> tuple[Settings, Any]:
     """The settings and sampler of a call, with every mistake in the arguments turned into a clear
     error before any work is done."""
-    if probe is None and (probe_every != 1 or probe_batch_size is not None or probe_per_token):
-        raise ValueError("probe_every, probe_batch_size and probe_per_token set how the probe is evaluated; pass "
-                         "probe=probe_data too.")
+    if probe is None and (probe_every != 1 or probe_batch_size is not None or probe_per_token
+                          or probe_store != "raw" or probe_queries is not None):
+        raise ValueError("probe_every, probe_batch_size, probe_per_token, probe_store and probe_queries set how the "
+                         "probe is evaluated and stored; pass probe=probe_data too.")
+    if probe is not None:
+        from .observables import check_store
+
+        check_store(probe_store, probe_queries)
     settings = Settings.from_mapping(settings, where="estimate_llc")
     if settings.sampler == AUTO and settings.step_size != AUTO:
         settings = settings.replace(sampler="sgld")
@@ -229,7 +245,7 @@ def _measured_w_star(model, loss_fn, names, masks, source, settings: Settings, d
 
 
 def _checked_probe(probe, probe_every, probe_batch_size, per_token, settings: Settings, potential, model, loss_fn,
-                   source, device):
+                   source, device, store="raw", queries=None):
     """The probe set (:mod:`lambdahat.observables`), validated before any sampling work; None without one."""
     if probe is None:
         return None
@@ -237,7 +253,7 @@ def _checked_probe(probe, probe_every, probe_batch_size, per_token, settings: Se
 
     start_step = 0 if settings.auto_fields else settings.num_burnin_steps
     probe_set = make_probe(probe, probe_every, probe_batch_size, settings.batch_size, device, start=start_step,
-                           per_token=per_token)
+                           per_token=per_token, store=store, queries=queries)
     probe_set.check(potential, model, loss_fn, source)
     return probe_set
 
@@ -255,6 +271,10 @@ def _recorded_extras(settings: Settings, sampler_config, nbeta: float, n: int, p
         extras["probe"] = dict(size=probe_set.size, every=probe_set.every, batch_size=probe_set.batch_size)
         if probe_set.per_token:
             extras["probe"]["shape"] = list(probe_set.shape)
+        if probe_set.store == "moments":  # (raw runs record no such keys: their configs stay as they were)
+            extras["probe"]["store"] = "moments"
+            extras["probe"]["queries"] = None if probe_set.queries is None else probe_set.queries.tolist()
+            extras["probe"]["weights"] = 0 if probe_set.weights is None else len(probe_set.weights)
     return extras
 
 

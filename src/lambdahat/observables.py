@@ -46,7 +46,9 @@ class Probe:
 
     Storage: :attr:`size` = m (or m × T per token) × (bytes of the loss's dtype: 4 for float32, 8
     for float64) per chain per probed draw, plus 8 bytes for the step number of each probed draw;
-    e.g. 10⁴ probe samples in float32, 4 chains, 1000 probed draws: 160 MB.
+    e.g. 10⁴ probe samples in float32, 4 chains, 1000 probed draws: 160 MB. ``store="moments"``
+    keeps streaming moments instead (:mod:`lambdahat.probe_moments`), of the index ``queries`` (None:
+    all samples) or of the weight queries ``weights``, whose size does not grow with the draws.
     """
 
     data: DataSource
@@ -55,6 +57,12 @@ class Probe:
     batch_size: int = 256
     per_token: bool = False
     tokens: int | None = None
+    #: "raw": every probed row; "moments": streaming moments (:mod:`lambdahat.probe_moments`)
+    store: str = "raw"
+    #: moments: the index queries (probe samples; None: all of them, unless ``weights`` is given)
+    queries: np.ndarray | None = None
+    #: moments: weight queries, (r, m) (per token also (r, m, T)), instead of index queries
+    weights: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -65,6 +73,25 @@ class Probe:
     def size(self) -> int:
         """The number of losses one evaluation records (m, or m × T per token)."""
         return math.prod(self.shape)
+
+    @property
+    def query_rows(self) -> np.ndarray | None:
+        """The flattened positions of the index queries (None: every row, or weight queries only)."""
+        if self.queries is None:
+            return None
+        per = self.size // self.data.n
+        return (self.queries[:, None] * per + np.arange(per)).reshape(-1)
+
+    @property
+    def moment_weights(self) -> np.ndarray | None:
+        """The weight queries over the flattened row, (r, size): per token, a weight per sample is spread
+        evenly over its positions (the weight of the sample's mean loss)."""
+        if self.weights is None:
+            return None
+        w = np.asarray(self.weights, dtype=np.float64)
+        if self.per_token and w.ndim == 2:
+            w = np.repeat(w[:, :, None] / self.tokens, self.tokens, axis=2)
+        return w.reshape(len(w), -1)
 
     def schedule(self, first: int, count: int) -> np.ndarray:
         """The offsets t in [0, count) of the steps first + t after which the probe is evaluated."""
@@ -121,10 +148,17 @@ class Probe:
                 raise ValueError(f"probe_per_token=True: loss_fn.per_token returned {got}, not (B, T) = ({rows}, T) "
                                  "losses, one per position of each probe sample.")
             self.tokens = int(values.shape[1])
+            if self.weights is not None and self.weights.shape[1:] not in ((self.data.n,), self.shape):
+                raise ValueError(f"probe_queries: weights of shape {self.weights.shape}, but the probe has "
+                                 f"{self.data.n} samples of {self.tokens} positions; give (r, {self.data.n}) or "
+                                 f"(r, {self.data.n}, {self.tokens}).")
         elif not isinstance(values, Tensor) or values.shape != (rows,):
             got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
             raise ValueError(f"probe: loss_fn's per-sample form returned {got}, not one loss per probe sample "
                              f"({rows},); its per_sample must return shape (B,).")
+        if not self.per_token and self.weights is not None and self.weights.ndim != 2:
+            raise ValueError(f"probe_queries: weights of shape {self.weights.shape} for a per-sample probe; give "
+                             f"(r, {self.data.n}).")
         mean, loss = float(values.double().mean()), float(batch_loss)
         if not math.isfinite(mean) or not math.isclose(mean, loss, rel_tol=1e-4, abs_tol=1e-6 * max(1.0, abs(loss))):
             raise ValueError(
@@ -157,8 +191,10 @@ def check_compatible(probe: DataSource, data: DataSource) -> None:
 
 
 def make_probe(probe: Any, every: int, batch_size: int | None, default_batch: int, device: torch.device,
-               start: int = 0, per_token: bool = False) -> Probe:
-    """The :class:`Probe` of ``estimate_llc(..., probe=, probe_every=, probe_batch_size=, probe_per_token=)``."""
+               start: int = 0, per_token: bool = False, store: str = "raw", queries: Any = None) -> Probe:
+    """The :class:`Probe` of ``estimate_llc(..., probe=, probe_every=, probe_batch_size=, probe_per_token=,
+    probe_store=, probe_queries=)``."""
+    check_store(store, queries)
     if not isinstance(per_token, bool):
         raise ValueError(f"probe_per_token must be True or False, got {per_token!r}.")
     if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
@@ -170,8 +206,45 @@ def make_probe(probe: Any, every: int, batch_size: int | None, default_batch: in
         source = as_data_source(probe)
     except (TypeError, ValueError) as err:
         raise ValueError(f"probe: {err}") from None
+    index, weights = _queries(queries, source.n) if store == "moments" else (None, None)
     return Probe(source.to(device), every=int(every), start=int(start),
-                 batch_size=int(min(batch_size or default_batch, source.n)), per_token=per_token)
+                 batch_size=int(min(batch_size or default_batch, source.n)), per_token=per_token, store=store,
+                 queries=index, weights=weights)
+
+
+PROBE_STORES = ("raw", "moments")
+
+
+def check_store(store: Any, queries: Any) -> None:
+    """``probe_store`` and ``probe_queries`` that cannot work, as an error naming them."""
+    if not isinstance(store, str) or store not in PROBE_STORES:
+        raise ValueError(f"probe_store must be one of {PROBE_STORES} (every probed row, or streaming moments whose "
+                         f"memory does not grow with the draws), got {store!r}.")
+    if store == "raw" and queries is not None:
+        raise ValueError("probe_queries chooses the rows whose cross-products probe_store='moments' keeps; raw storage "
+                         "keeps every row: pass probe_store='moments', or drop probe_queries (and select with "
+                         "lh.bif(result, samples=...)).")
+
+
+def _queries(queries: Any, m: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``probe_queries`` as (index queries, weight queries): None; indices of probe samples; or a float
+    array (r, m) (per token also (r, m, T)) of weights, r linear combinations of the probe losses."""
+    if queries is None:
+        return None, None
+    try:
+        values = np.asarray(queries)
+    except Exception:
+        values = np.asarray([], dtype=object)
+    if values.dtype.kind in "iu" and values.ndim == 1 and len(values):
+        if values.min() < 0 or values.max() >= m:
+            raise ValueError(f"probe_queries: indices must be probe samples 0..{m - 1}, got {values.min()}..{values.max()}.")
+        return values.astype(np.int64), None
+    if values.dtype.kind == "f" and values.ndim in (2, 3) and len(values) and values.shape[1] == m \
+            and np.isfinite(values).all():
+        return None, values.astype(np.float64)
+    raise ValueError(f"probe_queries must be None (all {m} probe samples), a non-empty 1-D array of probe sample "
+                     f"indices (0..{m - 1}), or a finite float array of weights shaped (r, {m}) (per token also "
+                     f"(r, {m}, T)); got {queries!r}"[:400] + ".")
 
 
 def bif(result: Any, *, correlation: bool = False, per_token: bool | None = None, samples: Any = None) -> np.ndarray:
@@ -202,6 +275,12 @@ def bif(result: Any, *, correlation: bool = False, per_token: bool | None = None
     −Cov(ℓ_i, ℓ_j) ≈ −∇ℓ_iᵀ (nβ H + γ I)⁻¹ ∇ℓ_j: the classical influence function scaled by
     1/(nβ) (when γ ≪ nβ H); the covariance shrinks as 1/(nβ), the correlation does not.
 
+    Streaming moments (``estimate_llc(..., probe_store="moments", probe_queries=Q)``): the same pooled
+    covariance from the moments (:mod:`lambdahat.probe_moments`), with the rows restricted to the
+    queries: (q, m) (per token (q, T, m, T)) for index queries Q, which is (m, m) as from raw rows when
+    Q is None; (r, m) (per token (r, m, T)), −Cov(w_k·ℓ, ℓ_j), for weight queries. ``samples`` must
+    then be among Q; ``correlation=True`` with ``per_token=False`` needs the pool's samples among Q.
+
     devinterp. The ``bif``/``compute_bif`` of devinterp (read in timaeus-research/devinterp,
     ``src/devinterp/slt/bif.py`` and ``covariance.py``; that this is the code released as 2.0.1
     was not confirmed) return the Pearson correlation of the loss traces by default, +Corr with no
@@ -213,6 +292,12 @@ def bif(result: Any, *, correlation: bool = False, per_token: bool | None = None
     """
     trace = getattr(result, "trace", result)
     probe = getattr(trace, "probe", None)
+    moments = getattr(trace, "probe_moments", None)
+    if probe is None and moments is not None:
+        from .probe_estimates import healthy_moments, moments_bif
+
+        moments, chains = healthy_moments(trace, "bif", "the covariance")
+        return moments_bif(moments, chains, correlation=correlation, per_token=per_token, samples=samples)
     if probe is None:
         raise ValueError("bif: the result has no probe losses; run estimate_llc(model, data, loss_fn, probe=probe_data) "
                          "(the probe is evaluated while sampling and stored in result.trace.probe).")

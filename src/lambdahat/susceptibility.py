@@ -75,7 +75,8 @@ from torch.utils.data import ConcatDataset, Dataset
 from .data import DataSource, as_data_source
 from .estimate import LLCResult, estimate_llc
 from .losses import make_per_sample_loss, make_per_token_loss
-from .observables import check_compatible
+from .observables import check_compatible, check_store
+from .probe_estimates import healthy_moments, moments_susceptibility, reference_weights
 from .potential import check_masks, select_params
 from .settings import Settings
 
@@ -175,6 +176,7 @@ def susceptibilities(
     reference: int | None = DEFAULT_REFERENCE,
     probe_every: int = 1,
     probe_batch_size: int | None = None,
+    probe_store: str = "raw",
     progress: bool = True,
     **settings: Any,
 ) -> SusceptibilityResult:
@@ -199,6 +201,10 @@ def susceptibilities(
             all of them. Default: all up to 512.
         probe_every, probe_batch_size: as for ``estimate_llc``: evaluate probe and reference after
             every k-th draw, in chunks of this many samples.
+        probe_store: ``"raw"``: every run keeps its probed rows; ``"moments"``: streaming moments
+            (:mod:`lambdahat.probe_moments`) with one weight query, the reference loss L̄, kept per
+            batch-means block, so memory does not grow with the draws: per chain 11 × 3 × (m + R)
+            float64 sums. The same χ̂ and standard errors to rounding at fixed settings.
         progress: progress bars of the runs.
         **settings: the settings of the full run (:class:`lambdahat.settings.Settings`); those left
             ``"auto"`` are chosen by its warm-up, and the restricted runs run at the full run's
@@ -226,6 +232,8 @@ def susceptibilities(
     index = _reference_indices(source.n, reference)
     combined = _with_reference(probe_source, source, index)
     m = probe_source.n
+    check_store(probe_store, None)
+    store = {} if probe_store == "raw" else {"probe_store": "moments", "probe_queries": reference_weights(m, len(index))}
     try:  # read item by item, a probe sample of another shape first fails when batched with the data's
         combined.batch(torch.tensor([0, m]))
     except Exception as err:
@@ -234,18 +242,23 @@ def susceptibilities(
                          "same shape.") from None
 
     full = estimate_llc(model, data, loss_fn, probe=combined, probe_every=probe_every,
-                        probe_batch_size=probe_batch_size, probe_per_token=per_token, progress=progress, **settings)
+                        probe_batch_size=probe_batch_size, probe_per_token=per_token, progress=progress, **store,
+                        **settings)
     fixed = full.settings
     reference_loss = _reference_loss(model, loss_fn, source, index, per_token, checked.init_loss_batch_size)
     runs = {}
     for k, (name, spec) in enumerate(specs.items()):
         runs[name] = estimate_llc(model, data, loss_fn, probe=combined, probe_every=probe_every,
                                   probe_batch_size=probe_batch_size, probe_per_token=per_token, progress=progress,
-                                  sampled_params=spec, **{**fixed, "seed": fixed.seed + k + 1})
+                                  sampled_params=spec, **store, **{**fixed, "seed": fixed.seed + k + 1})
     values, errors = [], []
     for name, run in runs.items():
-        chi, se = susceptibility_from_runs(_probe_rows(run, f"components[{name!r}]"), _probe_rows(full, "the full run"),
-                                           m, reference_loss)
+        if store:
+            chi, se = moments_susceptibility(*healthy_moments(run.trace, f"components[{name!r}]", "χ"),
+                                             *healthy_moments(full.trace, "the full run", "χ"), m, reference_loss)
+        else:
+            chi, se = susceptibility_from_runs(_probe_rows(run, f"components[{name!r}]"),
+                                               _probe_rows(full, "the full run"), m, reference_loss)
         values.append(chi)
         errors.append(se)
     return SusceptibilityResult(values=np.stack(values), stderr=np.stack(errors), components=list(specs), full=full,

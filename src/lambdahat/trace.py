@@ -32,6 +32,11 @@ class Trace:
     :meth:`lambdahat.chains.ChainSet.records` gives them may carry the probe as
     ``arrays["probe"]`` (chain, row, sample) and ``arrays["probe_step"]`` (chain, row), burn-in
     rows included: they are moved here, and the rows before ``num_burnin_steps`` dropped.
+
+    ``probe_moments`` (a run with ``probe_store="moments"``, else None): the streaming moments of the
+    probe losses instead of their rows (:class:`lambdahat.probe_moments.ProbeMoments`), over the same
+    post-burn-in draws, NaN for a chain that diverged; records may carry them per segment as
+    ``arrays["probe_partial_*"]``, merged here (a saved Trace holds them as ``probe_moments_*``).
     """
 
     arrays: dict[str, np.ndarray]
@@ -40,8 +45,20 @@ class Trace:
     config: dict[str, Any] = field(default_factory=dict)
     probe: np.ndarray | None = None
     probe_steps: np.ndarray | None = None
+    probe_moments: Any = None
 
     def __post_init__(self) -> None:
+        moments = [name for name in self.arrays if name.startswith(("probe_partial_", "probe_moments_"))]
+        if moments:
+            from .probe_moments import PARTIAL, ProbeMoments
+
+            self.arrays = dict(self.arrays)
+            parts = {name: self.arrays.pop(name) for name in moments}
+            if any(name.startswith(PARTIAL) for name in parts):
+                self.probe_moments = ProbeMoments.from_partials(parts, self.num_burnin_steps, self.diverged_at,
+                                                                self.config)
+            else:
+                self.probe_moments = ProbeMoments.from_arrays(parts)
         if "probe" in self.arrays:
             self.arrays = dict(self.arrays)
             self.probe = np.asarray(self.arrays.pop("probe"))
@@ -82,7 +99,7 @@ class Trace:
         return self.arrays[name][:, self.num_burnin_steps :]
 
     def save(self, path: str | Path) -> Path:
-        """Save to a ``.npz`` file (arrays, the probe's losses and steps when there are any,
+        """Save to a ``.npz`` file (arrays, the probe's losses and steps or its moments when there are any,
         divergence steps and config as JSON); returns its path.
 
         ``.npz`` is appended when ``path`` lacks it (as numpy does), so ``save("x")`` writes
@@ -98,6 +115,8 @@ class Trace:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             probe = {} if self.probe is None else {"probe": self.probe, "probe_step": self.probe_steps}
+            if self.probe_moments is not None:
+                probe.update(self.probe_moments.arrays())
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, __meta__=np.array(meta), **self.arrays, **probe)
             os.replace(tmp, target)
