@@ -120,6 +120,9 @@ def test_probe_at_every_checkpoint_is_estimate_llcs(ckpt_dir, tmp_path):
     direct = lh.estimate_llc(model, _data(), gaussian_nll, progress=False, probe=probe, probe_every=2, **SETTINGS)
     assert np.array_equal(result.results[40].trace.probe, direct.trace.probe, equal_nan=True)
     assert lh.bif(result.results[40]).shape == (6, 6)
+    # streaming moments with two query samples: the (2, 6) block of the raw BIF
+    streamed = _run(ckpt_dir, probe=probe, probe_every=2, probe_store="moments", probe_queries=[0, 3])
+    np.testing.assert_allclose(lh.bif(streamed.results[40]), lh.bif(result.results[40])[[0, 3]], rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="probe with cache_dir"):
         _run(ckpt_dir, probe=probe, cache_dir=tmp_path / "cache")
 

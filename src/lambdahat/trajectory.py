@@ -201,6 +201,9 @@ def trajectory(
     probe: Any = None,
     probe_every: int = 1,
     probe_per_token: bool = False,
+    probe_batch_size: int | None = None,
+    probe_store: str = "raw",
+    probe_queries: Any = None,
 ) -> TrajectoryResult:
     """The LLC of every checkpoint of a training run, with one fixed setting.
 
@@ -232,8 +235,9 @@ def trajectory(
             worker, stopped at once on Ctrl-C, and no worker outlives this process (even on SIGKILL).
         progress: progress bars. stage_options: :func:`lambdahat.stages.detect_stages` options.
         checkpoints_in_flight: with an executor, how many checkpoints are loaded at once.
-        probe, probe_every, probe_per_token: the probe set of :func:`~lambdahat.estimate_llc`, evaluated at every
-            checkpoint (``result.results[step].trace.probe``; ``lh.bif(result.results[step])``).
+        probe, probe_every, probe_per_token, probe_batch_size, probe_store, probe_queries: the probe
+            set of :func:`~lambdahat.estimate_llc` and its options, evaluated at every checkpoint
+            (``result.results[step].trace``; ``lh.bif(result.results[step])``).
             Not with ``cache_dir``: the cache keeps each checkpoint's row, not its probe losses.
 
     Returns:
@@ -265,7 +269,9 @@ def trajectory(
     if probe is not None and cache_dir is not None:
         raise ValueError("probe with cache_dir: the cache keeps each checkpoint's row, not its probe losses, so a "
                          "rerun could not return them; pass cache_dir=None to probe (or drop probe to cache).")
-    probing = {} if probe is None else {"probe": probe, "probe_every": probe_every, "probe_per_token": probe_per_token}
+    probing = {} if probe is None else {"probe": probe, "probe_every": probe_every, "probe_per_token": probe_per_token,
+                                        "probe_batch_size": probe_batch_size, "probe_store": probe_store,
+                                        "probe_queries": probe_queries}
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         if cache.exists() and not cache.is_dir():
