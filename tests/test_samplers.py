@@ -437,3 +437,30 @@ def test_sgld_acceptance_tracks_the_step_size():
         _, infos = _run(sampler, pot.w_star, batch, torch.Generator().manual_seed(0), 200)
         rates.append(np.mean([float(i.mala_accept) for i in infos[50:]]))
     assert rates[0] > 0.99 and rates[0] > rates[1] > rates[2] and rates[2] < 0.75, rates
+
+
+def test_in_place_acceptance_is_the_plain_formula_bit_for_bit():
+    """The buffered log q and the forward/reverse split (used to hold fewer full-size copies)
+    round exactly as langevin_log_accept's textbook expression, with and without a P."""
+    from lambdahat.samplers._common import (forward_log_density, langevin_log_accept, log_proposal_density,
+                                            reverse_acceptance, acceptance_probability)
+
+    gen = torch.Generator().manual_seed(0)
+    q = _quadratic(d=257, eigenvalues=tuple(np.linspace(0.5, 2.0, 257)))
+    pot = LocalizedPotential(q.loss_and_grad, torch.zeros(257, dtype=torch.float64), 30.0, 2.0)
+    for shape in [(257,), (3, 257)]:
+        w = torch.randn(shape, generator=gen, dtype=torch.float64)
+        here = pot(w, None)
+        g, u = here.grad_energy.clone(), here.energy.clone()
+        w_new = w - 0.01 * g + 0.1 * torch.randn(shape, generator=gen, dtype=torch.float64)
+        new = pot(w_new, None)
+        for precond in [1.0, torch.rand(shape, generator=gen, dtype=torch.float64) + 0.5]:
+            plain = langevin_log_accept(w, u, g, w_new, new.energy, new.grad_energy, 0.02, precond)
+            buffers = (torch.empty_like(w), torch.empty_like(w))
+            buffered = langevin_log_accept(w, u, g, w_new, new.energy, new.grad_energy, 0.02, precond, buffers=buffers)
+            assert torch.equal(plain, buffered)
+            assert torch.equal(log_proposal_density(w_new, w, g, 0.02, precond),
+                               log_proposal_density(w_new, w, g, 0.02, precond, buffers))
+            log_q_forward = forward_log_density(w - w_new, g.clone(), 0.02, precond)
+            split = reverse_acceptance(pot, None, w - w_new, u, log_q_forward, w_new, 0.02, precond)
+            assert torch.equal(split, acceptance_probability(plain).to(u.dtype))

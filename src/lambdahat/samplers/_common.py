@@ -39,11 +39,24 @@ def uniform(like: Tensor, generator: Generators) -> Tensor:
     return out
 
 
-def log_proposal_density(to: Tensor, frm: Tensor, grad_u: Tensor, step_size: float, precond: Tensor | float = 1.0) -> Tensor:
+def log_proposal_density(
+    to: Tensor,
+    frm: Tensor,
+    grad_u: Tensor,
+    step_size: float,
+    precond: Tensor | float = 1.0,
+    buffers: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """log q(to | frm) up to a constant shared by both directions, for the Langevin proposal
-    q(·|w) = N(w − (ε/2) P ∇U(w), ε P) with a diagonal preconditioner P (1 for plain SGLD)."""
-    resid = to - frm + (0.5 * step_size) * precond * grad_u
-    return -(resid.square() / precond).sum(dim=-1) / (2 * step_size)
+    q(·|w) = N(w − (ε/2) P ∇U(w), ε P) with a diagonal preconditioner P (1 for plain SGLD).
+    ``buffers``: two tensors of w's shape to overwrite instead of allocating temporaries (the
+    same floating-point operations, so the same result bit for bit)."""
+    if buffers is None:
+        resid = to - frm + (0.5 * step_size) * precond * grad_u
+        return -(resid.square() / precond).sum(dim=-1) / (2 * step_size)
+    scratch, spare = buffers
+    resid = torch.sub(to, frm, out=scratch).add_(torch.mul(grad_u, (0.5 * step_size) * precond, out=spare))
+    return -resid.square_().div_(precond).sum(dim=-1) / (2 * step_size)
 
 
 def langevin_log_accept(
@@ -55,41 +68,25 @@ def langevin_log_accept(
     grad_u_new: Tensor,
     step_size: float,
     precond: Tensor | float = 1.0,
+    buffers: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """The Metropolis–Hastings log ratio of a Langevin move w → w' (Roberts & Tweedie 1996):
 
         log α = U(w) − U(w') + log q(w | w') − log q(w' | w),
 
-    per chain. The same P is used in both directions (for RMSProp-SGLD it is the step's P)."""
+    per chain. The same P is used in both directions (for RMSProp-SGLD it is the step's P).
+    ``buffers``: as for :func:`log_proposal_density` (two full-size tensors that may be overwritten)."""
     return (
         u
         - u_new
-        + log_proposal_density(w, w_new, grad_u_new, step_size, precond)
-        - log_proposal_density(w_new, w, grad_u, step_size, precond)
+        + log_proposal_density(w, w_new, grad_u_new, step_size, precond, buffers)
+        - log_proposal_density(w_new, w, grad_u, step_size, precond, buffers)
     )
 
 
 def acceptance_probability(log_alpha: Tensor) -> Tensor:
     """min(1, exp(log α)), with NaN (a non-finite ratio) kept as NaN."""
     return torch.exp(torch.clamp(log_alpha, max=0.0))
-
-
-def proposal_acceptance(
-    potential,
-    batch,
-    w: Tensor,
-    energy: Tensor,
-    grad_energy: Tensor,
-    w_new: Tensor,
-    step_size: float,
-    precond: Tensor | float = 1.0,
-) -> Tensor:
-    """The MALA acceptance probability of an unadjusted Langevin move w → w' on ``batch``, given
-    U(w) and ∇U(w): one extra evaluation of the potential at w', for the SGLD-type samplers'
-    step-size diagnostic."""
-    new = potential(w_new, batch)
-    log_alpha = langevin_log_accept(w, energy, grad_energy, w_new, new.energy, new.grad_energy, step_size, precond)
-    return acceptance_probability(log_alpha).to(energy.dtype)
 
 
 def forward_log_density(back: Tensor, grad_energy: Tensor, step_size: float, precond: Tensor | float = 1.0) -> Tensor:
@@ -114,7 +111,7 @@ def reverse_acceptance(
     offset: Tensor | None = None,
 ) -> Tensor:
     """The MALA acceptance probability of the Langevin move w → w' on ``batch``, as
-    :func:`proposal_acceptance` computes it (bit for bit), given ``back`` = w − w', U(w) and
+    :func:`langevin_log_accept` computes it (bit for bit), given ``back`` = w − w', U(w) and
     log q(w' | w) from :func:`forward_log_density`: one evaluation of the potential at w', its
     gradient reused as the residual's buffer. ``offset``: a buffer of w's shape that may be
     overwritten (w' − w*). With ∇U(w) already released by the caller, the check holds one

@@ -67,9 +67,14 @@ def build(potential: LocalizedPotential, *, step_size: float):
     @torch.no_grad()
     def step(state: MALAState, batch: Any, generator: Generators):
         w, loss, energy, grad_energy, dist, noise = state
-        proposal = w - half_step * grad_energy + noise_std * normal_(noise, generator)
-        new = potential(proposal, batch)
-        log_alpha = langevin_log_accept(w, energy, grad_energy, proposal, new.energy, new.grad_energy, step_size)
+        proposal = torch.mul(grad_energy, half_step)  # w − (ε/2)∇U + √ε ξ in one new buffer, same rounding
+        torch.sub(w, proposal, out=proposal).add_(normal_(noise, generator).mul_(noise_std))
+        new = potential(proposal, batch, noise)  # ξ is spent: its buffer takes w' − w*
+        grad_new = new.grad_energy  # ∇U first, so that U squares the offset in place, freeing its buffer
+        energy_new = new.energy
+        buffers = (noise, torch.empty_like(noise))
+        log_alpha = langevin_log_accept(w, energy, grad_energy, proposal, energy_new, grad_new, step_size, buffers=buffers)
+        del buffers
         accept = torch.log(uniform(energy, generator)) < log_alpha  # False for a NaN ratio
         info = MALAInfo(loss, dist, acceptance_probability(log_alpha).nan_to_num(0.0).to(loss.dtype), accept.to(loss.dtype))
         keep = accept.unsqueeze(-1)

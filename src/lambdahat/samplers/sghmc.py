@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import Generators, normal_, proposal_acceptance
+from ._common import Generators, forward_log_density, normal_, reverse_acceptance
 
 if TYPE_CHECKING:
     from ..potential import LocalizedPotential
@@ -65,6 +65,10 @@ def build(potential: LocalizedPotential, *, step_size: float, friction: float = 
     U = a w²/2 the stationary variance of w is (1/a)(1 + εa/8 + O(ε²)) for small α, half of SGLD's
     excess (1/a)(εa/4 + O(ε²)) (the discrete Lyapunov equation of the linear update).
 
+    Memory: w, v, one buffer (w − w*, then ξ, then v²) and the gradient, with w* the potential's;
+    a check step holds two more (the proposal and w − w'; the proposal's gradient takes the memory
+    of this step's, released first).
+
     nβ, γ and w* are the potential's; any object with :class:`LocalizedPotential`'s interface works.
     """
     from . import Sampler
@@ -83,19 +87,27 @@ def build(potential: LocalizedPotential, *, step_size: float, friction: float = 
     @torch.no_grad()
     def step(state: SGHMCState, batch: Any, generator: Generators):
         w, v, noise, count = state
-        here = potential(w, batch)
+        here = potential(w, batch, noise)  # the noise buffer holds w − w* until ξ is drawn
         loss, dist, drift = here.loss, here.distance, here.grad_energy
         check = acceptance_every and count % acceptance_every == 0
+        if check:
+            energy_old = here.energy  # read before ξ overwrites the offset
+        del here  # holds ∇U's buffer, released below on a check step
         v.mul_(1.0 - friction).add_(drift, alpha=-half_step)
         if noise_std > 0 or check:
             normal_(noise, generator)
         if noise_std > 0:
             v.add_(noise, alpha=noise_std)
-        if check:  # the SGLD proposal from w with the same ξ
-            proposal = (w - half_step * drift).add_(noise, alpha=math.sqrt(step_size))
-            accept = proposal_acceptance(potential, batch, w, here.energy, drift, proposal, step_size)
+        if check:  # the SGLD proposal from w with the same ξ: w − (ε/2)∇U + √ε ξ, in one new buffer
+            proposal = torch.mul(drift, half_step)
+            torch.sub(w, proposal, out=proposal).add_(noise, alpha=math.sqrt(step_size))
+            back = torch.sub(w, proposal, out=noise)  # ξ is in v already: its buffer takes w − w'
+            log_q_forward = forward_log_density(back, drift, step_size)
+            del drift  # so that the proposal's gradient can take its memory
+            accept = reverse_acceptance(potential, batch, back, energy_old, log_q_forward, proposal, step_size)
+            del proposal, back
         w.add_(v)
-        temperature = v.square().mean(dim=-1) / half_step
+        temperature = torch.square(v, out=noise).mean(dim=-1) / half_step  # ξ is spent: its buffer takes v²
         new_state = SGHMCState(w, v, noise, count + 1)
         if not acceptance_every:
             return new_state, SGHMCInfo(loss, dist, temperature.to(loss.dtype))

@@ -70,13 +70,15 @@ def build(potential: LocalizedPotential, *, step_size: float, diffusion: float =
     @torch.no_grad()
     def step(state: SGNHTState, batch: Any, generator: Generators):
         w, v, xi, noise = state
-        here = potential(w, batch)
+        here = potential(w, batch, noise)  # the noise buffer holds w − w*, then ξ v, then ξ', then v²
         loss, dist, drift = here.loss, here.distance, here.grad_energy
-        v.sub_(v * xi).add_(drift, alpha=-half_step)
+        del here
+        v.sub_(torch.mul(v, xi, out=noise)).add_(drift, alpha=-half_step)
+        del drift
         if noise_std > 0:
             v.add_(normal_(noise, generator), alpha=noise_std)
         w.add_(v)
-        kinetic = v.square().mean(dim=-1, keepdim=True)
+        kinetic = torch.square(v, out=noise).mean(dim=-1, keepdim=True)
         xi.add_(kinetic - half_step)
         info = SGNHTInfo(loss, dist, xi.squeeze(-1).to(loss.dtype, copy=True), (kinetic.squeeze(-1) / half_step).to(loss.dtype))
         return SGNHTState(w, v, xi, noise), info
