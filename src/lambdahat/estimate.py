@@ -24,7 +24,7 @@ from .chains import ChainJob, ChainSet, progress_enabled
 from .runs import choose_mode, run_chains
 from .data import as_data_source
 from .noise import full_loss_and_grad
-from .potential import Potential, default_nbeta, select_params
+from .potential import Potential, default_nbeta, select_params, with_precision
 from .result import LLCResult, llc_from_trace
 from .settings import AUTO, Settings, default_max_steps
 from .trace import Trace
@@ -110,6 +110,7 @@ def estimate_llc(
     sampled_params = settings.pop("sampled_params", None)
     settings, sampler_config = _checked_settings(model, executor, probe, probe_every, probe_batch_size, settings,
                                                  probe_per_token, probe_store, probe_queries)
+    loss_fn = with_precision(loss_fn, settings.precision)  # unless float32: the forward under torch.autocast
     source = as_data_source(data)
     nbeta = default_nbeta(source.n) if settings.nbeta is None else float(settings.nbeta)
     settings, auto_batch = _with_batch_size(settings, sampler_config, source)

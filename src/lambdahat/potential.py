@@ -21,8 +21,10 @@ from torch import Tensor, nn
 
 from .data import DataSource
 from .losses import make_batch_loss
+from .precision import AutocastLoss, autocast_batch_loss, loss_scale, with_precision
 
-__all__ = ["Potential", "LocalizedPotential", "LocalizedValue", "select_params", "default_nbeta", "LOW_PRECISION"]
+__all__ = ["Potential", "LocalizedPotential", "LocalizedValue", "select_params", "default_nbeta", "LOW_PRECISION",
+           "with_precision"]
 
 #: Parameter dtypes too coarse for SGLD's small steps (see the warning in :class:`Potential`).
 LOW_PRECISION = ("bfloat16", "float16")
@@ -120,7 +122,10 @@ class Potential:
         masks: Mapping[str, Tensor] | None = None,
     ):
         self.model = model
-        self._batch_loss = make_batch_loss(model, loss_fn)
+        #: "float32", or the autocast dtype of the forward and backward (:mod:`lambdahat.precision`)
+        self.precision = loss_fn.precision if isinstance(loss_fn, AutocastLoss) else "float32"
+        self._batch_loss = make_batch_loss(model, loss_fn.loss_fn if isinstance(loss_fn, AutocastLoss) else loss_fn)
+        self._loss_scale = loss_scale(self.precision)
         named = dict(model.named_parameters())
         self.names = list(sampled_names)
         dtypes = sorted({str(named[n].dtype).removeprefix("torch.") for n in self.names})
@@ -134,10 +139,13 @@ class Potential:
                 f"model: the sampled parameters are {dtypes[0]}. SGLD's steps (ε/2)∇U and noise √ε ξ are far below "
                 f"{dtypes[0]}'s resolution at the weights' scale, so updates round away and λ̂ is biased (measured on a "
                 "4-3-2 deep linear network: 4.92 in bfloat16 against 3.29 in float32, truth 3.5), and the checks cannot "
-                "see it. Estimate a float32 copy instead: copy.deepcopy(model).float().",
+                "see it. Estimate a float32 copy instead: copy.deepcopy(model).float(), with precision='bfloat16' for a "
+                "bfloat16 forward and backward under torch.autocast (float32 weights, noise and losses).",
                 UserWarning,
                 stacklevel=3,
             )
+        if self.precision != "float32":
+            self._batch_loss = autocast_batch_loss(self._batch_loss, self.precision, named[self.names[0]].device.type)
         self.shapes = [named[n].shape for n in self.names]
         masks = masks or {}
         # for a masked parameter: the flat indices sampled, and the frozen values around them
@@ -205,8 +213,16 @@ class Potential:
         with torch.enable_grad():
             leaves, grad = self._leaves(w)
             loss = self._batch_loss(self._tensors_of(leaves), batch)
-            torch.autograd.backward(loss, inputs=leaves)
+            self._backward(loss, leaves, grad)
         return loss.detach(), grad
+
+    def _backward(self, loss: Tensor, leaves: list[Tensor], grad: Tensor) -> None:
+        """∇ of ``loss`` into the leaves' slots of ``grad`` (through a loss scale for float16)."""
+        if self._loss_scale == 1.0:
+            torch.autograd.backward(loss, inputs=leaves)
+        else:
+            torch.autograd.backward(loss * self._loss_scale, inputs=leaves)
+            grad.div_(self._loss_scale)
 
     def stacked_loss_and_grad(self, shared_batch: bool) -> Callable[[Tensor, Any], tuple[Tensor, Tensor]]:
         """``(w, batch) -> (loss, grad)`` for K chains at once: w is (K, d); the batch is shared
@@ -226,7 +242,7 @@ class Potential:
                 with warnings.catch_warnings():
                     # a (K, numel) slot of the (K, d) gradient is strided; in-place accumulation is what is wanted
                     warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-                    torch.autograd.backward(loss.sum(), inputs=leaves)
+                    self._backward(loss.sum(), leaves, grad)
             return loss.detach(), grad
 
         return loss_and_grad

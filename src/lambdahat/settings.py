@@ -77,6 +77,9 @@ class Settings:
     chain_mode: str = field(default="auto", metadata=_help("auto, sequential or vectorized", "str"))
     train_mode: bool = field(default=False, metadata=_help("sample in train mode (dropout on)", "bool"))
     init_loss_batch_size: int = field(default=4096, metadata=_help("batch size for L_n(w*) on the full data", "int"))
+    precision: str = field(default="float32", metadata=_help(
+        "float32 (the model as it is), bfloat16 or float16 (its forward and backward under torch.autocast; the weights, "
+        "w − w*, the noise, the update and the losses stay float32: lambdahat.precision)", "str"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # numpy scalars as Python numbers: settings always serialise to JSON
@@ -105,6 +108,9 @@ class Settings:
         if not isinstance(self.train_mode, bool):
             raise ValueError(f"train_mode must be True or False, got {self.train_mode!r}.")
         _check_int("init_loss_batch_size", self.init_loss_batch_size, 1, "use a positive batch size")
+        from .precision import precision_name
+
+        object.__setattr__(self, "precision", precision_name(self.precision))  # a torch dtype as its name
         from .samplers import SamplerConfig, as_sampler_config
 
         if not isinstance(self.sampler, (str, SamplerConfig)):
