@@ -152,7 +152,7 @@ def _sample_values():
 
     from lambdahat.settings import Settings
 
-    strings = {"sampler": "sghmc", "chain_mode": "sequential", "preconditioner": "none"}
+    strings = {"sampler": "sghmc", "chain_mode": "sequential", "preconditioner": "none", "precision": "bfloat16"}
     toml, flags, expected = [], [], {}
     for f in dataclasses.fields(Settings):
         kind = f.metadata["cli"].removesuffix("_or_auto")
