@@ -281,14 +281,16 @@ def bif(result: Any, *, correlation: bool = False, per_token: bool | None = None
     Q is None; (r, m) (per token (r, m, T)), −Cov(w_k·ℓ, ℓ_j), for weight queries. ``samples`` must
     then be among Q; ``correlation=True`` with ``per_token=False`` needs the pool's samples among Q.
 
-    devinterp. The ``bif``/``compute_bif`` of devinterp (read in timaeus-research/devinterp,
-    ``src/devinterp/slt/bif.py`` and ``covariance.py``; that this is the code released as 2.0.1
-    was not confirmed) return the Pearson correlation of the loss traces by default, +Corr with no
-    minus sign, or +Cov (ddof = 1) with ``compute_covariance=True``, per token by default
-    (``correlation_method="token"``; ``"sequence"`` averages over positions first), chains
-    stacked (``reduce_chain_dimension_method="stack"``, as here). So, for per-sample losses of the
-    same draws: devinterp's default = −``bif(result, correlation=True)`` and devinterp's
-    ``compute_covariance=True`` = −``bif(result)``.
+    devinterp 2.0.1. Its ``bif``/``compute_bif`` (read in the released source) return the Pearson
+    correlation of the loss traces by default, +Corr with no minus sign, or +Cov (ddof = 1) with
+    ``compute_covariance=True``, per token by default (``correlation_method="token"``, axes
+    (batch₁, batch₂, position₁, position₂); ``"sequence"`` averages over positions first), chains
+    stacked (``reduce_chain_dimension_method="stack"``, as here), and index an observable's
+    sequences in its own shuffled order. So, on the same draws: devinterp's ``"sequence"``
+    correlation = −``bif(result, correlation=True, per_token=False)``, its covariance =
+    −``bif(result, per_token=False)`` (both ddof = 1), and per token
+    ``bif(result)[a, s, b, t]`` = −devinterp[a, b, s, t]; measured to agree to 6e-16 on the same
+    draws (``benchmarks/compare_observables.py``).
     """
     trace = getattr(result, "trace", result)
     probe = getattr(trace, "probe", None)
