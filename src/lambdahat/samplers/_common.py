@@ -39,6 +39,12 @@ def uniform(like: Tensor, generator: Generators) -> Tensor:
     return out
 
 
+def _log_density_of_residual(resid: Tensor, step_size: float, precond: Tensor | float) -> Tensor:
+    """−‖r‖²_{P⁻¹} / (2ε) per chain for a residual r of the Langevin proposal N(w − (ε/2) P ∇U(w), ε P);
+    overwrites ``resid``."""
+    return -resid.square_().div_(precond).sum(dim=-1) / (2 * step_size)
+
+
 def log_proposal_density(
     to: Tensor,
     frm: Tensor,
@@ -53,10 +59,10 @@ def log_proposal_density(
     same floating-point operations, so the same result bit for bit)."""
     if buffers is None:
         resid = to - frm + (0.5 * step_size) * precond * grad_u
-        return -(resid.square() / precond).sum(dim=-1) / (2 * step_size)
-    scratch, spare = buffers
-    resid = torch.sub(to, frm, out=scratch).add_(torch.mul(grad_u, (0.5 * step_size) * precond, out=spare))
-    return -resid.square_().div_(precond).sum(dim=-1) / (2 * step_size)
+    else:
+        scratch, spare = buffers
+        resid = torch.sub(to, frm, out=scratch).add_(torch.mul(grad_u, (0.5 * step_size) * precond, out=spare))
+    return _log_density_of_residual(resid, step_size, precond)
 
 
 def langevin_log_accept(
@@ -96,7 +102,7 @@ def forward_log_density(back: Tensor, grad_energy: Tensor, step_size: float, pre
     residual (w' − w) + (ε/2) P ∇U(w) is formed as (ε/2) P ∇U(w) − (w − w'), which rounds
     identically because a − b = −(b − a) exactly."""
     resid = grad_energy.mul_((0.5 * step_size) * precond).sub_(back)
-    return -resid.square_().div_(precond).sum(dim=-1) / (2 * step_size)
+    return _log_density_of_residual(resid, step_size, precond)
 
 
 def reverse_acceptance(
@@ -120,6 +126,6 @@ def reverse_acceptance(
     grad_new = new.grad_energy  # ∇U first, so that U squares the offset in place
     energy_new = new.energy
     resid = grad_new.mul_((0.5 * step_size) * precond).add_(back)  # (w − w') + (ε/2) P ∇U(w')
-    log_q_reverse = -resid.square_().div_(precond).sum(dim=-1) / (2 * step_size)
+    log_q_reverse = _log_density_of_residual(resid, step_size, precond)
     log_alpha = energy - energy_new + log_q_reverse - log_q_forward
     return acceptance_probability(log_alpha).to(energy.dtype)
