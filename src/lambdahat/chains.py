@@ -274,30 +274,29 @@ class ChainSet:
             self.steps += num_steps
         return records
 
-    def _probe_hook(self, i: int, probed: np.ndarray) -> tuple[Tensor, tuple[dict[int, int], Callable]]:
-        """Chain group i's probe buffer (chain, row, sample), NaN until filled, and the hook of
-        :func:`_loop` that fills row r with the probe's losses after step ``probed[r]``."""
+    def _probe_hook(self, i: int, probed: np.ndarray) -> tuple[Any, tuple[dict[int, int], Callable]]:
+        """Chain group i's probe buffer (chain, row, sample), NaN until filled, or its streaming
+        moments, and the hook of :func:`_loop` that stores row r, the probe's losses after step
+        ``probed[r]``, in it."""
         w_star = self.job.potential.w_star
         width = self._starts[i].shape[0] if self._starts[i].dim() == 2 else 1
         device = w_star.device
         if self._moments is not None:  # streaming: each row folded into the group's moments as it comes
-            moments = self._moments[i]
-            moments.begin(len(probed))
+            rows = self._moments[i]
+            rows.begin(len(probed))
+            keep = rows.add
+        else:
+            rows = torch.full((width, len(probed), self.job.probe.size), float("nan"), device=device, dtype=w_star.dtype)
 
-            def fold(row: int, params: Tensor) -> None:
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    moments.add(row, self._probe_losses(params).reshape(width, -1))
-
-            return moments, ({int(t): r for r, t in enumerate(probed)}, fold)
-        buffer = torch.full((width, len(probed), self.job.probe.size), float("nan"), device=w_star.device,
-                            dtype=w_star.dtype)
+            def keep(row: int, losses: Tensor) -> None:
+                rows[:, row] = losses
 
         def record(row: int, params: Tensor) -> None:
             # forked: a stochastic forward (dropout in train mode) leaves the chain's own randomness as it was
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                buffer[:, row] = self._probe_losses(params).reshape(width, -1)
+                keep(row, self._probe_losses(params).reshape(width, -1))
 
-        return buffer, ({int(t): r for r, t in enumerate(probed)}, record)
+        return rows, ({int(t): r for r, t in enumerate(probed)}, record)
 
     def _probe_segment(self, probe_rows: list[Tensor | None], probed: np.ndarray,
                        first_bad: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
