@@ -88,7 +88,7 @@ def with_precision(loss_fn: Callable[..., Tensor], precision: Any) -> Callable[.
 def autocast_batch_loss(batch_loss: Callable[[dict[str, Tensor], Any], Tensor], precision: str,
                         device_type: str) -> Callable[[dict[str, Tensor], Any], Tensor]:
     """``batch_loss`` with its forward under ``torch.autocast(device_type, precision)``, the loss
-    returned in float32 (float16: scaled by :data:`FLOAT16_LOSS_SCALE`, see :func:`loss_scale`)."""
+    returned in float32 (float16's loss scale is applied by the backward pass: :func:`loss_scale`)."""
     dtype = getattr(torch, precision)
 
     def low_precision_loss(tensors: dict[str, Tensor], batch: Any) -> Tensor:
