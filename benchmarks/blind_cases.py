@@ -25,13 +25,16 @@ __all__ = ["Case", "cases", "BANDS", "VERSIONS"]
 BANDS = {"100": 100, "1k": 1_000, "10k": 10_000, "100k": 100_000}
 #: Each set: (seed, DLNs per band). v1 (a29607f) was seen by the engine of 2026-12-01 and is kept
 #: for comparison; v2 was fixed on 2026-12-02, before the next engine change was run on it; v3 likewise
-#: for the engine after that.
+#: for the engine after that; v4 likewise.
 VERSIONS = {
     "v1": (20261201, {"100": 6, "1k": 6, "10k": 4, "100k": 2}),
     "v2": (20261202, {"100": 4, "1k": 4, "10k": 3, "100k": 1}),
     # v3, fixed 2026-12-02 14:30 UTC before the SGHMC engine (auto sampler) was run on it; smaller,
     # so that it fits the rest of that session on 2 cores (no 100k network).
     "v3": (20261203, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v4, fixed 2026-12-02 20:30 UTC before the engine with the nβ check (a second run at 4nβ) was
+    # run on it; the size of v3, so that it fits one session on 2 cores.
+    "v4": (20261204, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
 
 
