@@ -42,7 +42,7 @@ def _by_name(result) -> dict[str, health.Check]:
     checks = result.checks
     assert [c.name for c in checks] == [
         "negative", "divergence", "runaway", "convergence", "rhat", "ess", "mala_accept", "localization", "ladder", "bias",
-        "noise",
+        "noise", "nbeta",
     ]
     return {c.name: c for c in checks}
 
@@ -58,9 +58,10 @@ def good():
 
 def test_a_good_run_passes_every_check(good):
     checks = _by_name(good)
-    assert all(c.ok and (not c.skipped or name in ("bias", "noise")) for name, c in checks.items()), \
+    assert all(c.ok and (not c.skipped or name in ("bias", "noise", "nbeta")) for name, c in checks.items()), \
         "\n".join(map(str, checks.values()))
     assert checks["bias"].skipped and checks["noise"].skipped  # measured only when the step size is adapted
+    assert checks["nbeta"].skipped  # and the second run at 4nβ only when a setting is auto
     assert good.healthy and good.certified
     assert "CERTIFIED: every health check passed" in str(good)
     low, high = health.acceptance_band(good.llc_mean)
@@ -75,7 +76,7 @@ def test_too_large_a_step_gives_the_divergence_verdict():
     assert "diverged" in checks["divergence"].verdict and "lower step_size" in checks["divergence"].verdict
     # the other checks cannot run on no healthy chain: they say so instead of failing or crashing
     assert all(c.skipped for name, c in checks.items() if name != "divergence")
-    assert "WARNING" in str(result) and "1 of 11 checks failed" in str(result)
+    assert "WARNING" in str(result) and "1 of 12 checks failed" in str(result)
 
 
 def test_a_point_that_is_not_a_minimum_gives_the_negative_verdict():

@@ -12,8 +12,9 @@ for all of them. The rule:
 3. **One setting.** The smallest step size and the smallest γ any model chose (a step that is
    accurate on the stiffest model is accurate on all; the least localisation is the least biased),
    and the largest burn-in and draws any model needed.
-4. **Verify.** Every model is estimated again at that one setting; the result says which models it
-   certifies, and ``certified`` is true only when it certifies all of them.
+4. **Verify.** Every model is estimated again at that one setting (with the ``nbeta`` check of a
+   second run at 4nβ when nβ was left at n / log n); the result says which models it certifies,
+   and ``certified`` is true only when it certifies all of them.
 
 The truth, when given, is only reported (the ``rel_error`` column): it never enters the rule.
 """
@@ -210,7 +211,8 @@ def calibrate(
                   f"{result.settings.step_size:.3g}, γ = {result.settings.localization:g} ({verdict})", flush=True)
         return result
 
-    adaptive = {name: run("adaptive", name, given.replace(nbeta=nbeta)) for name in names}
+    # the nβ check judges the one setting, in the verify runs, not the adaptive runs that choose it
+    adaptive = {name: run("adaptive", name, given.replace(nbeta=nbeta, nbeta_check=False)) for name in names}
     chosen = [r.settings for r in adaptive.values()]
     common = given.replace(
         nbeta=nbeta,
@@ -221,6 +223,7 @@ def calibrate(
         num_draws=max(s.num_draws for s in chosen),
         batch_size=chosen[0].batch_size if given.batch_size is None and len({s.batch_size for s in chosen}) == 1
         else given.batch_size,
+        nbeta_check=given.nbeta is None if given.nbeta_check == AUTO else given.nbeta_check,
     )
     verified = {name: run("common", name, common) for name in names} if verify else {}
     certified = bool(verified) and all(r.certified for r in verified.values())

@@ -23,6 +23,7 @@ from .adapt import Adaptation, adapt_and_sample
 from .chains import ChainJob, ChainSet, progress_enabled
 from .runs import choose_mode, run_chains
 from .data import as_data_source
+from .nbeta_rung import NbetaRung, rung_settings
 from .noise import full_loss_and_grad
 from .potential import Potential, default_nbeta, select_params, with_precision
 from .result import LLCResult, llc_from_trace
@@ -55,7 +56,10 @@ def estimate_llc(
 
     With no settings, the step size, the localisation and the chain length are chosen on the run
     by the warm-up of :mod:`lambdahat.adapt` and the result is certified or not by the health
-    checks; ``print(result)`` says which, what was chosen and why.
+    checks; ``print(result)`` says which, what was chosen and why. Such a run (nβ left at n / log n)
+    is then repeated at 4nβ (:mod:`lambdahat.nbeta_rung`; ``nbeta_check``): λ̂ still rising or
+    falling with nβ means the value at this nβ is not yet the learning coefficient, which no
+    sampling check can see; ``result.nbeta_rung`` holds that second estimate.
 
     Args:
         model: the trained model; it is left exactly as it was (weights, buffers, requires_grad,
@@ -108,11 +112,13 @@ def estimate_llc(
     """
     start = time.perf_counter()
     sampled_params = settings.pop("sampled_params", None)
+    given = dict(settings)
     settings, sampler_config = _checked_settings(model, executor, probe, probe_every, probe_batch_size, settings,
                                                  probe_per_token, probe_store, probe_queries)
-    loss_fn = with_precision(loss_fn, settings.precision)  # unless float32: the forward under torch.autocast
+    user_loss_fn, loss_fn = loss_fn, with_precision(loss_fn, settings.precision)  # unless float32: the forward under torch.autocast
     source = as_data_source(data)
     nbeta = default_nbeta(source.n) if settings.nbeta is None else float(settings.nbeta)
+    measure_nbeta = settings.measures_nbeta
     settings, auto_batch = _with_batch_size(settings, sampler_config, source)
     names = select_params(model, sampled_params)
     masks = sampled_params if isinstance(sampled_params, Mapping) else None
@@ -144,10 +150,25 @@ def estimate_llc(
         else:  # the warm-up sets the localisation (given, or its own starting value) before any step
             trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress, auto_batch)
             evaluations = settings.num_chains * adaptation.gradient_evaluations
+    settings = settings.replace(nbeta_check=measure_nbeta)
+    rung = None
+    if measure_nbeta and trace.healthy_chains:
+        rung = _nbeta_rung(model, data, user_loss_fn, given, nbeta, settings.seed, executor, progress, sampled_params)
+        evaluations += rung.gradient_evaluations
     result = LLCResult.from_trace(trace, init_loss, nbeta, settings, potential.num_params, adaptation=adaptation,
-                                  gradient_evaluations=int(evaluations))
+                                  gradient_evaluations=int(evaluations), nbeta_rung=rung)
     result.wall_time = time.perf_counter() - start
     return result
+
+
+def _nbeta_rung(model, data, loss_fn, given: dict[str, Any], nbeta: float, seed: int, executor, progress: bool,
+                sampled_params) -> NbetaRung:
+    """The same estimate at 4nβ (:mod:`lambdahat.nbeta_rung`), summarised for the ``nbeta`` check."""
+    extra = {} if sampled_params is None else {"sampled_params": sampled_params}
+    again = estimate_llc(model, data, loss_fn, executor=executor, progress=progress,
+                         **rung_settings(given, seed, nbeta), **extra)
+    return NbetaRung(nbeta=again.nbeta, llc=float(again.llc_mean), mcse=float(again.llc_mcse),
+                     failed=tuple(c.name for c in again.checks if not c.ok), gradient_evaluations=again.gradient_evaluations)
 
 
 def _checked_settings(model: Any, executor: Any, probe: Any, probe_every: int, probe_batch_size: int | None,

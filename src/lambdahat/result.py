@@ -15,6 +15,7 @@ import numpy as np
 
 from . import diagnostics, health
 from .adapt import Adaptation
+from .nbeta_rung import Comparison, NbetaRung, compare
 from .settings import Settings
 from .trace import Trace
 
@@ -42,8 +43,10 @@ class LLCResult:
     - ``adaptation``: what the warm-up chose and why (None when no setting was ``"auto"``).
     - ``checks``: the health checks of :mod:`lambdahat.health`, computed once; ``certified`` is
       true only when every one passed.
-    - ``gradient_evaluations``: loss-and-gradient evaluations of all chains together, warm-up and
-      bias check included (a MALA acceptance check on a step costs one more).
+    - ``gradient_evaluations``: loss-and-gradient evaluations of all chains together, warm-up, bias
+      check and the run at 4nβ included (a MALA acceptance check on a step costs one more).
+    - ``nbeta_rung``: the same estimate at 4nβ (:class:`~lambdahat.nbeta_rung.NbetaRung`; None when
+      not measured), judged by the ``nbeta`` check; :meth:`nbeta_comparison` states the change.
     """
 
     llc_mean: float
@@ -61,6 +64,7 @@ class LLCResult:
     adaptation: Adaptation | None = None
     gradient_evaluations: int = 0
     checks: tuple[health.Check, ...] = ()
+    nbeta_rung: NbetaRung | None = None
 
     @classmethod
     def from_trace(cls, trace: Trace, init_loss: float, nbeta: float, settings: Settings, num_params: int,
@@ -85,6 +89,12 @@ class LLCResult:
     def healthy(self) -> bool:
         """The same as :attr:`certified` (the older name)."""
         return self.certified
+
+    def nbeta_comparison(self) -> Comparison | None:
+        """λ̂ here against λ̂ at 4nβ, and the λ the change implies (:func:`lambdahat.nbeta_rung.compare`)."""
+        if self.nbeta_rung is None:
+            return None
+        return compare(self.llc_mean, self.llc_mcse, self.nbeta, self.nbeta_rung)
 
     @property
     def ess_per_gradient(self) -> float:
@@ -112,6 +122,7 @@ class LLCResult:
             checks=[dict(name=c.name, ok=c.ok, skipped=c.skipped, verdict=c.verdict) for c in self.checks],
             bias=number(self.adaptation.bias) if self.adaptation and self.adaptation.bias is not None else None,
             adaptation=self.adaptation.to_dict() if self.adaptation else None,
+            nbeta_rung=self.nbeta_rung.to_dict() if self.nbeta_rung else None,
             gradient_evaluations=self.gradient_evaluations,
             wall_time=number(self.wall_time),
             settings=self.settings.to_dict(),
@@ -158,6 +169,12 @@ class LLCResult:
             if self.adaptation.bias is not None and math.isfinite(self.adaptation.bias):
                 lines.append(f"  step-size bias, measured by halving ε: {self.adaptation.bias:+.3g} ± "
                              f"{self.adaptation.bias_mcse:.2g}")
+        comparison = self.nbeta_comparison()
+        if comparison is not None:
+            rung = self.nbeta_rung
+            lines.append(f"  at 4nβ = {rung.nbeta:.6g}: λ̂ = {rung.llc:.4g} ± {rung.mcse:.2g} ({comparison.kind}"
+                         + ("" if comparison.kind == "flat" else
+                            f"; the λ it implies: {comparison.implied:.4g} ± {comparison.implied_se:.2g}") + ")")
         if self.diverged:
             where = ", ".join(f"chain {c} at step {s}" for c, s in self.diverged.items())
             rest = f"the mean is over the other {healthy}" if healthy else "there is no estimate"

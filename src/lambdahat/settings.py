@@ -71,6 +71,10 @@ class Settings:
         "budget of steps per chain for the auto settings (warm-up, burn-in, draws and the bias check together); "
         "auto: 40,000 up to 1,000 sampled weights, 20,000 up to 10,000, 10,000 up to 100,000, 5,000 beyond "
         "(a count of steps, not of seconds, so that a seed gives the same result on any machine)", "int_or_auto"))
+    nbeta_check: bool | str = field(default=AUTO, metadata=_help(
+        "measure λ̂ again at 4nβ (one more run) to see whether the value at nβ is already the learning coefficient "
+        "(the nbeta health check); auto: on when nbeta is the default n / log n and a sampling setting is auto",
+        "bool_or_auto"))
     target_rel_mcse: float = field(default=0.02, metadata=_help(
         "auto draws stop once the Monte Carlo standard error is at most this fraction of λ̂", "float"))
     seed: int = field(default=0, metadata=_help("the run's seed", "int"))
@@ -105,6 +109,8 @@ class Settings:
             raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {self.chain_mode!r}.")
         if not (isinstance(self.control_variate, bool) or self.control_variate == AUTO):
             raise ValueError(f"control_variate must be True, False or 'auto', got {self.control_variate!r}.")
+        if not (isinstance(self.nbeta_check, bool) or self.nbeta_check == AUTO):
+            raise ValueError(f"nbeta_check must be True, False or 'auto', got {self.nbeta_check!r}.")
         if not isinstance(self.train_mode, bool):
             raise ValueError(f"train_mode must be True or False, got {self.train_mode!r}.")
         _check_int("init_loss_batch_size", self.init_loss_batch_size, 1, "use a positive batch size")
@@ -160,6 +166,13 @@ class Settings:
     def auto_fields(self) -> list[str]:
         """The fields left to the warm-up."""
         return [k for k in ("step_size", "localization", "num_burnin_steps", "num_draws") if getattr(self, k) == AUTO]
+
+    @property
+    def measures_nbeta(self) -> bool:
+        """Whether the run measures λ̂ again at 4nβ (``nbeta_check``; auto: nβ default and a setting auto)."""
+        if self.nbeta_check == AUTO:
+            return self.nbeta is None and bool(self.auto_fields)
+        return bool(self.nbeta_check)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (a SamplerConfig as {"name", **options})."""

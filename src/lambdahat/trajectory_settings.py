@@ -66,7 +66,8 @@ def calibrated(items: list, make_model: Callable, data: Any, loss_fn: Any, cache
                progress: bool, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """One setting for all, from :func:`lambdahat.calibrate.calibrate` on the first, middle and last
     checkpoint with the ``given`` settings kept; kept in ``cache`` (keyed by those checkpoints, the
-    problem and the given settings) for reruns."""
+    problem and the given settings) for reruns. The ``nbeta`` check's second run at 4nβ is off
+    unless ``nbeta_check=True`` is given."""
     given = dict(given or {})
     from . import __version__
 
@@ -85,6 +86,9 @@ def calibrated(items: list, make_model: Callable, data: Any, loss_fn: Any, cache
     models = {f"step {step}": load_checkpoint(make_model, step, source) for step, source in chosen}
     result = calibration.calibrate(models, data, loss_fn, progress=progress, verify=False, **{"seed": 0, **given})
     settings = {**resolve_settings(result), **({"sampled_params": given["sampled_params"]} if "sampled_params" in given else {})}
+    # checkpoints are compared at one nβ, where the nβ check's second run (twice the time) changes nothing
+    # the comparison rests on: it runs per checkpoint only when asked for
+    settings["nbeta_check"] = given.get("nbeta_check") is True
     if path is not None:
         _cache.write_entry(path, identity, key, settings=settings)
     return settings

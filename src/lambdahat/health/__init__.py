@@ -21,14 +21,16 @@ the attributes of :class:`LLCResult` (below), so this module does not depend on 
 | ``ladder`` | λ̂ over the second half of the whole run differs from λ̂ over its second quarter | run longer |
 | ``bias`` | 2 (λ̂(ε) − λ̂(ε/2)), measured on the run, above 5% of λ̂ | lower ε |
 | ``noise`` | the λ̂ that minibatch gradient noise adds, measured in the draws, above 5% of λ̂ | raise the batch size |
+| ``nbeta`` | λ̂ at 4nβ differs significantly, and the λ the change implies is > 10% from λ̂ | a larger n; train w* to a minimum |
 
 Thresholds are arguments of :func:`check_health`; each check's docstring says why its default is
 what it is. Checks that cannot be computed (no healthy chain, an array the sampler did not record)
 pass with ``skipped=True`` and say why, so ``healthy`` is decided by the checks that could run.
 
-The checks live in three modules by what they look at: :mod:`~lambdahat.health.sanity` (``negative``,
+The checks live in four modules by what they look at: :mod:`~lambdahat.health.sanity` (``negative``,
 ``divergence``, ``runaway``), :mod:`~lambdahat.health.sampling` (``convergence``, ``rhat``, ``ess``,
-``ladder``) and :mod:`~lambdahat.health.step` (``mala_accept``, ``localization``, ``bias``, ``noise``);
+``ladder``), :mod:`~lambdahat.health.step` (``mala_accept``, ``localization``, ``bias``, ``noise``)
+and :mod:`~lambdahat.health.nbeta` (``nbeta``: is the value at this nβ the learning coefficient);
 :mod:`~lambdahat.health._common` holds :class:`Check` and what they share. Every name is importable
 from ``lambdahat.health``.
 
@@ -45,6 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ._common import Check, LLCResult
+from .nbeta import check_nbeta
 from .sampling import check_convergence, check_ess, check_ladder, check_rhat, drift, ladder, rhat_threshold
 from .sanity import check_divergence, check_negative, check_runaway
 from .step import (
@@ -75,6 +78,7 @@ __all__ = [
     "check_ladder",
     "check_bias",
     "check_noise",
+    "check_nbeta",
     "acceptance_target",
     "acceptance_band",
     "EXACT_MALA_ACCEPT_BAND",
@@ -114,6 +118,7 @@ CHECKS: tuple[tuple[Callable[..., Check], Callable[[Thresholds], Mapping[str, An
     (check_ladder, _own_defaults),
     (check_bias, _own_defaults),
     (check_noise, _own_defaults),
+    (check_nbeta, _own_defaults),
 )
 
 

@@ -1,0 +1,100 @@
+"""The nβ check: λ̂ measured again at 4nβ, to see the finite-temperature gap no sampling check sees.
+
+The learning coefficient λ is a limit: λ̂(nβ) = E_p[nβ (L_n(w) − L_n(w*))] under the localised
+tempered posterior (Lau et al., arXiv 2308.12108) tends to λ as nβ grows, but at the nβ of a
+run (n / log n by default) the posterior's own value can differ from λ by far more than its Monte
+Carlo error. The other health checks judge whether the chains sampled that posterior; they cannot
+see that its value is not yet λ. A second run at 4nβ can. Two ways λ̂(nβ) departs from λ:
+
+- **Rising with nβ: the finite-nβ gap of a singular model.** The free energy of a model of
+  learning coefficient λ and multiplicity m is λ log nβ − (m − 1) log log nβ + O(1) (Watanabe,
+  *Algebraic Geometry and Statistical Learning Theory*, 2009, ch. 6), so λ̂(nβ) = λ − (m − 1) /
+  log nβ + …: a gap that closes only like 1 / log nβ. On deep linear networks λ̂ rises with nβ by
+  more than the multiplicity alone accounts for, about like c / log nβ (measured along ladders of
+  nβ from n / (4 log n) to 4n / log n; docs/accuracy.md). Under λ̂(t) = λ − c / log t the two
+  rungs t and 4t give, with Δ = λ̂(4t) − λ̂(t),
+
+      λ ≈ λ̂(t) + Δ · log(4t) / log 4.
+
+  On five such networks this overshot λ while λ̂(4t) fell short of it: the two bracketed λ in four.
+- **Falling with nβ: w* above a minimum of L_n.** When L_n has points below L_n(w*) within reach
+  (a teacher under noisy targets, an unconverged training run), λ̂(t) = λ − t δ with
+  δ = L_n(w*) − L_n(ŵ) > 0 to first order, so λ ≈ λ̂(t) − Δ / 3.
+
+:func:`compare` states the change and the implied value; :func:`lambdahat.health.check_nbeta`
+refuses the certificate when the change is significant and the implied correction exceeds 10% of
+λ̂. The implied value is reported beside λ̂, never in its place: a comparison of models at one nβ
+(the usual use) is not affected by either effect.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["NBETA_FACTOR", "NbetaRung", "Comparison", "compare", "rung_settings"]
+
+#: The second rung's nβ, in multiples of the run's (4: a change large enough to measure against
+#: the Monte Carlo error of two runs, at the cost of one more run).
+NBETA_FACTOR = 4.0
+#: The seed offset of the second run (its chains must not repeat the first run's noise).
+SEED_OFFSET = 1
+
+
+@dataclass(frozen=True)
+class NbetaRung:
+    """The estimate at ``nbeta`` = 4 × the run's nβ: its λ̂, MCSE, failed checks and cost."""
+
+    nbeta: float
+    llc: float
+    mcse: float
+    failed: tuple[str, ...]
+    gradient_evaluations: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(nbeta=self.nbeta, llc=_number(self.llc), mcse=_number(self.mcse), failed=list(self.failed),
+                    gradient_evaluations=self.gradient_evaluations)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """λ̂ at nβ against λ̂ at 4nβ: ``kind`` is "flat" (within ``z`` standard errors), "rising" or
+    "falling"; ``implied`` ± ``implied_se`` is the λ that the change implies (module docstring;
+    λ̂ itself when flat) and ``correction`` = ``implied`` − λ̂."""
+
+    kind: str
+    delta: float
+    delta_se: float
+    implied: float
+    implied_se: float
+
+    def correction(self, llc: float) -> float:
+        return self.implied - llc
+
+
+def compare(llc: float, mcse: float, nbeta: float, rung: NbetaRung, z: float = 2.0) -> Comparison:
+    """The change of λ̂ from nβ to the rung's nβ, and the λ it implies (module docstring)."""
+    delta = rung.llc - llc
+    delta_se = math.hypot(rung.mcse, mcse)
+    if not math.isfinite(delta) or abs(delta) <= z * delta_se:
+        return Comparison("flat", delta, delta_se, llc, mcse)
+    factor = rung.nbeta / nbeta
+    if delta > 0:  # λ̂(t) = λ − c / log t
+        scale = math.log(rung.nbeta) / math.log(factor)
+        return Comparison("rising", delta, delta_se, llc + delta * scale, delta_se * scale)
+    scale = 1.0 / (factor - 1.0)  # λ̂(t) = λ − t δ
+    return Comparison("falling", delta, delta_se, llc - delta * scale, delta_se * scale)
+
+
+def rung_settings(given: dict[str, Any], seed: int, nbeta: float) -> dict[str, Any]:
+    """The settings of the second run: those the user gave, at 4nβ, a given step size divided by 4
+    (ε·nβ, which sets the step's size against the curvature of nβ L, kept), another seed, no check."""
+    settings = {**given, "nbeta": NBETA_FACTOR * nbeta, "seed": seed + SEED_OFFSET, "nbeta_check": False}
+    if isinstance(given.get("step_size"), (int, float)) and not isinstance(given.get("step_size"), bool):
+        settings["step_size"] = given["step_size"] / NBETA_FACTOR
+    return settings
+
+
+def _number(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None

@@ -1,0 +1,121 @@
+"""The nβ check (lambdahat.nbeta_rung, lambdahat.health.check_nbeta): λ̂ measured again at 4nβ.
+
+The implied λ is checked against exact finite-nβ values by quadrature (no sampling): a normal
+crossing of multiplicity 2, whose λ̂(nβ) rises towards λ like 1/log nβ, and a quadratic whose w*
+is displaced from the minimum, whose λ̂(nβ) falls like −nβδ.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+import lambdahat as lh
+from lambdahat import health, tasks, truth
+from lambdahat.nbeta_rung import NBETA_FACTOR, NbetaRung, compare, rung_settings
+from lambdahat.potential import default_nbeta
+
+
+def _rung(nbeta: float, llc: float, mcse: float = 1e-6, failed=()) -> NbetaRung:
+    return NbetaRung(nbeta=nbeta, llc=llc, mcse=mcse, failed=tuple(failed), gradient_evaluations=0)
+
+
+def _result(llc: float, nbeta: float, rung: NbetaRung | None, mcse: float = 1e-6):
+    return SimpleNamespace(llc_mean=llc, llc_mcse=mcse, nbeta=nbeta, nbeta_rung=rung)
+
+
+def test_rising_lambda_hat_of_a_normal_crossing_implies_its_learning_coefficient():
+    """K = ½ w1² w2²: λ = 1/2 with multiplicity 2. The exact posterior's λ̂ at nβ = 1,000 is 24%
+    low; from it and λ̂ at 4nβ the 1/log nβ model recovers λ to within 5%."""
+    def delta_loss(a, b):
+        return 0.5 * (a * b) ** 2
+
+    t = 1000.0
+    at_t = truth.tempered_expectation_2d(delta_loss, t, 1.0, half_width=6, num_points=1501)
+    at_4t = truth.tempered_expectation_2d(delta_loss, NBETA_FACTOR * t, 1.0, half_width=6, num_points=1501)
+    assert at_t < 0.8 * 0.5  # the gap this check exists for
+    comparison = compare(at_t, 1e-6, t, _rung(NBETA_FACTOR * t, at_4t))
+    assert comparison.kind == "rising"
+    assert abs(comparison.implied - 0.5) < 0.05 * 0.5, comparison
+    check = health.check_nbeta(_result(at_t, t, _rung(NBETA_FACTOR * t, at_4t)))
+    assert not check.ok and "rises with nβ" in check.verdict and "finite-nβ gap" in check.verdict
+
+
+def test_falling_lambda_hat_of_a_displaced_minimum_implies_its_learning_coefficient():
+    """ΔL(w) = ½ (w² − w*²) with w* = 0.01 off the minimum at 0: λ̂(nβ) = λ − nβ w*²/2 + O(γ/nβ),
+    10% low at nβ = 1,000; the linear model recovers λ = 1/2 to within 0.5%."""
+    w_star = 0.01
+
+    def delta_loss(w):
+        return 0.5 * (w**2 - w_star**2)
+
+    t, gamma = 1000.0, 1.0
+    at_t = truth.tempered_expectation_1d(delta_loss, t, gamma, center=w_star)
+    at_4t = truth.tempered_expectation_1d(delta_loss, NBETA_FACTOR * t, gamma, center=w_star)
+    exact = 0.5 * t / (t + gamma)  # λ̂ of the same quadratic with w* at its minimum (γ's share removed)
+    assert at_t < 0.92 * exact
+    comparison = compare(at_t, 1e-6, t, _rung(NBETA_FACTOR * t, at_4t))
+    assert comparison.kind == "falling"
+    assert abs(comparison.implied - exact) < 0.005 * exact, comparison
+    check = health.check_nbeta(_result(at_t, t, _rung(NBETA_FACTOR * t, at_4t)))
+    assert not check.ok and "falls as nβ grows" in check.verdict
+
+
+@pytest.mark.parametrize("llc_4t, mcse, ok, words", [
+    (100.4, 0.5, True, "does not change"),       # within 2 standard errors
+    (100.5, 0.01, True, "only a little"),        # significant, but implies +3.0%
+    (103.0, 0.01, False, "rises with nβ"),       # implies +17.9%
+    (60.0, 0.01, False, "falls as nβ grows"),    # implies +13.3%
+])
+def test_the_check_passes_a_small_change_and_fails_a_large_one(llc_4t, mcse, ok, words):
+    check = health.check_nbeta(_result(100.0, 1000.0, _rung(4000.0, llc_4t, mcse), mcse=mcse))
+    assert check.ok is ok and words in check.verdict, check.verdict
+
+
+def test_a_rung_with_no_estimate_fails_and_no_rung_is_skipped():
+    failed = health.check_nbeta(_result(10.0, 100.0, _rung(400.0, math.nan, math.nan, failed=["divergence"])))
+    assert not failed.ok and "gave no value" in failed.verdict
+    skipped = health.check_nbeta(_result(10.0, 100.0, None))
+    assert skipped.ok and skipped.skipped and "nbeta_check=True" in skipped.verdict
+
+
+def test_rung_settings_keep_what_was_given_at_four_times_nbeta():
+    given = {"step_size": 1e-4, "num_draws": 200, "seed": 3}
+    rung = rung_settings(given, 3, 50.0)
+    assert rung == {"step_size": 2.5e-5, "num_draws": 200, "seed": 4, "nbeta": 200.0, "nbeta_check": False}
+    assert rung_settings({"step_size": "auto"}, 0, 50.0)["step_size"] == "auto"
+    assert given == {"step_size": 1e-4, "num_draws": 200, "seed": 3}  # the caller's dict is not changed
+
+
+def test_estimate_with_no_settings_runs_the_rung_and_reports_it():
+    task = tasks.linear_regression(dim=2, n=2000, seed=0)
+    result = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=3000, progress=False)
+    rung = result.nbeta_rung
+    assert rung is not None and rung.nbeta == pytest.approx(NBETA_FACTOR * default_nbeta(2000))
+    assert result.settings.nbeta_check is True
+    check = next(c for c in result.checks if c.name == "nbeta")
+    assert not check.skipped
+    assert "at 4nβ" in str(result) and result.to_dict()["nbeta_rung"]["llc"] == pytest.approx(rung.llc)
+    # a regular model at its minimum: λ̂ does not depend on nβ (λ = d/2 at every nβ, up to γ/nβ)
+    assert check.ok, check.verdict
+
+
+def test_a_given_nbeta_or_nbeta_check_false_skips_the_rung_and_true_forces_it():
+    task = tasks.linear_regression(dim=2, n=500, seed=0)
+    fixed = dict(step_size=1e-4, localization=1.0, num_burnin_steps=100, num_draws=200, progress=False)
+    assert lh.estimate_llc(task.model, task.data, task.loss_fn, **fixed).nbeta_rung is None
+    given = lh.estimate_llc(task.model, task.data, task.loss_fn, nbeta=50.0, max_steps=1000, progress=False)
+    assert given.nbeta_rung is None and given.settings.nbeta_check is False
+    forced = lh.estimate_llc(task.model, task.data, task.loss_fn, nbeta_check=True, **fixed)
+    assert forced.nbeta_rung is not None and forced.nbeta_rung.nbeta == pytest.approx(4 * forced.nbeta)
+    again = lh.estimate_llc(task.model, task.data, task.loss_fn, nbeta_check=True, **fixed)
+    assert again.nbeta_rung == forced.nbeta_rung  # same seed, same second run
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_nbeta_check_is_validated(value):
+    task = tasks.linear_regression(dim=2, n=100)
+    with pytest.raises(ValueError, match="nbeta_check"):
+        lh.estimate_llc(task.model, task.data, task.loss_fn, nbeta_check=value, progress=False)
