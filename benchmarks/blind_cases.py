@@ -35,6 +35,9 @@ VERSIONS = {
     # v4, fixed 2026-12-02 20:30 UTC before the engine with the nβ check (a second run at 4nβ) was
     # run on it; the size of v3, so that it fits one session on 2 cores.
     "v4": (20261204, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v5, fixed 2026-12-02 20:45 UTC before the engine whose nβ check refuses "no change" from an
+    # unreliable second run (a rule made after v4 was seen) was run on it.
+    "v5": (20261205, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
 
 
