@@ -74,6 +74,16 @@ def test_the_check_passes_a_small_change_and_fails_a_large_one(llc_4t, mcse, ok,
     assert check.ok is ok and words in check.verdict, check.verdict
 
 
+def test_no_change_from_a_rung_with_unreliable_error_bars_does_not_pass():
+    """The blind set v4's one certified miss (−20.5%) passed on a rung at 4nβ that failed R̂ and ESS:
+    its wide error bar hid the change."""
+    wide = _rung(4000.0, 103.0, mcse=2.0, failed=["rhat", "ess"])
+    check = health.check_nbeta(_result(100.0, 1000.0, wide, mcse=0.5))
+    assert not check.ok and "unknown" in check.verdict and "rhat, ess" in check.verdict
+    biased_only = _rung(4000.0, 103.0, mcse=2.0, failed=["noise"])  # a bias check: the error bar still holds
+    assert health.check_nbeta(_result(100.0, 1000.0, biased_only, mcse=0.5)).ok
+
+
 def test_a_rung_with_no_estimate_fails_and_no_rung_is_skipped():
     failed = health.check_nbeta(_result(10.0, 100.0, _rung(400.0, math.nan, math.nan, failed=["divergence"])))
     assert not failed.ok and "gave no value" in failed.verdict
@@ -90,16 +100,17 @@ def test_rung_settings_keep_what_was_given_at_four_times_nbeta():
 
 
 def test_estimate_with_no_settings_runs_the_rung_and_reports_it():
-    task = tasks.linear_regression(dim=2, n=2000, seed=0)
-    result = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=3000, progress=False)
+    task = tasks.deep_linear_network([3, 1], 1, n=1000, seed=0)  # noise-free linear regression: λ = 3/2
+    result = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False)
     rung = result.nbeta_rung
-    assert rung is not None and rung.nbeta == pytest.approx(NBETA_FACTOR * default_nbeta(2000))
+    assert rung is not None and rung.nbeta == pytest.approx(NBETA_FACTOR * default_nbeta(1000))
     assert result.settings.nbeta_check is True
     check = next(c for c in result.checks if c.name == "nbeta")
     assert not check.skipped
     assert "at 4nβ" in str(result) and result.to_dict()["nbeta_rung"]["llc"] == pytest.approx(rung.llc)
     # a regular model at its minimum: λ̂ does not depend on nβ (λ = d/2 at every nβ, up to γ/nβ)
     assert check.ok, check.verdict
+    assert abs(rung.llc - 1.5) <= 4 * rung.mcse, rung
 
 
 def test_a_given_nbeta_or_nbeta_check_false_skips_the_rung_and_true_forces_it():
