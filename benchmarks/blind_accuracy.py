@@ -61,6 +61,10 @@ def _run_case(case_name: str, route: str, version: str = "v1") -> dict:
         row.update(certified=result.certified, failed=[c.name for c in result.checks if not c.ok],
                    gradient_evaluations=result.gradient_evaluations, settings=result.settings.to_dict(),
                    bias=result.adaptation.bias)
+        comparison = result.nbeta_comparison()
+        if comparison is not None:  # the nβ check's second run (lambdahat.nbeta_rung)
+            row.update(nbeta_rung=result.nbeta_rung.to_dict(), nbeta_kind=comparison.kind,
+                       nbeta_implied=comparison.implied, nbeta_implied_se=comparison.implied_se)
     elif route == "fixed":
         n = task.n
         from lambdahat.potential import default_nbeta  # here: the old routes' release has no default_nbeta
@@ -170,7 +174,28 @@ def report(version: str, cache: Path) -> str:
             detail.append(f"| {c.name} | {t:.4g} | {route} | {r['llc']:.4g} ± {r['mcse']:.2g} | {(r['llc'] - t) / t:+.1%} | "
                           f"{'yes' if r['certified'] else 'no'} | {', '.join(r['failed']) or '—'} | {r['seconds']:.0f} |")
     text = "\n".join(lines) + "\n\n" + "\n".join(detail) + "\n"
-    return text
+    return text + _nbeta_table(version, rows, truths)
+
+
+def _nbeta_table(version: str, rows: dict, truths: dict[str, float]) -> str:
+    """The auto route's nβ check per case: λ̂ at nβ and at 4nβ, the λ the change implies, and each one's error."""
+    got = [(c.name, rows[(c.name, "auto")]) for c in cases(version) if "nbeta_rung" in rows.get((c.name, "auto"), {})]
+    if not got:
+        return ""
+    out = ["", "| case | truth | λ̂ (nβ) | λ̂ (4nβ) | change | implied λ | error at nβ | at 4nβ | implied |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    sums = [0.0, 0.0, 0.0]
+    for name, r in got:
+        t, rung = truths[name], r["nbeta_rung"]
+        errs = [(r["llc"] - t) / t, ((rung["llc"] if rung["llc"] is not None else float("nan")) - t) / t,
+                (r["nbeta_implied"] - t) / t]
+        sums = [a + abs(e) for a, e in zip(sums, errs)]
+        out.append(f"| {name} | {t:.4g} | {r['llc']:.4g} ± {r['mcse']:.2g} | {rung['llc'] or float('nan'):.4g} ± "
+                   f"{rung['mcse'] or float('nan'):.2g} | {r['nbeta_kind']} | {r['nbeta_implied']:.4g} ± "
+                   f"{r['nbeta_implied_se']:.2g} | {errs[0]:+.1%} | {errs[1]:+.1%} | {errs[2]:+.1%} |")
+    k = len(got)
+    out.append(f"| mean abs. rel. error ({k} cases) | | | | | | {sums[0] / k:.1%} | {sums[1] / k:.1%} | {sums[2] / k:.1%} |")
+    return "\n".join(out) + "\n"
 
 
 def _dln_truth(case: Case) -> float:
