@@ -8,10 +8,6 @@ from ..nbeta_rung import compare
 from ._common import Check, LLCResult, _skip
 
 
-#: The checks whose failure makes a run's Monte Carlo error unreliable (not merely biased).
-UNRELIABLE = ("divergence", "convergence", "rhat", "ess", "ladder")
-
-
 def check_nbeta(result: LLCResult, z: float = 2.0, max_relative: float = 0.10) -> Check:
     """λ̂ at this nβ against the same estimate at 4nβ (:mod:`lambdahat.nbeta_rung`).
 
@@ -21,9 +17,10 @@ def check_nbeta(result: LLCResult, z: float = 2.0, max_relative: float = 0.10) -
     implies a value of λ (rising: the finite-nβ gap, λ̂(t) ≈ λ − c / log t; falling: w* above a
     minimum of L_n, λ̂(t) ≈ λ − tδ); the check fails when that implied correction exceeds
     ``max_relative`` × |λ̂| (10%: the accuracy a certificate promises). A run at 4nβ with no
-    estimate fails it too, and so does "no change" from a run at 4nβ that failed a check of its own
-    Monte Carlo error (:data:`UNRELIABLE`): its error bar cannot show that nothing changed. Skipped when the run was not repeated at 4nβ (``nbeta_check``: by
-    default a run with nβ given, or with every sampling setting given, is not).
+    estimate fails it too, and so does a run at 4nβ that failed any of its own checks: its change
+    may be its own error or bias, and its "no change" may hide one. Skipped when the run was not
+    repeated at 4nβ (``nbeta_check``: by default a run with nβ given, or with every sampling setting
+    given, is not).
     """
     name = "nbeta"
     rung = getattr(result, "nbeta_rung", None)
@@ -41,13 +38,12 @@ def check_nbeta(result: LLCResult, z: float = 2.0, max_relative: float = 0.10) -
     at = (f"λ̂ at 4nβ = {rung.nbeta:.4g} is {rung.llc:.4g} ± {rung.mcse:.2g} against {llc:.4g} ± "
           f"{result.llc_mcse:.2g} here (Δ = {comparison.delta:+.3g} ± {comparison.delta_se:.2g})"
           + (f"; that run failed {', '.join(rung.failed)}" if rung.failed else ""))
+    if rung.failed:  # a measurement that fails its own checks vouches neither for a change nor against one
+        return Check(name, False, f"whether λ̂ depends on nβ is unknown: {at}, and a run that fails its own checks "
+                                  "can show neither a change (it may be that run's own error or bias) nor its absence. "
+                                  "Raise max_steps (both runs get longer), or pass nbeta_check=False and report λ̂ as "
+                                  "the value at this nβ.", relative, max_relative)
     if comparison.kind == "flat":
-        unreliable = [c for c in rung.failed if c in UNRELIABLE]
-        if unreliable:  # wide error bars that cannot be trusted do not show that nothing changed
-            return Check(name, False, f"whether λ̂ depends on nβ is unknown: {at}, and a run that fails "
-                                      f"{', '.join(unreliable)} has an error bar too unreliable to show no change. "
-                                      "Raise max_steps (both runs get longer), or pass nbeta_check=False and report "
-                                      "λ̂ as the value at this nβ.", relative, max_relative)
         return Check(name, True, f"λ̂ does not change with nβ: {at}.", relative, max_relative)
     implied = (f"the λ it implies is {comparison.implied:.4g} ± {comparison.implied_se:.2g} ({relative:+.0%} of λ̂)")
     if abs(relative) <= max_relative:
