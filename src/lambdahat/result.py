@@ -172,9 +172,11 @@ class LLCResult:
         comparison = self.nbeta_comparison()
         if comparison is not None:
             rung = self.nbeta_rung
-            lines.append(f"  at 4nβ = {rung.nbeta:.6g}: λ̂ = {rung.llc:.4g} ± {rung.mcse:.2g} ({comparison.kind}"
-                         + ("" if comparison.kind == "flat" else
-                            f"; the λ it implies: {comparison.implied:.4g} ± {comparison.implied_se:.2g}") + ")")
+            lines.append(f"  at 4nβ = {rung.nbeta:.6g}: λ̂ = {rung.llc:.4g} ± {rung.mcse:.2g} ("
+                         + (f"that run failed {', '.join(rung.failed)}: no conclusion" if rung.failed else
+                            comparison.kind if comparison.kind == "flat" else
+                            f"{comparison.kind}; the λ it implies: {comparison.implied:.4g} ± {comparison.implied_se:.2g}")
+                         + ")")
         if self.diverged:
             where = ", ".join(f"chain {c} at step {s}" for c, s in self.diverged.items())
             rest = f"the mean is over the other {healthy}" if healthy else "there is no estimate"
