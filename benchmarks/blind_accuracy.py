@@ -187,11 +187,11 @@ def _nbeta_table(version: str, rows: dict, truths: dict[str, float]) -> str:
     sums = [0.0, 0.0, 0.0]
     for name, r in got:
         t, rung = truths[name], r["nbeta_rung"]
-        errs = [(r["llc"] - t) / t, ((rung["llc"] if rung["llc"] is not None else float("nan")) - t) / t,
-                (r["nbeta_implied"] - t) / t]
+        rung_llc, rung_mcse = (float("nan") if rung[k] is None else rung[k] for k in ("llc", "mcse"))
+        errs = [(r["llc"] - t) / t, (rung_llc - t) / t, (r["nbeta_implied"] - t) / t]
         sums = [a + abs(e) for a, e in zip(sums, errs)]
-        out.append(f"| {name} | {t:.4g} | {r['llc']:.4g} ± {r['mcse']:.2g} | {rung['llc'] or float('nan'):.4g} ± "
-                   f"{rung['mcse'] or float('nan'):.2g} | {r['nbeta_kind']} | {r['nbeta_implied']:.4g} ± "
+        out.append(f"| {name} | {t:.4g} | {r['llc']:.4g} ± {r['mcse']:.2g} | {rung_llc:.4g} ± "
+                   f"{rung_mcse:.2g} | {r['nbeta_kind']} | {r['nbeta_implied']:.4g} ± "
                    f"{r['nbeta_implied_se']:.2g} | {errs[0]:+.1%} | {errs[1]:+.1%} | {errs[2]:+.1%} |")
     k = len(got)
     out.append(f"| mean abs. rel. error ({k} cases) | | | | | | {sums[0] / k:.1%} | {sums[1] / k:.1%} | {sums[2] / k:.1%} |")

@@ -33,6 +33,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .settings import _is_real
+from .tables import number
+
 __all__ = ["NBETA_FACTOR", "NbetaRung", "Comparison", "compare", "rung_settings"]
 
 #: The second rung's nβ, in multiples of the run's (4: a change large enough to measure against
@@ -53,7 +56,7 @@ class NbetaRung:
     gradient_evaluations: int
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(nbeta=self.nbeta, llc=_number(self.llc), mcse=_number(self.mcse), failed=list(self.failed),
+        return dict(nbeta=self.nbeta, llc=number(self.llc), mcse=number(self.mcse), failed=list(self.failed),
                     gradient_evaluations=self.gradient_evaluations)
 
 
@@ -91,10 +94,7 @@ def rung_settings(given: dict[str, Any], seed: int, nbeta: float) -> dict[str, A
     """The settings of the second run: those the user gave, at 4nβ, a given step size divided by 4
     (ε·nβ, which sets the step's size against the curvature of nβ L, kept), another seed, no check."""
     settings = {**given, "nbeta": NBETA_FACTOR * nbeta, "seed": seed + SEED_OFFSET, "nbeta_check": False}
-    if isinstance(given.get("step_size"), (int, float)) and not isinstance(given.get("step_size"), bool):
+    if _is_real(given.get("step_size")):
         settings["step_size"] = given["step_size"] / NBETA_FACTOR
     return settings
 
-
-def _number(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None

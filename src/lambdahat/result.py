@@ -17,6 +17,7 @@ from . import diagnostics, health
 from .adapt import Adaptation
 from .nbeta_rung import Comparison, NbetaRung, compare
 from .settings import Settings
+from .tables import number
 from .trace import Trace
 
 __all__ = ["LLCResult", "llc_from_trace"]
@@ -104,10 +105,6 @@ class LLCResult:
     def to_dict(self) -> dict[str, Any]:
         """The numbers, verdicts and settings as plain JSON-ready values (no arrays of draws;
         save ``trace`` for those). Non-finite numbers become None."""
-
-        def number(x: float) -> float | None:
-            return float(x) if x is not None and math.isfinite(x) else None
-
         return dict(
             llc_mean=number(self.llc_mean),
             llc_std=number(self.llc_std),
