@@ -38,6 +38,10 @@ VERSIONS = {
     # v5, fixed 2026-12-02 20:45 UTC before the engine whose nβ check refuses "no change" from an
     # unreliable second run (a rule made after v4 was seen) was run on it.
     "v5": (20261205, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v6, fixed 2026-12-03 04:26 UTC before the engine with the paired loss, independent minibatches
+    # and the rule that a 4nβ run failing its own checks vouches for nothing (made after v5 was seen)
+    # was run on it.
+    "v6": (20261206, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
 
 
