@@ -244,7 +244,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
                 log.notes.append(f"minibatch gradient noise capped ε at {noise_cap:.3g} where the acceptance allowed "
                                  f"about {wanted:.3g}: {what}, and the warm-up restarted from w*")
                 log.discarded_steps += chains.steps
-                chains = _rebuilt(chains, gamma, **change)
+                chains = _rebuilt(chains, gamma, settings.paired_loss == AUTO, **change)
                 log.chain_mode = chains.mode
                 step_sizes.clear()
                 noise_cap = math.inf
@@ -412,7 +412,8 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     ran = sampler.with_options(**draw_every) if momentum else settings.sampler
     resolved = settings.replace(step_size=step, localization=gamma, num_burnin_steps=burnin, num_draws=num_draws,
                                 max_steps=budget, batch_size=chains.job.batch_size,
-                                control_variate=chains.job.control_variate is not None, sampler=ran)
+                                control_variate=chains.job.control_variate is not None,
+                                paired_loss=chains.job.paired_loss is not None, sampler=ran)
     return records, burnin, first_bad, resolved, log
 
 
@@ -424,9 +425,12 @@ def _running_llc(windows: list[dict[str, np.ndarray]], nbeta: float, init_loss: 
     return nbeta * (float(np.nanmean(recent)) - init_loss) if np.isfinite(recent).any() else math.nan
 
 
-def _rebuilt(chains: ChainSet, gamma: float, **changes: Any) -> ChainSet:
-    """The same chains from w* with ``changes`` to their job (vectorised only where that still works)."""
+def _rebuilt(chains: ChainSet, gamma: float, auto_pair: bool, **changes: Any) -> ChainSet:
+    """The same chains from w* with ``changes`` to their job (vectorised only where that still works);
+    ``auto_pair``: the paired loss was chosen by the run, so it goes where batches become the data."""
     job = dataclasses.replace(chains.job, **changes, _potential=chains.job.potential)
+    if auto_pair and job.batch_size >= job.data.n:  # every batch is the data: L_B(w*) = L_n(w*), nothing to pair
+        job.paired_loss = None
     mode = chains.mode if chains.mode == "sequential" or job.check_stacked() is None else "sequential"
     fresh = ChainSet(job, chains.chains, mode)
     fresh.restart(gamma)

@@ -82,6 +82,10 @@ class ChainJob:
     check_every: int = 100
     #: (L_n(w*), ∇L_n(w*)): sample with the control-variate gradient of :func:`lambdahat.noise.control_variate`
     control_variate: tuple[float, Tensor] | None = None
+    #: L_n(w*): record the paired loss L_B(w) − L_B(w*) + L_n(w*) of :mod:`lambdahat.noise` as ``loss``
+    #: (the chain is unchanged; the batch loss at w* is recorded as ``anchor_loss``). Moot with the
+    #: control variate, whose loss is paired already.
+    paired_loss: float | None = None
     #: per-sample losses of a probe set, evaluated while sampling (:class:`lambdahat.observables.Probe`)
     probe: Probe | None = None
     _potential: Potential | None = field(default=None, repr=False)
@@ -181,6 +185,13 @@ class ChainSet:
             self._rng = [("seed", s[2]) for s in seeds]  # the model's own RNG (dropout), per chain
         if job.control_variate is not None:
             self._loss_and_grad = control_variate(self._loss_and_grad, w_star, *job.control_variate)
+        # the paired loss: (batch -> L_B(w*), L_n(w*)), or None
+        self._anchor = None
+        if job.paired_loss is not None and job.control_variate is None:
+            anchor = job.potential.anchor_loss(mode == "vectorized" and not job.shared_batch)
+            if any(module.training for module in job.model.modules()):  # dropout at w* leaves the chain's randomness alone
+                anchor = _forked(anchor, device)
+            self._anchor = (anchor, job.paired_loss)
         self._states: list[Any] = [None] * len(self._starts)
         # the probe hook: per kept segment, (steps probed, per-sample losses (chain, row, sample))
         self._probe_losses = job.probe.evaluator(job.potential, job.model, job.loss_fn) if job.probe else None
@@ -245,7 +256,7 @@ class ChainSet:
                     torch.set_rng_state(rng)
                 state, records, bad = _loop(
                     sampler, self._states[i], self._starts[i], self._batches[i], self._noise[i], num_steps, job.check_every, bar,
-                    hook,
+                    hook, self._anchor,
                 )
                 if rng is not None:
                     self._rng[i] = torch.get_rng_state()
@@ -353,12 +364,23 @@ def _stacked_batches(data: DataSource, orders):
         yield data.batch(torch.stack([next(order) for order in orders]))
 
 
-def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, check_every: int, bar, probe=None):
+def _forked(anchor: Callable[[Any], Tensor], device: torch.device) -> Callable[[Any], Tensor]:
+    def forked(batch: Any) -> Tensor:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return anchor(batch)
+
+    return forked
+
+
+def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, check_every: int, bar, probe=None,
+          anchor=None):
     """Step one chain (params of shape (d,)) or a stack (shape (K, d)) ``num_steps`` times from
     ``state``, or from a fresh state at ``start`` when ``state`` is None; return the final state,
     per-step records as float64 arrays shaped (K, num_steps) (K = 1 for one chain), and each
     chain's first non-finite step (None if none). ``probe``: ({step: row}, record), and
-    ``record(row, params)`` is called after each of those steps (the probe hook)."""
+    ``record(row, params)`` is called after each of those steps (the probe hook). ``anchor``:
+    (batch -> L_B(w*), L_n(w*)): record each step's ``anchor_loss`` and make ``loss`` the paired
+    L_B(w) − L_B(w*) + L_n(w*), in float64."""
     device = start.device
     stacked = start.dim() == 2
     shape = (start.shape[0], num_steps) if stacked else (num_steps,)
@@ -374,7 +396,10 @@ def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, che
             state, info = sampler.step(state, batch, generator)
             if probe is not None and t in probe[0]:
                 probe[1](probe[0][t], state.params)
-            for name, value in zip(info._fields, info):
+            values = dict(zip(info._fields, info))
+            if anchor is not None:
+                values["anchor_loss"] = anchor[0](batch).expand_as(info.loss)
+            for name, value in values.items():
                 if name not in per_step:
                     per_step[name] = torch.full(shape, float("nan"), device=device, dtype=value.dtype)
                 per_step[name][..., t] = value
@@ -392,6 +417,8 @@ def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, che
     if bar is not None:
         bar.update((num_steps - done) * len(first_bad))
     records = {name: values.double().cpu().numpy() for name, values in per_step.items()}
+    if anchor is not None:
+        records["loss"] = records["loss"] - records["anchor_loss"] + anchor[1]
     if not stacked:
         records = {name: values[None] for name, values in records.items()}
     bad_steps = [int(s) if s >= 0 else None for s in first_bad]

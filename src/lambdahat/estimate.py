@@ -24,7 +24,7 @@ from .chains import ChainJob, ChainSet, progress_enabled
 from .runs import choose_mode, run_chains
 from .data import as_data_source
 from .nbeta_rung import NbetaRung, rung_settings
-from .noise import full_loss_and_grad
+from .noise import PAIR_SPREAD, full_loss_and_grad, loss_spread
 from .potential import Potential, default_nbeta, select_params, with_precision
 from .result import LLCResult, llc_from_trace
 from .settings import AUTO, Settings, default_max_steps
@@ -137,9 +137,12 @@ def estimate_llc(
         if settings.control_variate is True:
             anchor = full_loss_and_grad(potential.loss_and_grad, source, potential.w_star, settings.init_loss_batch_size)[1]
             job.control_variate = (init_loss, anchor)
+        pairs, pair_note = _pairs_loss(settings, potential, source, nbeta)
+        job.paired_loss = init_loss if pairs else None
         extras = _recorded_extras(settings, sampler_config, nbeta, source.n, potential, names, masks, probe_set)
         adaptation = None
         if not settings.auto_fields:
+            settings = settings.replace(paired_loss=job.paired_loss is not None)
             job.num_steps = settings.num_burnin_steps + settings.num_draws
             trace = run_chains(
                 job, num_chains=settings.num_chains, num_burnin_steps=settings.num_burnin_steps,
@@ -149,6 +152,9 @@ def estimate_llc(
             evaluations = settings.num_chains * job.num_steps * sampler_config.evaluations_per_step
         else:  # the warm-up sets the localisation (given, or its own starting value) before any step
             trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress, auto_batch)
+            if pair_note:
+                adaptation.notes.append(pair_note + ("" if settings.paired_loss else
+                                                     " (then dropped: the warm-up raised the batch to the whole data)"))
             evaluations = settings.num_chains * adaptation.gradient_evaluations
     settings = settings.replace(nbeta_check=measure_nbeta)
     rung = None
@@ -223,6 +229,22 @@ def _with_batch_size(settings: Settings, sampler_config: Any, source: Any) -> tu
             )
         batch_size = n
     return settings.replace(batch_size=min(batch_size or source.default_batch_size or 256, n)), auto_batch
+
+
+def _pairs_loss(settings: Settings, potential: Potential, source: Any, nbeta: float) -> tuple[bool, str | None]:
+    """Whether the run records the paired loss of :mod:`lambdahat.noise` (``paired_loss``; auto: in a
+    run with an auto setting, on minibatches, when :func:`~lambdahat.noise.loss_spread` is at least
+    ``PAIR_SPREAD``; not with the control variate, whose loss is paired already), and for auto the
+    sentence that says why. A given value is kept."""
+    if settings.paired_loss != AUTO:
+        return settings.paired_loss, None
+    if settings.control_variate is True or not settings.auto_fields or settings.batch_size >= source.n:
+        return False, None
+    spread = loss_spread(potential.loss, source, potential.w_star, settings.batch_size, nbeta, settings.seed)
+    pairs = spread >= PAIR_SPREAD
+    return pairs, (f"paired_loss = {pairs}: the minibatch spread of the loss at w*, nβ·sd(L_B(w*)) = {spread:.3g}, is "
+                   + ("at least" if pairs else "below") + f" {PAIR_SPREAD:g} (a unit of λ)"
+                   + (", so each draw records L_B(w) − L_B(w*) + L_n(w*), free of it" if pairs else ""))
 
 
 def _device_of(model: nn.Module) -> torch.device:

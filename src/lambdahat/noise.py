@@ -31,6 +31,15 @@ computed from it stay consistent. The noise shrinks with ‖w − w*‖ instead 
 per-sample spread: for noisy targets it removes nearly all of it, at the price of a second
 gradient evaluation per step (at w*, on the same batch). Its loss, recorded by the samplers,
 removes the minibatch noise of λ̂'s draws in the same way.
+
+The draws' noise has a cheaper remedy of its own, whatever the gradient: the **paired loss**
+L_B(w_t) − L_B(w*) + L_n(w*), with the same batch B at w*, has the mean of L_B(w_t) (every batch
+is a uniform draw of the data, so E L_B(w*) = L_n(w*)) but loses the batch-to-batch spread of the
+loss at w*, which the two points share. For noisy targets that spread dwarfs everything else in a
+draw: on a 6-weight regression (n = 20,000, batch 256, exact posterior draws) the sd of nβ L_B(w)
+is 88 and that of nβ (L_B(w) − L_B(w*)) is 7.1, against λ = 3. It costs one forward pass at w*
+per step (no backward) and leaves the chain itself unchanged; :func:`loss_spread` measures
+whether a run needs it.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from torch import Tensor
 from .data import DataSource
 
 __all__ = ["NoiseMonitor", "choose_friction", "MIN_FRICTION", "gradient_noise", "noise_bias", "noise_step_bound",
-           "step_cap", "batch_for_step", "control_variate", "full_loss_and_grad"]
+           "step_cap", "batch_for_step", "control_variate", "full_loss_and_grad", "loss_spread", "PAIR_SPREAD"]
 
 #: The share of λ̂ that minibatch gradient noise may add: the warm-up caps ε so that
 #: :func:`noise_bias` stays below it (an automatic batch size grows instead, where it pays).
@@ -59,7 +68,27 @@ REMEDY_RATIO = 2.0
 #: An automatic batch size stays below this many (sample × weight) products per gradient evaluation.
 MAX_BATCH_WORK = 2**26
 
+#: ``paired_loss="auto"`` pairs the loss when :func:`loss_spread` is at least this, in units of λ: a draw's
+#: minibatch noise of one unit or more (an ordinary chain's draws spread by about √λ around λ̂).
+PAIR_SPREAD = 1.0
+#: Minibatches :func:`loss_spread` evaluates at w* (forward passes only).
+SPREAD_BATCHES = 16
+
 LossAndGrad = Callable[[Tensor, Any], tuple[Tensor, Tensor]]
+
+
+@torch.no_grad()
+def loss_spread(loss: Callable[[Tensor, Any], Tensor], data: DataSource, w_star: Tensor, batch_size: int,
+                nbeta: float, seed: int) -> float:
+    """nβ · sd(L_B(w*)) over ``SPREAD_BATCHES`` minibatches drawn without replacement from a
+    generator of its own (seeded by ``seed``): the noise the unpaired loss adds to every draw of
+    λ̂ (module docstring); 0 when the batch is the whole data."""
+    if batch_size >= data.n:
+        return 0.0
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 2 << 32]).generate_state(1)[0]))
+    values = [float(loss(w_star, data.batch(torch.randperm(data.n, generator=generator)[:batch_size])))
+              for _ in range(SPREAD_BATCHES)]
+    return nbeta * float(np.std(values, ddof=1))
 
 
 @torch.no_grad()

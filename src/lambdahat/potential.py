@@ -247,6 +247,15 @@ class Potential:
 
         return loss_and_grad
 
+    def anchor_loss(self, per_chain_batches: bool) -> Callable[[Any], Tensor]:
+        """``batch -> L_B(w*)`` without gradients: shaped () for one batch, (K,) for a batch with a
+        leading chain dimension (``per_chain_batches``: K chains, each on its own minibatch)."""
+        w_star = self.w_star
+        if not per_chain_batches:
+            return torch.no_grad()(lambda batch: self.loss(w_star, batch))
+        per_batch = torch.func.vmap(lambda batch: self._batch_loss(self.tensors(w_star), batch))
+        return torch.no_grad()(per_batch)
+
     @torch.no_grad()
     def full_loss(self, w: Tensor, data: DataSource, batch_size: int) -> float:
         """L_n(w): the loss averaged over the whole data, evaluated in batches, without gradients."""

@@ -64,6 +64,11 @@ class Settings:
         "most minibatch noise for twice the cost of a step; auto: switched on by the warm-up when the measured "
         "minibatch noise would otherwise hold the step size down (off when the other settings are all given)",
         "bool_or_auto"))
+    paired_loss: bool | str = field(default=AUTO, metadata=_help(
+        "record each step's loss as L_B(w) − L_B(w*) + L_n(w*), with the same batch at w* (one more forward, no "
+        "backward): the same mean as L_B(w) without the minibatch spread of the loss at w*, which dominates λ̂'s "
+        "error on noisy data; auto: on when a setting is auto, batches are smaller than the data and that spread, "
+        "nβ·sd(L_B(w*)), is at least 1 (the control variate's loss is paired already)", "bool_or_auto"))
     sampler: Any = field(default=AUTO, metadata=_help(
         "sgld, rmsprop_sgld, sghmc, sgnht or mala; auto: when step_size is auto, SGHMC with the smallest friction "
         "the measured minibatch noise allows (the warm-up chooses it), else sgld", "str"))
@@ -109,6 +114,8 @@ class Settings:
             raise ValueError(f"chain_mode must be one of {CHAIN_MODES}, got {self.chain_mode!r}.")
         if not (isinstance(self.control_variate, bool) or self.control_variate == AUTO):
             raise ValueError(f"control_variate must be True, False or 'auto', got {self.control_variate!r}.")
+        if not (isinstance(self.paired_loss, bool) or self.paired_loss == AUTO):
+            raise ValueError(f"paired_loss must be True, False or 'auto', got {self.paired_loss!r}.")
         if not (isinstance(self.nbeta_check, bool) or self.nbeta_check == AUTO):
             raise ValueError(f"nbeta_check must be True, False or 'auto', got {self.nbeta_check!r}.")
         if not isinstance(self.train_mode, bool):
