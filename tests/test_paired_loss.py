@@ -1,7 +1,8 @@
 """The paired loss (lambdahat.noise, ``paired_loss``): each draw records L_B(w) − L_B(w*) + L_n(w*)
-with the same batch at w*. It must leave the chain alone, keep λ̂'s mean (exactly, over whole
-epochs), shrink its Monte Carlo error on noisy targets, and be chosen by the auto rule only
-where the minibatch spread of the loss at w* is large."""
+with the same batch at w*. It must leave the chain alone, keep the recorded loss unbiased for
+L_n at the chain's point (as the unpaired one is, with independent minibatches), shrink λ̂'s Monte
+Carlo error on noisy targets, and be chosen by the auto rule only where the minibatch spread of the
+loss at w* is large."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from torch import nn
 
 import lambdahat as lh
 from lambdahat import noise, tasks
-from lambdahat.data import as_data_source
+from lambdahat.data import DataSource, as_data_source
 from lambdahat.potential import Potential, default_nbeta
 from tests._harness import small_dln
 
-# n = 2000 and batch 100: an epoch is 20 steps, so 200 + 2000 steps are whole epochs
 FIXED = dict(step_size=2e-5, localization=1.0, num_burnin_steps=200, num_draws=2000, batch_size=100, sampler="sgld",
              num_chains=2, seed=3)
 
@@ -25,21 +25,63 @@ def _noisy(dim: int = 3, n: int = 2000):
     return tasks.linear_regression(dim=dim, n=n, seed=5)
 
 
-def test_pairing_changes_the_record_not_the_chain_and_keeps_the_mean_exactly():
+def test_pairing_changes_the_record_not_the_chain():
     task = _noisy()
     plain = lh.estimate_llc(task.model, task.data, task.loss_fn, paired_loss=False, progress=False, **FIXED)
     paired = lh.estimate_llc(task.model, task.data, task.loss_fn, paired_loss=True, progress=False, **FIXED)
     assert paired.settings.paired_loss is True and plain.settings.paired_loss is False
-    # the same chain, step by step
-    assert np.array_equal(plain.trace.arrays["distance"], paired.trace.arrays["distance"])
+    assert np.array_equal(plain.trace.arrays["distance"], paired.trace.arrays["distance"])  # the same chain
     anchor = paired.trace.arrays["anchor_loss"]
-    expected = plain.trace.arrays["loss"] - anchor + paired.init_loss
-    assert np.array_equal(paired.trace.arrays["loss"], expected)
-    # every epoch's batches partition the data, so over whole epochs the mean of L_B(w*) is L_n(w*)
-    # and the two estimates agree to rounding (a biased pairing would move λ̂ by nβ × its bias)
-    assert abs(anchor.mean(axis=1) - paired.init_loss).max() < 1e-6
-    assert abs(paired.llc_mean - plain.llc_mean) < 1e-3 * abs(plain.llc_mean)
-    assert np.array_equal(plain.trace.draws("distance"), paired.trace.draws("distance"))
+    assert np.array_equal(paired.trace.arrays["loss"], plain.trace.arrays["loss"] - anchor + paired.init_loss)
+    # the batches are independent uniform draws, so the anchor's mean is L_n(w*) up to its standard error
+    draws = paired.trace.draws("anchor_loss")
+    assert abs(draws.mean() - paired.init_loss) <= 4 * draws.std() / np.sqrt(draws.size)
+
+
+def _isotropic_regression(n: int, dim: int = 4):
+    """A noisy linear regression whose design has XᵀX / n = I exactly and whose model sits at the
+    least-squares w*: under the mean squared error, L_n(w) − L_n(w*) = ‖w − w*‖² for every w, so the
+    chain's recorded distance gives every draw's exact loss."""
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(n, dim, generator=gen, dtype=torch.float64))
+    x = q * n**0.5
+    y = x @ torch.ones(dim, 1, dtype=torch.float64) + torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    model = nn.Linear(dim, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    return model, (x, y), nn.MSELoss()
+
+
+def _epoch_indices(self, batch_size, generator):
+    """Batches cut from a fresh permutation per epoch (a shuffled DataLoader's), for contrast."""
+    while True:
+        perm = torch.randperm(self.n, generator=generator)
+        for start in range(0, self.n - batch_size + 1, batch_size):
+            yield perm[start:start + batch_size]
+
+
+def test_the_recorded_loss_is_unbiased_for_the_full_loss_at_the_chain_s_point(monkeypatch):
+    """Exact: the loss recorded at step t (on that step's minibatch, paired or not) has L_n(w_t) as
+    its mean. Batches cut from shuffled epochs fail this, because the chain has just fitted the
+    epoch's earlier batches: measured here before the change to independent batches, +0.76 ± 0.24
+    on λ̂ ≈ 6 at 5,000 draws (benchmarks/investigations/epoch_batches.py: +9% of λ on another
+    regression); the test shows it still can see that."""
+    model, data, loss = _isotropic_regression(4000)
+    nbeta = default_nbeta(4000)
+    settings = dict(step_size=0.04 / nbeta, localization=1.0, num_burnin_steps=1000, num_draws=12_000, batch_size=10,
+                    sampler="sgld", num_chains=4, seed=1, progress=False)
+
+    def gap(paired_loss: bool) -> tuple[float, float]:
+        result = lh.estimate_llc(model, data, loss, paired_loss=paired_loss, **settings)
+        values = nbeta * (result.trace.draws("loss") - result.init_loss) - nbeta * result.trace.draws("distance") ** 2
+        return float(values.mean()), float(values.std() / np.sqrt(values.size))  # minibatch errors: ~independent
+
+    for paired_loss in (True, False):
+        mean, se = gap(paired_loss)
+        assert abs(mean) <= 4 * se, (paired_loss, mean, se)
+    monkeypatch.setattr(DataSource, "minibatch_indices", _epoch_indices)
+    mean, se = gap(True)
+    assert mean > 4 * se, (mean, se)
 
 
 def test_pairing_shrinks_the_error_on_noisy_targets():

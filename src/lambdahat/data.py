@@ -1,4 +1,4 @@
-"""Batches for the sampler: per-chain shuffled minibatches and the full data in order.
+"""Batches for the sampler: per-chain independent random minibatches and the full data in order.
 
 In-memory tensors take a fast path: a batch is ``tensor.index_select(0, idx)`` for every tensor,
 with no per-item collation. A ``Dataset`` (or a ``DataLoader``'s dataset and ``collate_fn``) is
@@ -102,11 +102,8 @@ class DataSource:
         return self.tensors[0] if self.bare else self.tensors
 
     def minibatches(self, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
-        """Endless minibatches of ``batch_size`` from a fresh random permutation each epoch.
-
-        An epoch's last incomplete batch is dropped, so every batch mean is an unbiased estimate
-        of L_n. With ``batch_size >= n`` every batch is the full data.
-        """
+        """Endless minibatches, each of ``batch_size`` independent uniform draws from the n samples
+        (:meth:`random_indices`). With ``batch_size >= n`` every batch is the full data."""
         if batch_size >= self.n:
             full = self.all()
             full_idx = torch.arange(self.n)
@@ -118,9 +115,20 @@ class DataSource:
     def minibatch_indices(self, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
         """The sample indices of :meth:`minibatches`, batch after batch."""
         while True:
-            perm = torch.randperm(self.n, generator=generator)
-            for start in range(0, self.n - batch_size + 1, batch_size):
-                yield perm[start : start + batch_size]
+            yield self.random_indices(batch_size, generator)
+
+    def random_indices(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """``batch_size`` independent uniform draws from 0..n−1 (with replacement): a minibatch whose
+        mean loss is unbiased for L_n at any point, with covariance Σ₁ / B for per-sample covariance Σ₁.
+
+        Each step's batch is independent of every earlier one, hence of where the chain is. Batches
+        cut from shuffled epochs are not: the chain has just stepped on the epoch's earlier
+        batches, fitting their noise, so the rest of the epoch sits higher than average under it,
+        and the batch loss SGLD records overstates L_n(w_t). On a noisy 4-weight regression
+        (``benchmarks/investigations/epoch_batches.py``) that added +0.20 ± 0.01 to λ̂ ≈ 2.1 (+9%),
+        where independent batches added −0.03 ± 0.02; the effect is of the size of the minibatch
+        noise bias itself (:mod:`lambdahat.noise`)."""
+        return torch.randint(0, self.n, (batch_size,), generator=generator)
 
     def in_order(self, batch_size: int) -> Iterator[tuple[int, Any]]:
         """The full data once, in order, as (size, batch) pairs."""

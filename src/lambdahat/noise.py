@@ -11,8 +11,8 @@ E[U] − U(w*) = ½ tr(A S) = d/2 + (ε/8) nβ² tr(Σ_B), whatever A is. So the
 
 to λ̂, where B₁ and B₂ are two independent minibatches at the same point (their difference has
 covariance 2 Σ_B). The bias is linear in ε and, through Σ_B, inversely proportional to the batch
-size (sampled without replacement, Σ_B = (1 − (B − 1)/(n − 1)) Σ₁ / B with Σ₁ the per-sample
-gradient covariance). It vanishes for a noise-free teacher at w* (every per-sample gradient is
+size (B independent uniform draws, :meth:`lambdahat.data.DataSource.random_indices`:
+Σ_B = Σ₁ / B with Σ₁ the per-sample gradient covariance). It vanishes for a noise-free teacher at w* (every per-sample gradient is
 zero there) and dominates for noisy targets at large nβ, where the Metropolis acceptance of a
 step, computed on that step's own minibatch, cannot see it (Welling & Teh 2011 and Vollmer,
 Zygalakis & Teh, JMLR 2016, analyse the same error of stochastic-gradient Langevin dynamics).
@@ -80,13 +80,13 @@ LossAndGrad = Callable[[Tensor, Any], tuple[Tensor, Tensor]]
 @torch.no_grad()
 def loss_spread(loss: Callable[[Tensor, Any], Tensor], data: DataSource, w_star: Tensor, batch_size: int,
                 nbeta: float, seed: int) -> float:
-    """nβ · sd(L_B(w*)) over ``SPREAD_BATCHES`` minibatches drawn without replacement from a
+    """nβ · sd(L_B(w*)) over ``SPREAD_BATCHES`` minibatches, drawn as the sampler draws them, from a
     generator of its own (seeded by ``seed``): the noise the unpaired loss adds to every draw of
     λ̂ (module docstring); 0 when the batch is the whole data."""
     if batch_size >= data.n:
         return 0.0
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 2 << 32]).generate_state(1)[0]))
-    values = [float(loss(w_star, data.batch(torch.randperm(data.n, generator=generator)[:batch_size])))
+    values = [float(loss(w_star, data.batch(data.random_indices(batch_size, generator))))
               for _ in range(SPREAD_BATCHES)]
     return nbeta * float(np.std(values, ddof=1))
 
@@ -96,10 +96,10 @@ def gradient_noise(loss_and_grad: LossAndGrad, data: DataSource, points: Tensor,
                    generator: torch.Generator, anchor: Tensor) -> tuple[float, float]:
     """E‖∇L_B₁(w) − ∇L_B₂(w)‖² for the plain and for the control-variate gradient (anchor w*),
     averaged over the rows of ``points`` (one point per chain, (K, d)), each from two independent
-    minibatches of ``batch_size`` drawn without replacement."""
+    minibatches of ``batch_size`` drawn as the sampler draws them."""
     plain = cv = 0.0
     for w in points:
-        first, second = (data.batch(torch.randperm(data.n, generator=generator)[:batch_size]) for _ in range(2))
+        first, second = (data.batch(data.random_indices(batch_size, generator)) for _ in range(2))
         g1, g2 = loss_and_grad(w, first)[1], loss_and_grad(w, second)[1]
         a1, a2 = loss_and_grad(anchor, first)[1], loss_and_grad(anchor, second)[1]
         plain += float((g1 - g2).square().sum())
@@ -152,13 +152,11 @@ def step_cap(llc: float, nbeta: float, noise: float, friction: float = 1.0) -> f
 
 
 def batch_for_step(batch_size: int, n: int, ratio: float) -> int:
-    """The batch size whose noise bias is ``ratio`` times smaller than at ``batch_size``.
-
-    tr Σ_B ∝ (n − B) / (B (n − 1)), so the bias shrinks by ``ratio`` at
-    B' = ratio · B · n / (n − B + ratio · B), capped at n."""
+    """The batch size whose noise bias is ``ratio`` times smaller than at ``batch_size``: tr Σ_B ∝ 1/B
+    for independent draws, so ``ratio`` × B, capped at n (the full data: no noise at all)."""
     if ratio <= 1:
         return batch_size
-    return min(n, math.ceil(ratio * batch_size * n / (n - batch_size + ratio * batch_size)))
+    return min(n, math.ceil(ratio * batch_size))
 
 
 class NoiseMonitor:

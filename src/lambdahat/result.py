@@ -32,10 +32,9 @@ class LLCResult:
       two or more chains are healthy, else the single chain's own Monte Carlo standard error.
     - ``llc_mcse``: Monte Carlo standard error of ``llc_mean``: nβ · sd(L) / √ESS over all healthy
       draws (ESS of the mean; Vehtari et al. 2021), or, when larger, the between-chain standard
-      error ``llc_std`` / √(healthy chains). The ESS route trusts every chain to have mixed; with
-      minibatch losses it can even exceed the number of draws (batches drawn without replacement
-      within an epoch are anti-correlated), and chains that settle in different places show up
-      only between chains.
+      error ``llc_std`` / √(healthy chains). The ESS route trusts every chain to have mixed; the
+      white minibatch noise of unpaired losses inflates it, and chains that settle in different
+      places show up only between chains.
     - ``llc_per_chain``: λ̂_c per chain, NaN for a diverged chain.
     - ``init_loss``: L_n(w*), on all n samples, in eval mode.
     - ``diverged``: {chain: first step with a non-finite loss}.
