@@ -224,6 +224,8 @@ def calibrate(
         batch_size=chosen[0].batch_size if given.batch_size is None and len({s.batch_size for s in chosen}) == 1
         else given.batch_size,
         nbeta_check=given.nbeta is None if given.nbeta_check == AUTO else given.nbeta_check,
+        # the paired loss costs a forward and changes no chain: on for all where any model's run needed it
+        paired_loss=any(s.paired_loss for s in chosen) if given.paired_loss == AUTO else given.paired_loss,
     )
     verified = {name: run("common", name, common) for name in names} if verify else {}
     certified = bool(verified) and all(r.certified for r in verified.values())
