@@ -153,8 +153,9 @@ def estimate_llc(
         else:  # the warm-up sets the localisation (given, or its own starting value) before any step
             trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress, auto_batch)
             if pair_note:
-                adaptation.notes.append(pair_note + ("" if settings.paired_loss else
-                                                     " (then dropped: the warm-up raised the batch to the whole data)"))
+                dropped = job.paired_loss is not None and not settings.paired_loss
+                adaptation.notes.append(pair_note + (" (then dropped: the warm-up raised the batch to the whole data)"
+                                                     if dropped else ""))
             evaluations = settings.num_chains * adaptation.gradient_evaluations
     settings = settings.replace(nbeta_check=measure_nbeta)
     rung = None
