@@ -63,9 +63,10 @@ def _epoch_indices(self, batch_size, generator):
 def test_the_recorded_loss_is_unbiased_for_the_full_loss_at_the_chain_s_point(monkeypatch):
     """Exact: the loss recorded at step t (on that step's minibatch, paired or not) has L_n(w_t) as
     its mean. Batches cut from shuffled epochs fail this, because the chain has just fitted the
-    epoch's earlier batches: measured here before the change to independent batches, +0.76 ± 0.24
-    on λ̂ ≈ 6 at 5,000 draws (benchmarks/investigations/epoch_batches.py: +9% of λ on another
-    regression); the test shows it still can see that."""
+    epoch's earlier batches: with that scheme patched back in, this statistic measured
+    +0.76 ± 0.24 on λ̂ ≈ 6 at 5,000 draws while writing the test (and
+    benchmarks/investigations/epoch_batches.py +9% of λ on another regression); the test's last
+    step shows that it still sees that."""
     model, data, loss = _isotropic_regression(4000)
     nbeta = default_nbeta(4000)
     settings = dict(step_size=0.04 / nbeta, localization=1.0, num_burnin_steps=1000, num_draws=12_000, batch_size=10,
@@ -85,8 +86,9 @@ def test_the_recorded_loss_is_unbiased_for_the_full_loss_at_the_chain_s_point(mo
 
 
 def test_pairing_shrinks_the_error_on_noisy_targets():
-    """The 6-weight regression at n = 20,000, batch 256 (measured before this test was written, seed 0:
-    per-draw sd of the loss 0.043 → 0.0036 and MCSE 0.79 → 0.21); asked for factors of 5 and 2."""
+    """The 6-weight regression at n = 20,000, batch 256 (measured at seed 0 before this test was
+    written: per-draw sd of the loss 0.043 → 0.0036 and MCSE 0.79 → 0.21); here at the FIXED seed,
+    asked for factors of 5 and 2."""
     task = tasks.linear_regression(dim=6, n=20_000, seed=1)
     settings = {**FIXED, "step_size": 1e-5, "num_burnin_steps": 500, "num_draws": 3000, "batch_size": 256,
                 "num_chains": 4}

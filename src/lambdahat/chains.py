@@ -248,7 +248,7 @@ class ChainSet:
             hook = None
             if probed is not None and len(probed):
                 probe_rows[i], hook = self._probe_hook(i, probed)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with _forked_rng(device):
                 rng = self._rng[i]
                 if isinstance(rng, tuple):
                     torch.manual_seed(rng[1])
@@ -304,7 +304,7 @@ class ChainSet:
 
         def record(row: int, params: Tensor) -> None:
             # forked: a stochastic forward (dropout in train mode) leaves the chain's own randomness as it was
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with _forked_rng(device):
                 keep(row, self._probe_losses(params).reshape(width, -1))
 
         return rows, ({int(t): r for r, t in enumerate(probed)}, record)
@@ -364,9 +364,15 @@ def _stacked_batches(data: DataSource, orders):
         yield data.batch(torch.stack([next(order) for order in orders]))
 
 
+def _forked_rng(device: torch.device):
+    """``torch.random.fork_rng`` for ``device``: the global CPU generator (and this CUDA device's)
+    restored on exit, so that a forward in between leaves a chain's randomness as it was."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def _forked(anchor: Callable[[Any], Tensor], device: torch.device) -> Callable[[Any], Tensor]:
     def forked(batch: Any) -> Tensor:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with _forked_rng(device):
             return anchor(batch)
 
     return forked

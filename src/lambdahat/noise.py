@@ -12,8 +12,8 @@ E[U] − U(w*) = ½ tr(A S) = d/2 + (ε/8) nβ² tr(Σ_B), whatever A is. So the
 to λ̂, where B₁ and B₂ are two independent minibatches at the same point (their difference has
 covariance 2 Σ_B). The bias is linear in ε and, through Σ_B, inversely proportional to the batch
 size (B independent uniform draws, :meth:`lambdahat.data.DataSource.random_indices`:
-Σ_B = Σ₁ / B with Σ₁ the per-sample gradient covariance). It vanishes for a noise-free teacher at w* (every per-sample gradient is
-zero there) and dominates for noisy targets at large nβ, where the Metropolis acceptance of a
+Σ_B = Σ₁ / B with Σ₁ the per-sample gradient covariance). It vanishes for a noise-free teacher
+at w* (every per-sample gradient is zero there) and dominates for noisy targets at large nβ, where the Metropolis acceptance of a
 step, computed on that step's own minibatch, cannot see it (Welling & Teh 2011 and Vollmer,
 Zygalakis & Teh, JMLR 2016, analyse the same error of stochastic-gradient Langevin dynamics).
 
