@@ -174,7 +174,7 @@ def report(version: str, cache: Path) -> str:
             detail.append(f"| {c.name} | {t:.4g} | {route} | {r['llc']:.4g} ± {r['mcse']:.2g} | {(r['llc'] - t) / t:+.1%} | "
                           f"{'yes' if r['certified'] else 'no'} | {', '.join(r['failed']) or '—'} | {r['seconds']:.0f} |")
     text = "\n".join(lines) + "\n\n" + "\n".join(detail) + "\n"
-    return text + _nbeta_table(version, rows, truths)
+    return text + _nbeta_table(version, rows, truths) + _rules_table(version, rows, truths)
 
 
 def _nbeta_table(version: str, rows: dict, truths: dict[str, float]) -> str:
@@ -195,6 +195,28 @@ def _nbeta_table(version: str, rows: dict, truths: dict[str, float]) -> str:
                    f"{r['nbeta_implied_se']:.2g} | {errs[0]:+.1%} | {errs[1]:+.1%} | {errs[2]:+.1%} |")
     k = len(got)
     out.append(f"| mean abs. rel. error ({k} cases) | | | | | | {sums[0] / k:.1%} | {sums[1] / k:.1%} | {sums[2] / k:.1%} |")
+    return "\n".join(out) + "\n"
+
+
+def _rules_table(version: str, rows: dict, truths: dict[str, float]) -> str:
+    """Each candidate rule of ``benchmarks/ladder_rules.py`` on the auto route: error per case, mean and worst."""
+    from ladder_rules import RULES
+
+    got = [(c.name, rows[(c.name, "auto")]) for c in cases(version) if "nbeta_rung" in rows.get((c.name, "auto"), {})]
+    if not got:
+        return ""
+    out = ["", "| case | truth | " + " | ".join(RULES) + " |", "|---|---|" + "---|" * len(RULES)]
+    errors = {name: [] for name in RULES}
+    for name, r in got:
+        t = truths[name]
+        cells = []
+        for rule, value in RULES.items():
+            errors[rule].append((value(r) - t) / t)
+            cells.append(f"{value(r):.4g} ({errors[rule][-1]:+.1%})")
+        out.append(f"| {name} | {t:.4g} | " + " | ".join(cells) + " |")
+    out.append(f"| mean abs. rel. error ({len(got)} cases) | | "
+               + " | ".join(f"{sum(map(abs, e)) / len(e):.1%}" for e in errors.values()) + " |")
+    out.append("| worst | | " + " | ".join(f"{max(e, key=abs):+.1%}" for e in errors.values()) + " |")
     return "\n".join(out) + "\n"
 
 

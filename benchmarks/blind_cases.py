@@ -42,6 +42,9 @@ VERSIONS = {
     # and the rule that a 4nβ run failing its own checks vouches for nothing (made after v5 was seen)
     # was run on it.
     "v6": (20261206, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v7, fixed 2026-12-03 07:45 UTC with benchmarks/ladder_rules.py (candidate values of λ from the
+    # two rungs, and the criterion for adopting one), before any engine was run on it; engine 8294470.
+    "v7": (20261207, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
 
 
