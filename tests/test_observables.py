@@ -183,7 +183,7 @@ def _no_sampling(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("sampling started before the probe was validated")
 
-    monkeypatch.setattr(lh.chains, "_loop", fail)
+    monkeypatch.setattr(lh.chains, "step_chains", fail)
 
 
 def test_probe_that_does_not_fit_the_model_fails_before_sampling(monkeypatch):

@@ -217,7 +217,7 @@ def _no_sampling(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("sampling started before the arguments were checked")
 
-    monkeypatch.setattr(lh.chains, "_loop", fail)
+    monkeypatch.setattr(lh.chains, "step_chains", fail)
 
 
 def test_bad_storage_arguments_fail_before_sampling(monkeypatch):

@@ -232,7 +232,7 @@ def _no_sampling(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("sampling started before the arguments were checked")
 
-    monkeypatch.setattr(lh.chains, "_loop", fail)
+    monkeypatch.setattr(lh.chains, "step_chains", fail)
 
 
 def test_bad_components_fail_before_sampling(monkeypatch):

@@ -16,8 +16,7 @@ Three ways to run the same chains:
   ``Client.get_executor()``, …): one task per chain, each rebuilding the potential from the
   pickled model, data and loss.
 
-The hot loop stores per-step quantities into preallocated device tensors and synchronises with
-the host only every ``check_every`` steps, to look for divergence and update the progress bar.
+The hot loop itself is :func:`lambdahat.loop.step_chains`.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import DataSource
+from .loop import forked, forked_rng, step_chains, stacked_batches
 from .noise import control_variate
 from .potential import LocalizedPotential, Potential
 from .samplers import SamplerConfig
@@ -173,7 +173,7 @@ class ChainSet:
                 self._batches = [job.data.minibatches(job.batch_size, torch.Generator())]
             else:
                 orders = [job.data.minibatch_indices(job.batch_size, torch.Generator().manual_seed(s[1])) for s in seeds]
-                self._batches = [_stacked_batches(job.data, orders)]
+                self._batches = [stacked_batches(job.data, orders)]
             self._loss_and_grad = job.potential.stacked_loss_and_grad(job.shared_batch)
             self._starts = [w_star.expand(len(self.chains), -1)]
             self._rng = [None]
@@ -190,7 +190,7 @@ class ChainSet:
         if job.paired_loss is not None and job.control_variate is None:
             anchor = job.potential.anchor_loss(mode == "vectorized" and not job.shared_batch)
             if any(module.training for module in job.model.modules()):  # dropout at w* leaves the chain's randomness alone
-                anchor = _forked(anchor, device)
+                anchor = forked(anchor, device)
             self._anchor = (anchor, job.paired_loss)
         self._states: list[Any] = [None] * len(self._starts)
         # the probe hook: per kept segment, (steps probed, per-sample losses (chain, row, sample))
@@ -248,13 +248,13 @@ class ChainSet:
             hook = None
             if probed is not None and len(probed):
                 probe_rows[i], hook = self._probe_hook(i, probed)
-            with _forked_rng(device):
+            with forked_rng(device):
                 rng = self._rng[i]
                 if isinstance(rng, tuple):
                     torch.manual_seed(rng[1])
                 elif rng is not None:
                     torch.set_rng_state(rng)
-                state, records, bad = _loop(
+                state, records, bad = step_chains(
                     sampler, self._states[i], self._starts[i], self._batches[i], self._noise[i], num_steps, job.check_every, bar,
                     hook, self._anchor,
                 )
@@ -287,7 +287,7 @@ class ChainSet:
 
     def _probe_hook(self, i: int, probed: np.ndarray) -> tuple[Any, tuple[dict[int, int], Callable]]:
         """Chain group i's probe buffer (chain, row, sample), NaN until filled, or its streaming
-        moments, and the hook of :func:`_loop` that stores row r, the probe's losses after step
+        moments, and the hook of :func:`step_chains` that stores row r, the probe's losses after step
         ``probed[r]``, in it."""
         w_star = self.job.potential.w_star
         width = self._starts[i].shape[0] if self._starts[i].dim() == 2 else 1
@@ -304,7 +304,7 @@ class ChainSet:
 
         def record(row: int, params: Tensor) -> None:
             # forked: a stochastic forward (dropout in train mode) leaves the chain's own randomness as it was
-            with _forked_rng(device):
+            with forked_rng(device):
                 keep(row, self._probe_losses(params).reshape(width, -1))
 
         return rows, ({int(t): r for r, t in enumerate(probed)}, record)
@@ -356,78 +356,3 @@ class ChainSet:
         elif self._probe_losses is not None:  # the probe hook's rows; Trace moves them to Trace.probe
             records["probe"], records["probe_step"] = self.probe_records()
         return records, list(self.first_bad)
-
-
-def _stacked_batches(data: DataSource, orders):
-    """Endless batches shaped (K, B, ...): row k is chain k's next minibatch."""
-    while True:
-        yield data.batch(torch.stack([next(order) for order in orders]))
-
-
-def _forked_rng(device: torch.device):
-    """``torch.random.fork_rng`` for ``device``: the global CPU generator (and this CUDA device's)
-    restored on exit, so that a forward in between leaves a chain's randomness as it was."""
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-
-def _forked(anchor: Callable[[Any], Tensor], device: torch.device) -> Callable[[Any], Tensor]:
-    def forked(batch: Any) -> Tensor:
-        with _forked_rng(device):
-            return anchor(batch)
-
-    return forked
-
-
-def _loop(sampler, state, start: Tensor, batches, generator, num_steps: int, check_every: int, bar, probe=None,
-          anchor=None):
-    """Step one chain (params of shape (d,)) or a stack (shape (K, d)) ``num_steps`` times from
-    ``state``, or from a fresh state at ``start`` when ``state`` is None; return the final state,
-    per-step records as float64 arrays shaped (K, num_steps) (K = 1 for one chain), and each
-    chain's first non-finite step (None if none). ``probe``: ({step: row}, record), and
-    ``record(row, params)`` is called after each of those steps (the probe hook). ``anchor``:
-    (batch -> L_B(w*), L_n(w*)): record each step's ``anchor_loss`` and make ``loss`` the paired
-    L_B(w) − L_B(w*) + L_n(w*), in float64."""
-    device = start.device
-    stacked = start.dim() == 2
-    shape = (start.shape[0], num_steps) if stacked else (num_steps,)
-    per_step: dict[str, Tensor] = {}
-    first_bad = np.full(shape[:-1] or (1,), -1)
-    done = 0
-    while done < num_steps and (first_bad < 0).any():
-        stop = min(done + check_every, num_steps)
-        for t in range(done, stop):
-            batch = next(batches)
-            if state is None:  # init sees the first step's batch (MALA evaluates its start point on it)
-                state = sampler.init(start, batch)
-            state, info = sampler.step(state, batch, generator)
-            if probe is not None and t in probe[0]:
-                probe[1](probe[0][t], state.params)
-            values = dict(zip(info._fields, info))
-            if anchor is not None:
-                values["anchor_loss"] = anchor[0](batch).expand_as(info.loss)
-            for name, value in values.items():
-                if name not in per_step:
-                    per_step[name] = torch.full(shape, float("nan"), device=device, dtype=value.dtype)
-                per_step[name][..., t] = value
-        chunk = per_step["loss"][..., done:stop].reshape(len(first_bad), -1)
-        bad = ~torch.isfinite(chunk)
-        if bool(bad.any()):
-            for k in bad.any(dim=1).nonzero().flatten().tolist():
-                if first_bad[k] < 0:
-                    first_bad[k] = done + int(bad[k].nonzero()[0])
-                    for values in per_step.values():
-                        values.view(len(first_bad), -1)[k, first_bad[k] :] = float("nan")
-        if bar is not None:
-            bar.update((stop - done) * len(first_bad))
-        done = stop
-    if bar is not None:
-        bar.update((num_steps - done) * len(first_bad))
-    records = {name: values.double().cpu().numpy() for name, values in per_step.items()}
-    if anchor is not None:
-        records["loss"] = records["loss"] - records["anchor_loss"] + anchor[1]
-    if not stacked:
-        records = {name: values[None] for name, values in records.items()}
-    bad_steps = [int(s) if s >= 0 else None for s in first_bad]
-    return state, records, (bad_steps if any(s is not None for s in bad_steps) else None)
-
-

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_map
 from torch.utils.data import (
     BatchSampler,
+    ConcatDataset,
     DataLoader,
     Dataset,
     IterableDataset,
@@ -41,7 +42,7 @@ from torch.utils.data import (
     default_convert,
 )
 
-__all__ = ["DataSource", "as_data_source"]
+__all__ = ["DataSource", "as_data_source", "followed_by"]
 
 
 class DataSource:
@@ -164,6 +165,33 @@ def as_data_source(data: Any) -> DataSource:
 
 _ITERABLE = ("data: an IterableDataset cannot be indexed, and the sampler needs random minibatches of a "
              "fixed set of n samples; pass a map-style Dataset, or the samples as (inputs, targets) tensors.")
+
+
+class _Items(Dataset):
+    """The samples of a DataSource (those of ``index``, or all), item by item."""
+
+    def __init__(self, source: DataSource, index: Tensor | None = None):
+        self.source, self.index = source, index
+
+    def __len__(self) -> int:
+        return self.source.n if self.index is None else len(self.index)
+
+    def __getitem__(self, i: int) -> Any:
+        j = int(i if self.index is None else self.index[i])
+        if self.source.tensors is None:
+            return self.source.dataset[j]  # type: ignore[index]
+        items = tuple(t[j] for t in self.source.tensors)
+        return items[0] if self.source.bare else items
+
+
+def followed_by(first: DataSource, data: DataSource, index: Tensor) -> DataSource:
+    """The samples of ``first`` followed by those of ``data`` at ``index``, as one source (a probe set
+    and its reference samples, for :mod:`lambdahat.susceptibility`)."""
+    if first.tensors is not None and data.tensors is not None:
+        tensors = tuple(torch.cat([p.to(device=d.device, dtype=d.dtype), d.index_select(0, index.to(d.device))])
+                        for p, d in zip(first.tensors, data.tensors))
+        return DataSource(tensors, bare=data.bare)
+    return DataSource(dataset=ConcatDataset([_Items(first), _Items(data, index)]), collate_fn=data.collate_fn)
 
 
 def _from_loader(loader: DataLoader) -> DataSource:

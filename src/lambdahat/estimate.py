@@ -23,6 +23,7 @@ from .adapt import Adaptation, adapt_and_sample
 from .chains import ChainJob, ChainSet, progress_enabled
 from .runs import choose_mode, run_chains
 from .data import as_data_source
+from .loop import forked_rng
 from .nbeta_rung import NbetaRung, rung_settings
 from .noise import PAIR_SPREAD, full_loss_and_grad, loss_spread
 from .potential import Potential, default_nbeta, select_params, with_precision
@@ -281,7 +282,7 @@ def _measured_w_star(model, loss_fn, names, masks, source, settings: Settings, d
     (under the run's seed: a stochastic eval-mode forward gives the same value every time)."""
     potential = Potential(model, loss_fn, names, masks)
     potential.check_loss(source.batch(torch.arange(min(settings.batch_size, source.n))))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         torch.manual_seed(settings.seed)
         init_loss = potential.full_loss(potential.w_star, source, settings.init_loss_batch_size)
     if not math.isfinite(init_loss):

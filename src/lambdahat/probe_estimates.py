@@ -43,7 +43,7 @@ def moments_bif(moments: ProbeMoments, chains: list[int], *, correlation: bool, 
     """:func:`lambdahat.bif` from moments: −Cov (or −Corr) of the queries (index queries: (q, m) or
     (q, T, m, T); weight queries: (r, m) or (r, m, T)) with every probe sample, from the pooled moments of
     ``chains``. ``samples`` restricts both sides to index queries; see :func:`lambdahat.bif`."""
-    shape, per = moments.shape, int(np.prod(moments.shape[1:]))
+    shape = moments.shape
     tokens = len(shape) == 2
     if per_token is True and not tokens:
         raise ValueError("bif: per_token=True needs a probe recorded per token; run estimate_llc(..., probe=..., "

@@ -70,9 +70,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, Dataset
 
-from .data import DataSource, as_data_source
+from .data import DataSource, as_data_source, followed_by
 from .estimate import LLCResult, estimate_llc
 from .losses import make_per_sample_loss, make_per_token_loss
 from .observables import check_compatible, check_store
@@ -230,7 +229,7 @@ def susceptibilities(
         raise ValueError(f"probe: {err}") from None
     check_compatible(probe_source, source)
     index = _reference_indices(source.n, reference)
-    combined = _with_reference(probe_source, source, index)
+    combined = followed_by(probe_source, source, index)
     m = probe_source.n
     check_store(probe_store, None)
     store = {} if probe_store == "raw" else {"probe_store": "moments", "probe_queries": reference_weights(m, len(index))}
@@ -354,32 +353,6 @@ def _reference_indices(n: int, reference: int | None) -> Tensor:
     if reference >= n:
         return torch.arange(n)
     return torch.linspace(0, n - 1, int(reference)).round().long().unique()
-
-
-class _Items(Dataset):
-    """The samples of a DataSource (those of ``index``, or all), item by item."""
-
-    def __init__(self, source: DataSource, index: Tensor | None = None):
-        self.source, self.index = source, index
-
-    def __len__(self) -> int:
-        return self.source.n if self.index is None else len(self.index)
-
-    def __getitem__(self, i: int) -> Any:
-        j = int(i if self.index is None else self.index[i])
-        if self.source.tensors is None:
-            return self.source.dataset[j]  # type: ignore[index]
-        items = tuple(t[j] for t in self.source.tensors)
-        return items[0] if self.source.bare else items
-
-
-def _with_reference(probe: DataSource, data: DataSource, index: Tensor) -> DataSource:
-    """The probe samples followed by the reference samples of ``data``, as one probe set."""
-    if probe.tensors is not None and data.tensors is not None:
-        tensors = tuple(torch.cat([p.to(device=d.device, dtype=d.dtype), d.index_select(0, index.to(d.device))])
-                        for p, d in zip(probe.tensors, data.tensors))
-        return DataSource(tensors, bare=data.bare)
-    return DataSource(dataset=ConcatDataset([_Items(probe), _Items(data, index)]), collate_fn=data.collate_fn)
 
 
 def _reference_loss(model: nn.Module, loss_fn: Callable[..., Tensor], data: DataSource, index: Tensor,

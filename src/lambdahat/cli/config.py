@@ -285,7 +285,7 @@ def read_config(args: argparse.Namespace, options: Sequence[Option], *, tables: 
                         raise ValueError(f"{key} must be a table [{key}], got {_toml(value)}")
                     if key == "estimate":
                         for name, item in value.items():
-                            _put_setting(config, name, item, settings, where=f"[estimate] ")
+                            _put_setting(config, name, item, settings, where="[estimate] ")
                     else:
                         table_options = {o.name: o for o in tables[key]}
                         for name, item in value.items():

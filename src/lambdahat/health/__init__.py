@@ -52,7 +52,6 @@ from .sampling import check_convergence, check_ess, check_ladder, check_rhat, dr
 from .sanity import check_divergence, check_negative, check_runaway
 from .step import (
     EXACT_MALA_ACCEPT_BAND,
-    MALA_ACCEPT_LOW,
     acceptance_band,
     acceptance_target,
     check_bias,

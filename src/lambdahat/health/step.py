@@ -48,10 +48,6 @@ def _normal_cdf(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2))
 
 
-#: The low end of the band at λ̂ = 1,000 (Lau et al.'s acceptance of about 0.9 as the target).
-MALA_ACCEPT_LOW = acceptance_band(1000.0)[0]
-
-
 def check_mala_accept(result: LLCResult, low: float | None = None, high: float | None = None) -> Check:
     """MALA acceptance of the sampler's own steps (``trace["mala_accept"]``, NaN where not computed).
 
