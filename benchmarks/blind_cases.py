@@ -45,6 +45,9 @@ VERSIONS = {
     # v7, fixed 2026-12-03 07:45 UTC with benchmarks/ladder_rules.py (candidate values of λ from the
     # two rungs, and the criterion for adopting one), before any engine was run on it; engine 8294470.
     "v7": (20261207, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v8, fixed 2026-12-03 07:52 UTC before the engine whose draws resume the warm-up when the noise
+    # measured in them predicts more than 5% of λ̂ (made after v6 and v7 were seen) was run on it.
+    "v8": (20261208, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
 
 
