@@ -19,7 +19,9 @@ warm-up, so the draws are one valid chain of fixed-step SGLD:
    it adds, (ε/16) nβ² E‖∇L_B₁ − ∇L_B₂‖², stays within 2% of λ̂. Where that cap holds ε far below
    what the acceptance allows, an automatic batch size is raised (else the control-variate
    gradient is switched on) and the warm-up restarts from w*. The noise is measured again during
-   the draws and judged by the ``noise`` health check.
+   the draws and judged by the ``noise`` health check; where it predicts more than
+   ``noise.NOISE_LIMIT`` (5%) of λ̂ at the frozen ε and friction (the chains travelled where the
+   noise is larger), the warm-up resumes, as it does when the draws' acceptance leaves its band.
    **Momentum.** With ``sampler="auto"`` (the default) the chains are SGHMC (Chen, Fox & Guestrin
    2014), whose friction α follows the measured noise (:func:`lambdahat.noise.choose_friction`):
    the smallest α ≥ ``noise.MIN_FRICTION`` whose noise bias, SGLD's divided by α, stays within
@@ -171,20 +173,19 @@ def _draws(warm: WarmUp, settings: Settings) -> tuple[int, list[dict[str, np.nda
         healthy = [k for k, s in enumerate(chains.first_bad) if s is None]
         if not healthy:
             break
-        acc = stopping.acceptance(records)
         losses = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
-        low = health.EXACT_MALA_ACCEPT_BAND[0] if warm.exact else \
-            health.acceptance_band(nbeta * (float(np.nanmean(losses)) - init_loss))[0]
-        if warm.auto_step and warm.auto_burnin and rewarms < MAX_REWARMS and math.isfinite(acc) and acc < low \
+        why = _why_resume(warm, stopping.acceptance(records), nbeta * (float(np.nanmean(losses)) - init_loss),
+                          draw_noise)
+        if why and warm.auto_step and warm.auto_burnin and rewarms < MAX_REWARMS \
                 and chains.steps + MIN_WARMUP < warm.budget_draws:
-            # the chains moved on into steeper ground: adapt again, and count what came before as burn-in
+            # the chains moved on into steeper or noisier ground: adapt again, and count what came before as burn-in
             rewarms += 1
-            log.notes.append(f"the draws' MALA acceptance fell to {acc:.2f} at ε = {warm.step:.3g}: the warm-up resumed")
+            log.notes.append(f"{why}: the warm-up resumed")
             warm.resume()
             chains.probe_active = True
             if warm.bar is not None:
                 warm.bar.set_description("draws")
-            burnin, draws = chains.steps, []
+            burnin, draws, draw_noise = chains.steps, [], []
             continue
         if losses.shape[1] < draw_floor:
             continue
@@ -204,6 +205,22 @@ def _draws(warm: WarmUp, settings: Settings) -> tuple[int, list[dict[str, np.nda
             burnin += moved
             draws = keep
     return burnin, draws, float(np.mean(draw_noise)) if draw_noise else None
+
+
+def _why_resume(warm: WarmUp, acceptance: float, llc: float, draw_noise: list[float]) -> str | None:
+    """Why the draws so far cannot stand at the frozen settings, or None: their MALA acceptance fell
+    below its band (the chains reached steeper ground), or the minibatch noise measured in them
+    predicts a λ̂ beyond ``noise.NOISE_LIMIT`` × λ̂ at the frozen ε and friction (the chains reached
+    noisier ground, where the ``noise`` check would refuse the result)."""
+    low = health.EXACT_MALA_ACCEPT_BAND[0] if warm.exact else health.acceptance_band(llc)[0]
+    if math.isfinite(acceptance) and acceptance < low:
+        return f"the draws' MALA acceptance fell to {acceptance:.2f} at ε = {warm.step:.3g}"
+    if draw_noise and math.isfinite(llc):
+        predicted = noise.noise_bias(warm.step, warm.nbeta, float(np.mean(draw_noise)), warm.friction)
+        if predicted > noise.NOISE_LIMIT * abs(llc):
+            return (f"the minibatch noise measured in the draws predicts {predicted:.3g} of λ̂ = {llc:.4g} "
+                    f"({predicted / abs(llc):.1%}, beyond {noise.NOISE_LIMIT:.0%}) at ε = {warm.step:.3g}, friction {warm.friction:.2g}")
+    return None
 
 
 def _explain(warm: WarmUp, settings: Settings, burnin: int, num_draws: int, draw_acc: float) -> None:

@@ -60,6 +60,9 @@ __all__ = ["NoiseMonitor", "choose_friction", "MIN_FRICTION", "gradient_noise", 
 #: The share of λ̂ that minibatch gradient noise may add: the warm-up caps ε so that
 #: :func:`noise_bias` stays below it (an automatic batch size grows instead, where it pays).
 NOISE_BIAS = 0.02
+#: The share of λ̂ beyond which the ``noise`` health check fails, and beyond which noise measured in
+#: the draws sends an adaptive run back to its warm-up.
+NOISE_LIMIT = 0.05
 #: λ̂ below this counts as this in the cap (early in the warm-up λ̂ may be near 0 or negative).
 LLC_FLOOR = 0.1
 #: Raise the batch size (or switch on the control variate) when the cap keeps ε this many times

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..noise import NOISE_LIMIT
 from ._common import Check, LLCResult, _healthy_draws, _sampler_name, _skip
 
 #: The relative step-size bias of λ̂ that :func:`acceptance_target` guarantees.
@@ -220,7 +221,7 @@ def check_bias(result: LLCResult, max_relative: float = 0.05, z: float = 2.0) ->
     )
 
 
-def check_noise(result: LLCResult, max_relative: float = 0.05) -> Check:
+def check_noise(result: LLCResult, max_relative: float = NOISE_LIMIT) -> Check:
     """The λ̂ that minibatch gradient noise adds, predicted from the noise measured in the draws.
 
     The adaptive run measures E‖∇L_B₁(w) − ∇L_B₂(w)‖² at the chains' points during the draws, for
