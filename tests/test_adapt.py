@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lambdahat as lh
-from lambdahat import adapt, cost, stopping, tasks, truth
+from lambdahat import adapt, cost, noise, stopping, tasks, truth
 from lambdahat.settings import Settings
 
 Z = 4.0
@@ -199,3 +199,29 @@ def test_a_long_run_says_how_long_it_may_take_before_it_goes_on():
     cost.announce_cost(hidden, 0.01, 40_000, 4, job)  # no progress shown: quiet
     assert len(slow.lines) == 1 and "7 min" in slow.lines[0] and "max_steps = 40000" in slow.lines[0]
     assert "full batch" in slow.lines[0] and not quick.lines and not hidden.lines
+
+
+def test_the_draws_resume_the_warm_up_where_their_noise_is_too_large():
+    """The rule (``adapt._why_resume``): noise measured in the draws that predicts more than
+    ``noise.NOISE_LIMIT`` × λ̂ at the frozen ε and friction sends the run back to its warm-up, and so
+    does an acceptance below its band; neither, nothing."""
+    from types import SimpleNamespace
+
+    warm = SimpleNamespace(exact=False, step=1e-5, nbeta=1000.0, friction=0.05)  # bias = 12.5 × noise
+    assert "predicts 6.25 of λ̂ = 100" in adapt._why_resume(warm, 0.999, 100.0, [0.5])
+    assert adapt._why_resume(warm, 0.999, 100.0, [0.3]) is None  # 3.75: within 5% of 100
+    assert adapt._why_resume(warm, float("nan"), 100.0, []) is None
+    assert "acceptance fell to 0.50" in adapt._why_resume(warm, 0.5, 100.0, [0.3])
+
+
+def test_a_resumed_warm_up_leaves_one_chain_of_frozen_draws(monkeypatch):
+    """Provoked on a real run (every noise measurement counts as too large): the warm-up resumes at
+    most MAX_REWARMS times, and the draws after the last resume ran at one frozen ε."""
+    monkeypatch.setattr(noise, "NOISE_LIMIT", 1e-9)
+    task = tasks.deep_linear_network([4, 5, 3], 2, n=5000, seed=3)
+    result = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=6000, nbeta_check=False, progress=False)
+    resumed = [note for note in result.adaptation.notes if "warm-up resumed" in note]
+    assert 1 <= len(resumed) <= adapt.MAX_REWARMS and "minibatch noise measured in the draws" in resumed[0]
+    steps = result.trace.draws("step_size")
+    assert steps.shape[1] == result.settings.num_draws and np.all(steps == result.settings.step_size)
+    assert [p["name"] for p in result.adaptation.phases].count("warm-up") == 1 + len(resumed)
