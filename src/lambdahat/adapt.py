@@ -66,7 +66,8 @@ from .warmup import MALA_ACCEPTANCE, MIN_DRAWS, MIN_WARMUP, WINDOW, WarmUp
 
 __all__ = ["Adaptation", "adapt_and_sample", "WINDOW", "MALA_ACCEPTANCE"]
 
-#: Times the draws may send the run back to the warm-up (their acceptance left its band).
+#: Times the draws may send the run back to the warm-up (their acceptance left its band, or their
+#: measured noise predicts more than ``noise.NOISE_LIMIT`` of λ̂).
 MAX_REWARMS = 3
 DRAW_BLOCK = 1_000
 
@@ -77,7 +78,8 @@ class Adaptation:
 
     ``phases``: one dict per phase (``name``, ``steps``, ``step_size``, ``localization``,
     ``acceptance``); ``notes``: one sentence per auto setting saying how it got its value;
-    ``bias`` and ``bias_mcse``: λ̂(2ε) − λ̂(ε) and its standard error (None when not measured);
+    ``bias`` and ``bias_mcse``: 2 (λ̂(ε) − λ̂(ε/2)), the step-size bias at ε by halving, and its
+    standard error (None when not measured);
     ``budget_spent``: the draws stopped at ``max_steps``, not because the checks passed;
     ``gradient_evaluations``: per chain, every phase included (a proposal check costs one more,
     a noise measurement four); ``noise_bias``: the λ̂ that minibatch noise adds, predicted from the
