@@ -116,8 +116,6 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     warm = WarmUp(chains, settings, log, init_loss=init_loss, nbeta=nbeta, num_params=num_params,
                   auto_batch=auto_batch, bar=bar)
     warm.run()  # 1-2. step size, friction, noise remedies, localisation
-    if warm.momentum:
-        warm.freeze_friction()
     burnin, draws, noise_level = _draws(warm, settings)  # 3.
     num_draws = sum(r["loss"].shape[1] for r in draws)
     draw_acc = stopping.acceptance({"mala_accept": np.concatenate([r["mala_accept"] for r in draws], axis=1)}) if (

@@ -160,7 +160,8 @@ class WarmUp:
 
     def run(self) -> None:
         """Steps 1–2 of :mod:`lambdahat.adapt`: the step size (restarting where a noise remedy pays
-        for itself), then the localisation; the phase is added to the log."""
+        for itself), then the localisation, then (SGHMC) the draws' friction and its settling
+        steps; the phase, settling included, is added to the log."""
         self.chains.probe_active = False  # all burn-in: no probe evaluations
         if self.bar is not None:
             self.bar.set_description("warm-up")
@@ -172,6 +173,8 @@ class WarmUp:
                 break
             if not self._lowered_gamma():
                 break
+        if self.momentum:
+            self.freeze_friction()
         self.log.phases.append(dict(name="warm-up", steps=self.chains.steps, step_size=self.step,
                                     localization=self.gamma, acceptance=acceptance))
 
