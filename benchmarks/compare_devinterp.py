@@ -30,7 +30,7 @@ In one run it
 
 ``--workloads none`` skips the time-per-step table (1-3).
 
-Every tool runs the same math (REFERENCE §2): w ← w − (ε/2)(nβ ∇L_B(w) + γ(w − w*)) + √ε ξ, the
+Every tool runs the same math (the update of Lau et al. 2023): w ← w − (ε/2)(nβ ∇L_B(w) + γ(w − w*)) + √ε ξ, the
 same ε, γ, nβ = n / log n, batch size, chains and draws, no burn-in. With ``--repeats N`` each
 pair runs N times (interleaved) and the fastest run is reported.
 """

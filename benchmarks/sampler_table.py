@@ -7,7 +7,7 @@ Two stages, both printed and both written to ``--out``:
 1. **Step-size sweep, on one task only** (the 4-3-8 r=0 deep linear network) and by a rule that
    never looks at the truth, as a user would calibrate:
    - SGLD and RMSProp-SGLD: the largest ε on the grid whose mean MALA acceptance of the
-     sampler's own proposals (``trace["mala_accept"]``) is ≥ 0.9 (Lau et al.; REFERENCE §2).
+     sampler's own proposals (``trace["mala_accept"]``) is ≥ 0.9 (Lau et al. 2023).
    - MALA: the largest ε on the grid with acceptance ≥ 0.6 (the 0.6–0.9 band).
    - SGHMC: the largest ε whose mean kinetic temperature ‖v‖²/(dη) is within 5% of the value
      its discretisation has for exact gradients, 2/(2 − α) (1.053 at friction α = 0.1); a larger
@@ -24,7 +24,7 @@ Two stages, both printed and both written to ``--out``:
 
 Common setting: nβ = 10⁵ / log 10⁵ ≈ 8686 (the library default n / log n at the paper's DLN n = 10⁵)
 and γ = 1 (the paper's) on every task, except the quasi-homogeneous potential, which has γ = 0
-(there E[nβ K] = Σ 1/p exactly, REFERENCE §3.2). The regression tasks use n = 2,000 noise-free
+(there E[nβ K] = Σ 1/p exactly, a product of Gamma integrals). The regression tasks use n = 2,000 noise-free
 teacher samples: L_n is then an exact quadratic form in the network's map, whose learning
 coefficient does not depend on n, so n only sets the cost of MALA's full-batch step; the
 minibatch samplers use batches of 500.

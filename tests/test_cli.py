@@ -1,13 +1,12 @@
 """Tier 4 (contract) tests of the command line and the plots.
 
-The ``truth`` commands print the exact values of REFERENCE §3 (worked examples of Aoyagi 2024 and
+The ``truth`` commands print exact learning coefficients (the worked examples of Aoyagi 2024 and
 Aoyagi & Watanabe 2005) and reject bad input with argparse's exit status 2 and a message naming
 the argument. ``demo --quick`` runs end to end on a shrunken task (the real one takes too long for
 CI) and writes its PNG. The plot functions return Figures for real, tiny estimate_llc results,
 including ones where chains diverged.
 """
 
-import inspect
 import math
 
 import numpy as np

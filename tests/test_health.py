@@ -14,7 +14,7 @@ import torch
 
 import lambdahat as lh
 from lambdahat import health, tasks
-from lambdahat.estimate import LLCResult, llc_from_trace
+from lambdahat.estimate import LLCResult
 from lambdahat.trace import Trace
 from tests._harness import small_dln
 
@@ -199,7 +199,7 @@ def test_checks_print_as_verdicts(good):
 
 def test_runaway_verdict_for_a_chain_that_climbs_without_nan():
     """Full-batch SGLD on a quadratic at ε a_max = 3.96, just inside stability: the stiffest
-    direction's variance is inflated 1/(1 − ε a/4) = 100× (REFERENCE §3.1), so λ̂ is far above
+    direction's variance is inflated 1/(1 − ε a/4) = 100× (the stationary law of the Euler chain of a quadratic), so λ̂ is far above
     d/2 while every loss stays finite. At ε a_max = 0.5 the check is quiet."""
     task = lh.tasks.linear_regression(dim=5, n=200, seed=0)
     a_max = 100.0 * max(task.info["hessian_eigenvalues"]) + 1.0

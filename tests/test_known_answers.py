@@ -1,4 +1,4 @@
-"""Tier 3: the estimator against exact answers (REFERENCE.md §3 / lambdahat.truth).
+"""Tier 3: the estimator against exact answers (lambdahat.truth: Aoyagi 2024, Aoyagi & Watanabe 2005, closed forms and quadrature).
 
 Every test states its tolerance and why. Error bars are the estimate's Monte Carlo standard
 error (from the split-chain effective sample size), and a test asks for agreement within
@@ -26,7 +26,7 @@ def _run(task, **settings):
 
 @pytest.mark.parametrize("powers", [[2], [4], [4, 2], [2, 2, 2]])
 def test_quasi_homogeneous_gamma_zero_is_exact(powers, record_known_answer):
-    """K = Σ |w_i|^{p_i}, γ = 0: E[nβ K] = Σ 1/p_i exactly, for any nβ (REFERENCE §3.2).
+    """K = Σ |w_i|^{p_i}, γ = 0: E[nβ K] = Σ 1/p_i exactly, for any nβ (a product of one-dimensional Gamma integrals).
 
     500 independent copies of the potential make one run carry ~500× the samples; the truth is
     500 · Σ 1/p_i. Tolerance 3% (the issue's): with ε = 2e-3 and nβ = 1 the Euler bias is
@@ -42,7 +42,7 @@ def test_quasi_homogeneous_gamma_zero_is_exact(powers, record_known_answer):
 
 def test_quadratic_matches_exact_finite_step_expectation(record_known_answer):
     """Linear regression at its least-squares w*: a quadratic loss, so full-batch SGLD's own
-    stationary law is known exactly at finite ε and γ (REFERENCE §3.1). Tolerance 2% (the issue's):
+    stationary law is known exactly at finite ε and γ (the Euler chain of a quadratic potential is Gaussian). Tolerance 2% (the issue's):
     the MCSE here is ≈ 0.3%, and the target already includes the ε-bias, so nothing else is left."""
     task = tasks.linear_regression(dim=50, n=1000, seed=0)
     eig = task.info["hessian_eigenvalues"]
@@ -72,7 +72,7 @@ def _crossing_quadrature(nbeta, gamma, point):
 
 def test_normal_crossing_matches_exact_finite_nbeta_value(record_known_answer):
     """K = ½ w1² w2⁴ at the origin (λ = 1/4, m = 1). At finite nβ even a perfect sampler returns
-    E_p[nβ K], which the quadrature of REFERENCE §3.6 gives exactly; this checks the sampler on a
+    E_p[nβ K], which quadrature on a sinh-spaced grid gives exactly; this checks the sampler on a
     singular model with no asymptotic excuse. The value depends on nβ/γ³ only (K is homogeneous of
     degree 6); nβ = 10, γ = 1 keeps the stiff/flat time-scale ratio small enough to mix in a CI
     budget, at a target of ≈ 0.160 per copy. Tolerance 5%: the MCSE is ≈ 1%, and the Euler bias is
@@ -89,7 +89,7 @@ def test_normal_crossing_matches_exact_finite_nbeta_value(record_known_answer):
 
 
 def test_normal_crossing_depends_on_the_point(record_known_answer):
-    """λ is local: for K = ½ w1² w2⁴, λ(0, 0) = 1/4 but λ(0, 1) = 1/2 (REFERENCE §3.3). At (0, 1)
+    """λ is local: for K = ½ w1² w2⁴, λ(0, 0) = 1/4 but λ(0, 1) = 1/2 (the learning coefficient is local; Watanabe 2009). At (0, 1)
     only w1 is constrained; γ = 100 keeps the posterior near w2 = 1 (γ = 1 would let it slide to
     the more singular origin), and nβ = 10⁴ ≫ γ makes the exact value 0.494 ≈ 1/2. ε = 4e-6 keeps
     the Euler bias in the stiff w1 direction at ε nβ/4 = 1% (at ε = 2e-5 it was a measured +5.5%,
@@ -113,13 +113,13 @@ def test_normal_crossing_depends_on_the_point(record_known_answer):
 
 # Deep linear networks and reduced-rank regression against Aoyagi's exact λ.
 #
-# One protocol, the paper's (REFERENCE §3.7) scaled to this machine: noise-free teacher targets,
+# One protocol, the paper's (Lau et al. 2023, deep linear networks) scaled to this machine: noise-free teacher targets,
 # n = 10⁵, nβ = n / log n ≈ 8686, γ = 1, batch 500, half the steps burn-in. As in the paper, the
 # step size is set per size band (there: 5e-7 for 1K–10K weights, 1e-7 for 100K): ε = 1.5e-5 for
 # widths ≤ 10, 3e-6 beyond, because the curvature of the outer layers grows with the width of the
 # inner ones. Deeper networks get twice the steps: their flat directions are of higher order and
 # take longer to fill. Only multiplicity-1 points: with m > 1 the finite-nβ value sits a further
-# ≈ (m − 1)/log nβ below λ (REFERENCE §3.3), which is the method's, not the sampler's, error.
+# ≈ (m − 1)/log nβ below λ (Watanabe 2009, ch. 6), which is the method's, not the sampler's, error.
 #
 # Tolerance 10% (the issue's). These compare a finite-nβ estimate with the nβ → ∞ value λ, so
 # the Monte Carlo error bars do not cover the gap (it is not Monte Carlo error); the tests

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import lambdahat as lh
-from lambdahat import adapt, noise
+from lambdahat import noise
 from lambdahat.samplers import SamplerConfig
 from tests._harness import small_dln
 

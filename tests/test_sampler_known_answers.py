@@ -23,7 +23,7 @@ RMSProp-SGLD's preconditioner is P = 1/(√V + eps) ≈ 1/eps = 10 wherever the 
 small next to eps = 0.1, which at nβ ≥ 10³ is almost everywhere near w*, so its ε is SGLD's / 10
 (the same effective step). SGHMC and SGNHT use SGLD's ε (the same learning rate η = ε/2).
 MALA's ε gives acceptance ≈ 0.9 on the potential and 0.7–0.9 on the DLN. Allowances: SGLD's Euler
-bias is ε a/4 = 0.5% at the potential's curvature a ≈ 10³ (REFERENCE §3.1); RMSProp-SGLD adds the
+bias is ε a/4 = 0.5% at the potential's curvature a ≈ 10³ (the Euler chain of a quadratic); RMSProp-SGLD adds the
 tilt of its uncorrected, position-dependent P (+1.3% measured); SGHMC's symplectic Euler and
 SGNHT's thermostat (−0.5% at A = 0.01, samplers/sgnht.py) are O(ε) too.
 """
@@ -88,7 +88,7 @@ QH_POWERS, QH_COEFFS, QH_COPIES = [4, 2], [1.0, 0.05], 500
 @pytest.mark.parametrize("name", ALL)
 def test_quasi_homogeneous_gamma_zero_every_sampler(name, record_known_answer):
     """K = Σ c_i |w_i|^{p_i} with γ = 0: E[nβ K] = Σ 1/p_i exactly for every nβ and every c_i
-    (REFERENCE §3.2), here 500 copies of p = (4, 2), truth 375.
+    (a product of Gamma integrals), here 500 copies of p = (4, 2), truth 375.
 
     nβ = 10⁴, the scale of real use (n / log n at n ≈ 10⁵). The coefficients (1, 0.05) give both
     coordinates a similar stiffness (curvature ≈ 10³ for p = 2, ≈ 600 at a typical point for
@@ -136,7 +136,7 @@ def test_quasi_homogeneous_at_nbeta_one(name, record_known_answer):
 
 def test_mala_quadratic_matches_the_continuous_posterior(record_known_answer):
     """Linear regression at its least-squares w*: L_n − L_n(w*) is exactly quadratic, so the
-    localised tempered posterior is Gaussian and E[λ̂] = Σ ½ nβh/(nβh + γ) (REFERENCE §3.1).
+    localised tempered posterior is Gaussian and E[λ̂] = Σ ½ nβh/(nβh + γ) (a Gaussian localised posterior).
     MALA is exact at any ε: no finite-step correction, unlike SGLD (whose own value at this ε,
     truth.quadratic_expectation(..., step_size=ε), is +13% away and must be excluded). ε a_max = 1
     gives acceptance ≈ 0.7. Tolerance 2% (the SGLD quadratic test's), MCSE ≈ 0.6%."""

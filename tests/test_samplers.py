@@ -1,6 +1,6 @@
 """Every sampler through one protocol, one Gaussian harness and its own exact checks.
 
-Tier 1 (exact) and tier 2 (statistical with closed forms) of DESIGN.md. The Gaussian harness
+Tier 1 (exact) and tier 2 (statistical with closed forms) of the test tiers (``pytest.ini_options``). The Gaussian harness
 targets U(w) = nβ L(w) + (γ/2)‖w − w*‖² with a quadratic L, i.e. a Gaussian with precision
 Λ = nβ A + γ I and mean Λ⁻¹(nβ A μ + γ w*), known exactly.
 """
@@ -211,7 +211,7 @@ def test_gaussian_harness_mean_and_covariance(name):
 
     Tolerance per statistic: 4 Monte Carlo standard errors (from the ESS of that statistic over
     (chain, draw)) plus a discretisation allowance of ε λ_max(Λ) = 5% of the scale for the
-    unadjusted samplers (their O(ε) bias; SGLD's is exactly ε λ/4 relative, REFERENCE §3.1) and
+    unadjusted samplers (their O(ε) bias; SGLD's on a quadratic is exactly the stationary variance factor 1 / (1 − ελ/4) of the Euler chain) and
     none for MALA, which is exact.
     """
     quad = _quadratic()

@@ -1,4 +1,4 @@
-"""Tier 1 (exact) tests of the SGLD update and its step-size convention (REFERENCE.md §2).
+"""Tier 1 (exact) tests of the SGLD update and its step-size convention (Lau et al. 2023's, also devinterp's ``lr``).
 
     w_{t+1} = w_t − (ε/2) [ nβ ∇L_B(w_t) + γ (w_t − w*) ] + √ε ξ_t,   ξ_t ~ N(0, I)
 
