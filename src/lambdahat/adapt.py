@@ -61,7 +61,7 @@ import numpy as np
 
 from . import diagnostics, health, noise, stopping
 from .chains import ChainSet
-from .settings import AUTO, Settings
+from .settings import Settings
 from .warmup import MALA_ACCEPTANCE, MIN_DRAWS, MIN_WARMUP, WINDOW, WarmUp
 
 __all__ = ["Adaptation", "adapt_and_sample", "WINDOW", "MALA_ACCEPTANCE"]
@@ -95,6 +95,11 @@ class Adaptation:
     discarded_steps: int = 0
     noise_bias: float | None = None
     chain_mode: str | None = None
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of every warm-up phase so far (resumed ones and SGHMC's settling included)."""
+        return sum(p["steps"] for p in self.phases if p["name"] == "warm-up")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(phases=self.phases, notes=self.notes, bias=self.bias, bias_mcse=self.bias_mcse,
@@ -144,7 +149,7 @@ def _draws(warm: WarmUp, settings: Settings) -> tuple[int, list[dict[str, np.nda
     spent; back to the warm-up if their acceptance leaves the band. Returns the burn-in length, the
     kept draws' records and the mean gradient noise measured in them (None when not measured)."""
     chains, log, nbeta, init_loss = warm.chains, warm.log, warm.nbeta, warm.init_loss
-    auto_draws = settings.num_draws == AUTO
+    auto_draws = warm.auto_draws
     draw_floor = MIN_DRAWS if auto_draws else int(settings.num_draws)
     burnin, rewarms = chains.steps, 0
     draw_noise: list[float] = []  # measured in the draws, of the gradient in use
@@ -243,10 +248,9 @@ def _explain(warm: WarmUp, settings: Settings, burnin: int, num_draws: int, draw
         log.notes.append(f"localization γ = {warm.gamma:g}" + (" (the default: the localization check passed in the warm-up)"
                                                                if warm.reductions == 0 else ""))
     if warm.auto_burnin:
-        warmed = sum(p["steps"] for p in log.phases if p["name"] == "warm-up")
         log.notes.append(f"num_burnin_steps = {burnin}: the warm-up until the acceptance and the loss level settled"
-                         + (", and draws moved to burn-in while λ̂ was still moving" if burnin > warmed else ""))
-    if settings.num_draws == AUTO:
+                         + (", and draws moved to burn-in while λ̂ was still moving" if burnin > log.warmup_steps else ""))
+    if warm.auto_draws:
         log.notes.append(
             f"num_draws = {num_draws}: " + (f"the step budget max_steps = {warm.budget} was spent before the length targets "
                                             f"(convergence, R̂, ESS ≥ {stopping.MIN_ESS:.0f}, MCSE ≤ {settings.target_rel_mcse:.0%} of λ̂) "

@@ -13,9 +13,10 @@ to λ̂, where B₁ and B₂ are two independent minibatches at the same point (
 covariance 2 Σ_B). The bias is linear in ε and, through Σ_B, inversely proportional to the batch
 size (B independent uniform draws, :meth:`lambdahat.data.DataSource.random_indices`:
 Σ_B = Σ₁ / B with Σ₁ the per-sample gradient covariance). It vanishes for a noise-free teacher
-at w* (every per-sample gradient is zero there) and dominates for noisy targets at large nβ, where the Metropolis acceptance of a
-step, computed on that step's own minibatch, cannot see it (Welling & Teh 2011 and Vollmer,
-Zygalakis & Teh, JMLR 2016, analyse the same error of stochastic-gradient Langevin dynamics).
+at w* (every per-sample gradient is zero there) and dominates for noisy targets at large nβ,
+where the Metropolis acceptance of a step, computed on that step's own minibatch, cannot see it
+(Welling & Teh 2011 and Vollmer, Zygalakis & Teh, JMLR 2016, analyse the same error of
+stochastic-gradient Langevin dynamics).
 
 Two remedies, chosen by the warm-up of :mod:`lambdahat.adapt` from the measured noise: a larger
 batch, or the **control variate** of Baker, Fearnhead, Fox & Nemeth ("Control variates for

@@ -65,6 +65,7 @@ class WarmUp:
         self.auto_step = settings.step_size == AUTO
         self.auto_gamma = settings.localization == AUTO
         self.auto_burnin = settings.num_burnin_steps == AUTO
+        self.auto_draws = settings.num_draws == AUTO
         self.budget = default_max_steps(num_params) if settings.max_steps == AUTO else int(settings.max_steps)
         self.exact = sampler.name == "mala"
         self.target = MALA_ACCEPTANCE if self.exact else health.acceptance_target(0.0)
@@ -230,8 +231,7 @@ class WarmUp:
             MIN_WARMUP // 2, min(self.max_warmup, self.budget_draws - self.chains.steps - MIN_DRAWS))
         if self.momentum:
             self.freeze_friction()
-        before = sum(p["steps"] for p in self.log.phases if p["name"] == "warm-up")
-        self.log.phases.append(dict(name="warm-up", steps=self.chains.steps - before, step_size=self.step,
+        self.log.phases.append(dict(name="warm-up", steps=self.chains.steps - self.log.warmup_steps, step_size=self.step,
                                     localization=self.gamma, acceptance=acceptance))
 
     def freeze_friction(self) -> None:
