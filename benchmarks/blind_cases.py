@@ -48,6 +48,9 @@ VERSIONS = {
     # v8, fixed 2026-12-03 07:52 UTC before the engine whose draws resume the warm-up when the noise
     # measured in them predicts more than 5% of λ̂ (made after v6 and v7 were seen) was run on it.
     "v8": (20261208, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v9, fixed 2026-12-03 14:55 UTC before the engine whose nβ check counts a change between the two
+    # rungs only beyond the 4% their biases may differ by (made after v4–v8 were seen) was run on it.
+    "v9": (20261209, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
 
 

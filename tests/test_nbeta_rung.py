@@ -28,7 +28,8 @@ def _result(llc: float, nbeta: float, rung: NbetaRung | None, mcse: float = 1e-6
 
 def test_rising_lambda_hat_of_a_normal_crossing_implies_its_learning_coefficient():
     """K = ½ w1² w2²: λ = 1/2 with multiplicity 2. The exact posterior's λ̂ at nβ = 1,000 is 24%
-    low; from it and λ̂ at 4nβ the 1/log nβ model recovers λ to within 5%."""
+    low; from it and λ̂ at 4nβ the 1/log nβ model recovers λ to within 5%. Its rise to 4nβ, 4.7% of
+    λ̂, is just beyond the 4% the two runs' biases are allowed to differ by."""
     def delta_loss(a, b):
         return 0.5 * (a * b) ** 2
 
@@ -64,14 +65,28 @@ def test_falling_lambda_hat_of_a_displaced_minimum_implies_its_learning_coeffici
 
 
 @pytest.mark.parametrize("llc_4t, mcse, ok, words", [
-    (100.4, 0.5, True, "does not change"),       # within 2 standard errors
-    (100.5, 0.01, True, "only a little"),        # significant, but implies +3.0%
-    (103.0, 0.01, False, "rises with nβ"),       # implies +17.9%
+    (104.8, 2.0, True, "does not change"),       # within 2 standard errors (5.7)
+    (103.0, 0.01, True, "does not change"),      # significant, but within the 4% the runs' biases may differ by
+    (80.0, 0.01, True, "only a little"),         # a real change, but implies +6.7%
+    (105.0, 0.01, False, "rises with nβ"),       # implies +29.9%
     (60.0, 0.01, False, "falls as nβ grows"),    # implies +13.3%
 ])
 def test_the_check_passes_a_small_change_and_fails_a_large_one(llc_4t, mcse, ok, words):
     check = health.check_nbeta(_result(100.0, 1000.0, _rung(4000.0, llc_4t, mcse), mcse=mcse))
     assert check.ok is ok and words in check.verdict, check.verdict
+
+
+def test_the_bias_allowance_is_the_bias_each_run_is_held_to():
+    """A change between two rungs within what their step-size and noise biases may differ by is
+    no evidence about nβ (the allowance is derived, not tuned: 2% + 2%)."""
+    from lambdahat.health.step import STEP_BIAS
+    from lambdahat.noise import NOISE_BIAS
+    from lambdahat.nbeta_rung import BIAS_ALLOWANCE
+
+    assert BIAS_ALLOWANCE == pytest.approx(STEP_BIAS + NOISE_BIAS)
+    edge = compare(100.0, 0.0, 1000.0, _rung(4000.0, 100.0 + 100.0 * BIAS_ALLOWANCE, 0.0))
+    beyond = compare(100.0, 0.0, 1000.0, _rung(4000.0, 100.0 + 100.0 * BIAS_ALLOWANCE + 0.1, 0.0))
+    assert edge.kind == "flat" and beyond.kind == "rising"
 
 
 def test_a_rung_that_fails_its_own_checks_vouches_for_nothing():
