@@ -118,3 +118,42 @@ def test_every_sampler_runs_a_model_with_0dim_parameters_in_both_chain_modes(nam
     assert set(seq) == set(vec)
     for key in seq:
         torch.testing.assert_close(torch.as_tensor(vec[key]), torch.as_tensor(seq[key]), rtol=1e-9, atol=1e-12)
+
+
+def test_module_call_equals_functional_call_and_leaves_the_module_alone():
+    """ModuleCall (the cheap functional_call of lambdahat.losses) on tied weights, buffers and
+    dropout: the same outputs as functional_call, the mode followed at every call, a missing name
+    routed through functional_call, and the user's module untouched."""
+    from torch.func import functional_call
+
+    from lambdahat.losses import ModuleCall
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4, bias=False)
+            self.b = nn.Linear(4, 4, bias=False)
+            self.b.weight = self.a.weight  # tied
+            self.norm = nn.BatchNorm1d(4)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.norm(self.b(torch.tanh(self.a(x)))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    call = ModuleCall(net)
+    x = torch.randn(8, 4)
+    tensors = {n: torch.randn_like(p) for n, p in net.named_parameters()}
+    tensors.update({n: b.clone() for n, b in net.named_buffers()})
+    for mode in (False, True, False):
+        net.train(mode)
+        torch.manual_seed(1)
+        expected = functional_call(net, {k: v.clone() for k, v in tensors.items()}, (x,))
+        torch.manual_seed(1)
+        assert torch.equal(call({k: v.clone() for k, v in tensors.items()}, x), expected)
+    partial = {n: t for n, t in tensors.items() if n != "a.weight"}
+    net.eval()
+    assert torch.equal(call(partial, x), functional_call(net, partial, (x,), strict=False))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
