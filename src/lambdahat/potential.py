@@ -166,6 +166,7 @@ class Potential:
                 for n in self.names
             ]
             self.w_star = torch.cat(pieces)  # a copy already: cat never returns a view
+        self._binding: tuple[Tensor, list[Tensor], dict[str, Tensor]] | None = None
 
     def tensors(self, w: Tensor) -> dict[str, Tensor]:
         """Parameters and buffers for ``functional_call``: views of w for the sampled ones."""
@@ -208,12 +209,31 @@ class Potential:
             leaf.grad = slot
         return leaves, grad
 
+    def _bound(self, w: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The leaves of :meth:`_leaves` (without their gradient slots) and the tensors of the
+        model call built from them, made once per w and reused: the samplers update w in place,
+        and the leaves are views of it. Not for masked parameters, whose tensors are rebuilt from
+        the leaves at every call."""
+        if self._binding is None or self._binding[0] is not w:
+            leaves = [piece.detach().requires_grad_(True) for piece in self._pieces(w)]
+            self._binding = (w, leaves, self._tensors_of(leaves))
+        return self._binding[1], self._binding[2]
+
     def loss_and_grad(self, w: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
         """Loss at w (detached) and its gradient with respect to w, flat (a fresh tensor)."""
         with torch.enable_grad():
-            leaves, grad = self._leaves(w)
-            loss = self._batch_loss(self._tensors_of(leaves), batch)
+            if self._masked:
+                leaves, grad = self._leaves(w)
+                tensors = self._tensors_of(leaves)
+            else:
+                leaves, tensors = self._bound(w)
+                grad = torch.zeros_like(w)
+                for leaf, slot in zip(leaves, self._pieces(grad)):
+                    leaf.grad = slot
+            loss = self._batch_loss(tensors, batch)
             self._backward(loss, leaves, grad)
+            for leaf in leaves:  # the gradient belongs to the caller alone (a sampler may reuse its memory)
+                leaf.grad = None
         return loss.detach(), grad
 
     def _backward(self, loss: Tensor, leaves: list[Tensor], grad: Tensor) -> None:
