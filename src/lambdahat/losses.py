@@ -145,8 +145,9 @@ class ModuleCall:
     (shared ones at every place they appear) are set to ``tensors`` by plain assignment before each
     call and never swapped back: nobody else uses the copy, and the user's module is never written
     to. The copy holds no weights of its own and takes each module's train/eval mode from the
-    user's module at every call. On a 10k-weight MLP this takes about 12% off a
-    loss-and-gradient call (1.04 ms → 0.90 ms; 17% on a 2-weight model), with identical results.
+    user's module at every call. Results are identical; in a microbenchmark of one
+    loss-and-gradient call it took 1.04 → 0.90 ms on a 10k-weight MLP, 0.30 → 0.25 ms on a
+    2-weight model (docs/speed.md).
     A call whose ``tensors`` miss a name, or a module that cannot be copied, goes through
     ``functional_call`` instead.
     """
