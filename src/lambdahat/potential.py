@@ -3,8 +3,8 @@ potential the samplers target.
 
 The sampled parameters (all trainable ones, or the subset chosen for a weight-refined LLC) are
 packed into one flat vector w; the rest stay frozen at w*. ``loss(w, batch)`` runs the user's
-model through ``torch.func.functional_call`` on views of w, so the user's module is never
-written to. Buffers are cloned once, so even a model sampled in train mode (BatchNorm updating
+model on views of w through :class:`lambdahat.losses.ModuleCall` (``torch.func.functional_call``'s
+effect on a private weightless copy of the module), so the user's module is never written to. Buffers are cloned once, so even a model sampled in train mode (BatchNorm updating
 its running statistics) leaves the user's buffers as they were.
 """
 
@@ -157,7 +157,7 @@ class Potential:
         self.numels = [len(self._masked[n][0]) if n in self._masked else named[n].numel() for n in self.names]
         self.num_params = sum(self.numels)
         sampled = set(self.names)
-        # everything functional_call needs besides w: the frozen parameters and cloned buffers
+        # everything the model call needs besides w: the frozen parameters and cloned buffers
         self._fixed = {n: p.detach() for n, p in named.items() if n not in sampled}
         self._fixed.update({n: b.detach().clone() for n, b in model.named_buffers()})
         with torch.no_grad():
@@ -169,7 +169,7 @@ class Potential:
         self._binding: tuple[Tensor, list[Tensor], dict[str, Tensor]] | None = None
 
     def tensors(self, w: Tensor) -> dict[str, Tensor]:
-        """Parameters and buffers for ``functional_call``: views of w for the sampled ones."""
+        """Parameters and buffers for the model call: views of w for the sampled ones."""
         return self._tensors_of(self._pieces(w))
 
     def _pieces(self, w: Tensor) -> list[Tensor]:
