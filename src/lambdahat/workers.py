@@ -80,3 +80,9 @@ def stop_pool(pool: ProcessPoolExecutor | None) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.join(timeout=5)
+    # shutdown(wait=False) leaves the pool's manager thread to close its wake-up pipe on its own; if
+    # that races the interpreter's exit hook writing to the pipe, Python before 3.12 prints
+    # "Bad file descriptor" with a traceback after a Ctrl-C. Joined here, it has finished first.
+    manager = getattr(pool, "_executor_manager_thread", None)  # private before 3.14, like _processes
+    if manager is not None and manager.is_alive():
+        manager.join(timeout=5)
