@@ -182,14 +182,15 @@ class ModuleCall:
 
 
 class FunctionalModel:
-    """A stand-in for the user's module whose calls run on given parameters and buffers
-    (:class:`ModuleCall`); the module itself is never modified. Attribute access falls through
+    """A stand-in for the user's module whose calls run on given parameters and buffers through
+    ``call`` (the :class:`ModuleCall` of that module, built once by the caller: building one copies
+    the module's structure); the module itself is never modified. Attribute access falls through
     to the module."""
 
-    def __init__(self, module: nn.Module, tensors: dict[str, Tensor], call: ModuleCall | None = None):
+    def __init__(self, module: nn.Module, tensors: dict[str, Tensor], call: ModuleCall):
         self._module = module
         self._tensors = tensors
-        self._call = call if call is not None else ModuleCall(module)
+        self._call = call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(self._tensors, *args, **kwargs)

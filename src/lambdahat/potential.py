@@ -4,8 +4,9 @@ potential the samplers target.
 The sampled parameters (all trainable ones, or the subset chosen for a weight-refined LLC) are
 packed into one flat vector w; the rest stay frozen at w*. ``loss(w, batch)`` runs the user's
 model on views of w through :class:`lambdahat.losses.ModuleCall` (``torch.func.functional_call``'s
-effect on a private weightless copy of the module), so the user's module is never written to. Buffers are cloned once, so even a model sampled in train mode (BatchNorm updating
-its running statistics) leaves the user's buffers as they were.
+effect on a private weightless copy of the module), so the user's module is never written to.
+Buffers are cloned once, so even a model sampled in train mode (BatchNorm updating its running
+statistics) leaves the user's buffers as they were.
 """
 
 from __future__ import annotations
@@ -195,27 +196,35 @@ class Potential:
         return self._batch_loss(self.tensors(w), batch)
 
     def _leaves(self, w: Tensor) -> tuple[list[Tensor], Tensor]:
-        """The pieces of w (views, no copy) as autograd leaves, each with its ``.grad`` preset to
-        its slice of one zeroed flat gradient, which is returned.
+        """The pieces of w as autograd leaves (:meth:`_new_leaves`) with their gradient slots
+        (:meth:`_gradient_slots`), and the flat gradient the slots are slices of."""
+        leaves = self._new_leaves(w)
+        return leaves, self._gradient_slots(leaves, w)
+
+    def _new_leaves(self, w: Tensor) -> list[Tensor]:
+        """The pieces of w (views, no copy) as autograd leaves, shaped like the parameters so that
+        no view node of the forward's start delays the gradient accumulation to the end of the
+        backward pass."""
+        return [piece.detach().requires_grad_(True) for piece in self._pieces(w)]
+
+    def _gradient_slots(self, leaves: list[Tensor], w: Tensor) -> Tensor:
+        """One zeroed flat gradient shaped like w, each leaf's ``.grad`` preset to its slice.
 
         Autograd adds each parameter's gradient into that slice in place as soon as it is
         computed, so the flat gradient is built without ever holding a second copy: a single
         flat leaf would hold every parameter's gradient and then their concatenation (twice the
-        parameter bytes). The leaves are shaped like the parameters so that no view node of the
-        forward's start delays the accumulation to the end of the backward pass."""
+        parameter bytes)."""
         grad = torch.zeros_like(w)
-        leaves = [piece.detach().requires_grad_(True) for piece in self._pieces(w)]
         for leaf, slot in zip(leaves, self._pieces(grad)):
             leaf.grad = slot
-        return leaves, grad
+        return grad
 
     def _bound(self, w: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """The leaves of :meth:`_leaves` (without their gradient slots) and the tensors of the
-        model call built from them, made once per w and reused: the samplers update w in place,
-        and the leaves are views of it. Not for masked parameters, whose tensors are rebuilt from
-        the leaves at every call."""
+        """The leaves of :meth:`_new_leaves` and the tensors of the model call built from them,
+        made once per w and reused: the samplers update w in place, and the leaves are views of
+        it. Not for masked parameters, whose tensors are rebuilt from the leaves at every call."""
         if self._binding is None or self._binding[0] is not w:
-            leaves = [piece.detach().requires_grad_(True) for piece in self._pieces(w)]
+            leaves = self._new_leaves(w)
             self._binding = (w, leaves, self._tensors_of(leaves))
         return self._binding[1], self._binding[2]
 
@@ -223,13 +232,11 @@ class Potential:
         """Loss at w (detached) and its gradient with respect to w, flat (a fresh tensor)."""
         with torch.enable_grad():
             if self._masked:
-                leaves, grad = self._leaves(w)
+                leaves = self._new_leaves(w)
                 tensors = self._tensors_of(leaves)
             else:
                 leaves, tensors = self._bound(w)
-                grad = torch.zeros_like(w)
-                for leaf, slot in zip(leaves, self._pieces(grad)):
-                    leaf.grad = slot
+            grad = self._gradient_slots(leaves, w)
             loss = self._batch_loss(tensors, batch)
             self._backward(loss, leaves, grad)
             for leaf in leaves:  # the gradient belongs to the caller alone (a sampler may reuse its memory)
