@@ -51,7 +51,14 @@ VERSIONS = {
     # v9, fixed 2026-12-03 14:55 UTC before the engine whose nβ check counts a change between the two
     # rungs only beyond the 4% their biases may differ by (made after v4–v8 were seen) was run on it.
     "v9": (20261209, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v10, fixed 2026-12-04 19:00 UTC before any engine was run on it: the engine of v9 unchanged,
+    # on teachers whose layers' singular subspaces are aligned (``tasks.deep_linear_network``'s
+    # ``aligned``; from v10 on, ALIGNED_FROM), so that the product keeps singular values near 1 —
+    # with independent subspaces they fell to 10⁻³–10⁻² at depth 5, below the posterior's resolution.
+    "v10": (20261210, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
+#: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
+ALIGNED_FROM = 10
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ def _dln_widths(rng: np.random.Generator, target: int, depth: int) -> list[int]:
 
 def cases(version: str = "v1") -> list[Case]:
     seed0, per_band = VERSIONS[version]
+    aligned = int(version[1:]) >= ALIGNED_FROM
     rng = np.random.default_rng(seed0)
     out: list[Case] = []
     for band, count in per_band.items():
@@ -84,14 +92,15 @@ def cases(version: str = "v1") -> list[Case]:
             n = int(rng.choice([10_000, 30_000, 100_000]))
             seed = int(rng.integers(0, 2**31))
             out.append(Case(f"dln {'-'.join(map(str, widths))} r={rank} n={n}", "dln", band,
-                            dict(widths=widths, rank=rank, n=n, seed=seed)))
+                            dict(widths=widths, rank=rank, n=n, seed=seed, aligned=aligned)))
     for i in range(3):
         m, h, k = (int(rng.integers(3, 13)) for _ in range(3))
         rank = int(rng.integers(0, min(m, h, k) + 1))
         n = int(rng.choice([10_000, 30_000, 100_000]))
         seed = int(rng.integers(0, 2**31))
         out.append(Case(f"rrr {m}-{h}-{k} r={rank} n={n}", "rrr", "rrr",
-                        dict(input_dim=m, hidden_dim=h, output_dim=k, rank=rank, n=n, noise=1.0, seed=seed)))
+                        dict(input_dim=m, hidden_dim=h, output_dim=k, rank=rank, n=n, noise=1.0, seed=seed,
+                             aligned=aligned)))
     for exponents, copies in (((1, 2), 1), ((1, 3), 8)):
         n = int(rng.choice([10_000, 30_000, 100_000]))
         seed = int(rng.integers(0, 2**31))
@@ -106,10 +115,10 @@ def build(case: Case):
 
     p = case.params
     if case.kind == "dln":
-        return tasks.deep_linear_network(p["widths"], p["rank"], n=p["n"], seed=p["seed"])
+        return tasks.deep_linear_network(p["widths"], p["rank"], n=p["n"], seed=p["seed"], aligned=p["aligned"])
     if case.kind == "rrr":
         return tasks.reduced_rank_regression(p["input_dim"], p["hidden_dim"], p["output_dim"], p["rank"],
-                                             n=p["n"], noise=p["noise"], seed=p["seed"])
+                                             n=p["n"], noise=p["noise"], seed=p["seed"], aligned=p["aligned"])
     return tasks.normal_crossing(p["exponents"], n=p["n"], copies=p["copies"], seed=p["seed"])
 
 

@@ -45,14 +45,25 @@ class Task:
         return int(self.data[0].shape[0])
 
 
-def _rank_r_matrix(rows: int, cols: int, rank: int, gen: torch.Generator) -> Tensor:
-    """A random rows × cols matrix of rank exactly ``rank`` (singular values in [0.75, 1.25])."""
+def _rank_r_matrix(rows: int, cols: int, rank: int, gen: torch.Generator,
+                   inputs: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """A random rows × cols matrix of rank exactly ``rank`` (singular values in [0.75, 1.25]), and
+    its output directions (its left singular vectors, rows × rank; None for rank 0).
+
+    ``inputs`` (cols × k orthonormal columns, the previous layer's output directions), if given,
+    become its first min(k, rank) right singular vectors, so that a product of such layers keeps
+    every singular value of its layers' scale instead of losing a factor of about √(rank / width)
+    at each junction of independently drawn subspaces."""
     if rank == 0:
-        return torch.zeros(rows, cols)
+        return torch.zeros(rows, cols), None
     u, _ = torch.linalg.qr(torch.randn(rows, rank, generator=gen))
     v, _ = torch.linalg.qr(torch.randn(cols, rank, generator=gen))
+    if inputs is not None:
+        k = min(inputs.shape[1], rank)
+        v, _ = torch.linalg.qr(torch.cat([inputs[:, :k], v[:, k:]], dim=1))
+        v[:, :k] = inputs[:, :k]  # QR may flip their signs; the rest is already orthogonal to them
     s = 0.75 + 0.5 * torch.rand(rank, generator=gen)
-    return (u * s) @ v.T
+    return (u * s) @ v.T, u
 
 
 def deep_linear_network(
@@ -62,6 +73,7 @@ def deep_linear_network(
     noise: float = 0.0,
     seed: int = 0,
     layer_ranks: Sequence[int] | None = None,
+    aligned: bool = True,
 ) -> Task:
     """A bias-free deep linear network f(x) = W_L ⋯ W_1 x at a teacher whose every layer has rank r.
 
@@ -74,6 +86,14 @@ def deep_linear_network(
     ``layer_ranks`` gives each layer its own rank instead (Lau et al.'s rank-reduced teachers);
     their minimum must be ``rank``, the rank of the product. ``truth`` is then still Aoyagi's
     global λ for that rank, which the LLC at such a w* can exceed.
+
+    ``aligned`` (the default) makes each layer's input directions the previous layer's output
+    directions, so the product's r singular values stay within [0.75^L, 1.25^L]. Drawn
+    independently (``aligned=False``), the subspaces shrink the product by about √(r / width) per
+    junction: at depth 5 its singular values fall to 10⁻³–10⁻² from layers near 1, below the
+    posterior's resolution 1/√(nβ) (0.03 at n = 10⁴), so that the data cannot tell the teacher from
+    one of lower rank and λ̂ approaches that rank's coefficient, not λ (docs/accuracy.md). Both
+    points lie in the same rank stratum, so λ is the same; only the n it takes to see it differs.
     """
     widths = [int(w) for w in widths]
     lc = truth.deep_linear_network(widths, rank)
@@ -88,22 +108,26 @@ def deep_linear_network(
     gen = torch.Generator().manual_seed(seed)
     layers = [nn.Linear(a, b, bias=False) for a, b in zip(widths[:-1], widths[1:])]
     with torch.no_grad():
+        outputs = None  # the previous layer's output directions, when aligned
         for layer, r in zip(layers, ranks):
-            layer.weight.copy_(_rank_r_matrix(layer.out_features, layer.in_features, r, gen))
+            weight, outputs = _rank_r_matrix(layer.out_features, layer.in_features, r, gen, outputs if aligned else None)
+            layer.weight.copy_(weight)
     model = nn.Sequential(*layers)
     x = torch.randn(n, widths[0], generator=gen)
     with torch.no_grad():
         y = model(x) + noise * torch.randn(n, widths[-1], generator=gen)
     name = f"dln {'-'.join(map(str, widths))} r={rank}"
     return Task(name, model, (x, y), losses.gaussian_nll, lc,
-                {"widths": widths, "rank": rank, "layer_ranks": ranks, "noise": noise})
+                {"widths": widths, "rank": rank, "layer_ranks": ranks, "noise": noise, "aligned": aligned})
 
 
 def reduced_rank_regression(
-    input_dim: int, hidden_dim: int, output_dim: int, rank: int, n: int = 10_000, noise: float = 0.0, seed: int = 0
+    input_dim: int, hidden_dim: int, output_dim: int, rank: int, n: int = 10_000, noise: float = 0.0, seed: int = 0,
+    aligned: bool = True,
 ) -> Task:
-    """f(x) = B A x with A: H × M, B: N × H at a rank-r teacher (Aoyagi & Watanabe 2005)."""
-    task = deep_linear_network([input_dim, hidden_dim, output_dim], rank, n=n, noise=noise, seed=seed)
+    """f(x) = B A x with A: H × M, B: N × H at a rank-r teacher (Aoyagi & Watanabe 2005); ``aligned``
+    as in :func:`deep_linear_network`."""
+    task = deep_linear_network([input_dim, hidden_dim, output_dim], rank, n=n, noise=noise, seed=seed, aligned=aligned)
     task.truth = truth.reduced_rank_regression(input_dim, hidden_dim, output_dim, rank)
     task.name = f"rrr M={input_dim} H={hidden_dim} N={output_dim} r={rank}"
     return task
