@@ -130,8 +130,11 @@ def random_network(band: int, index: int, rank_reduced: bool, seed: int) -> Netw
 
 
 def teacher_task(net: Network, n: int, seed: int, device: str = "cpu") -> tasks.Task:
-    """The DLN at its teacher, with n inputs x ~ N(0, I) and noise-free targets, on ``device``."""
-    task = tasks.deep_linear_network(net.widths, net.rank, n=n, seed=seed, layer_ranks=net.layer_ranks)
+    """The DLN at its teacher, with n inputs x ~ N(0, I) and noise-free targets, on ``device``.
+
+    The paper's protocol draws each layer at random (``aligned=False``: independent singular
+    subspaces), and the tables of docs/results.md were measured on such teachers."""
+    task = tasks.deep_linear_network(net.widths, net.rank, n=n, seed=seed, layer_ranks=net.layer_ranks, aligned=False)
     task.model = task.model.to(device)
     task.data = tuple(t.to(device) for t in task.data)
     return task
