@@ -56,6 +56,9 @@ VERSIONS = {
     # ``aligned``; from v10 on, ALIGNED_FROM), so that the product keeps singular values near 1 —
     # with independent subspaces they fell to 10⁻³–10⁻² at depth 5, below the posterior's resolution.
     "v10": (20261210, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v11, fixed 2026-12-04 19:25 UTC before the engine whose default step budget halves per decade
+    # of weights instead of in bands (settings.default_max_steps; made after v10 was seen) was run on it.
+    "v11": (20261211, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10

@@ -225,3 +225,14 @@ def test_a_resumed_warm_up_leaves_one_chain_of_frozen_draws(monkeypatch):
     steps = result.trace.draws("step_size")
     assert steps.shape[1] == result.settings.num_draws and np.all(steps == result.settings.step_size)
     assert [p["name"] for p in result.adaptation.phases].count("warm-up") == 1 + len(resumed)
+
+
+def test_the_default_step_budget_halves_per_decade_without_cliffs():
+    from lambdahat.settings import default_max_steps
+
+    anchors = {100: 40_000, 1_000: 40_000, 10_000: 20_000, 100_000: 10_000, 1_000_000: 5_000, 10**8: 5_000}
+    assert {d: default_max_steps(d) for d in anchors} == anchors
+    sizes = np.unique(np.geomspace(1_000, 2_000_000, 400).astype(int))
+    budgets = [default_max_steps(int(d)) for d in sizes]
+    assert all(a >= b for a, b in zip(budgets, budgets[1:]))  # never more steps for a larger model
+    assert max(a / b for a, b in zip(budgets, budgets[1:])) < 1.05  # and no cliff (the old bands halved at 10³ + 1)

@@ -74,7 +74,8 @@ class Settings:
         "the measured minibatch noise allows (the warm-up chooses it), else sgld", "str"))
     max_steps: int | str = field(default=AUTO, metadata=_help(
         "budget of steps per chain for the auto settings (warm-up, burn-in, draws and the bias check together); "
-        "auto: 40,000 up to 1,000 sampled weights, 20,000 up to 10,000, 10,000 up to 100,000, 5,000 beyond "
+        "auto: 40,000 up to 1,000 sampled weights, then halved with every tenfold more (20,000 at 10⁴, 10,000 at "
+        "10⁵), never below 5,000 "
         "(a count of steps, not of seconds, so that a seed gives the same result on any machine)", "int_or_auto"))
     nbeta_check: bool | str = field(default=AUTO, metadata=_help(
         "measure λ̂ again at 4nβ (one more run) to see whether the value at nβ is already the learning coefficient "
@@ -222,11 +223,14 @@ class Settings:
 
 
 def default_max_steps(num_params: int) -> int:
-    """The step budget ``max_steps="auto"`` means for a model of ``num_params`` sampled weights."""
-    for limit, steps in ((1_000, 40_000), (10_000, 20_000), (100_000, 10_000)):
-        if num_params <= limit:
-            return steps
-    return 5_000
+    """The step budget ``max_steps="auto"`` means for a model of ``num_params`` sampled weights:
+    40,000 up to 1,000 weights, then halved with every tenfold more (20,000 at 10⁴, 10,000 at 10⁵),
+    never below 5,000, rounded to 100. A step's cost grows about in proportion to the weights, so
+    the longest run at each size is that of the size bands this replaces (40k / 20k / 10k / 5k up
+    to 10³ / 10⁴ / 10⁵ / beyond), without their cliffs: 1,001 weights had half the budget of 1,000."""
+    if num_params <= 1_000:
+        return 40_000
+    return max(5_000, int(round(40_000 * (1_000 / num_params) ** math.log10(2), -2)))
 
 
 def parse_setting(name: str, text: str) -> Any:
