@@ -123,8 +123,9 @@ def test_normal_crossing_depends_on_the_point(record_known_answer):
 # networks) scaled to this machine: γ = 1, batch 500, half the steps burn-in, ε per size band (there
 # 5e-7 for 1K–10K weights, 1e-7 for 100K; here 1.5e-5 for widths ≤ 10, 3e-6 beyond). The deep
 # linear networks run with no sampling settings, as a user would: that hand rule's ε·nβ = 0.13
-# overshoots them by step-size bias (+18% and +33% at depth 4 and 5, +18% on 3-2-4 at aligned
-# teachers, 2026-12-04), which the warm-up's acceptance target avoids.
+# overshoots them by step-size bias (with 4 chains × 60,000 steps on the earlier, unaligned teachers
+# +18% at depth 4 and +21% at depth 5; on aligned teachers +33% on 10-10-10-10-10 and +18% on 3-2-4,
+# 2026-12-04), which the warm-up's acceptance target avoids.
 #
 # Tolerance 10% (the issue's). These compare a finite-nβ estimate with the nβ → ∞ value λ, so
 # the Monte Carlo error bars do not cover the gap (it is not Monte Carlo error); the tests
