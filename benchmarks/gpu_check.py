@@ -373,7 +373,9 @@ def dln_sizes(quick: bool) -> list[dict[str, Any]]:
 def dln_step_sizes(width: int, nbeta: float) -> list[float]:
     """ε·nβ ∈ {0.03, 0.06, 0.12, 0.24}. Measured on the CPU with these settings (300 steps): H = 500,
     n = 10⁵ (1M weights): −77%, −42%, −4%, +45% against Aoyagi's λ and divergence at 0.49;
-    H = 50, n = 5000: +1% at 0.12; H = 158, n = 5000: +20% at 0.06, divergence at 0.12."""
+    H = 50, n = 5000: +1% at 0.12; H = 158, n = 5000: +20% at 0.06, divergence at 0.12 — on teachers
+    drawn before ``tasks`` aligned the layers' subspaces; the aligned ones are stiffer, so the grid's
+    upper end may diverge (every ε of the grid is reported with its own λ̂ or error)."""
     return [float(f"{c / nbeta:.3g}") for c in (0.03, 0.06, 0.12, 0.24)]
 
 
