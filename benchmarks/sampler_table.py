@@ -50,8 +50,6 @@ from lambdahat import tasks, truth
 
 NBETA = 1e5 / math.log(1e5)
 GAMMA = 1.0
-#: Teachers drawn with independent layer subspaces (``aligned=False``): the tables of docs/samplers.md
-#: were measured on those, before the tasks aligned them.
 N = 2000
 BATCH = 500
 SAMPLERS = ["sgld", "rmsprop_sgld", "sghmc", "sgnht", "mala"]
@@ -69,9 +67,15 @@ class Case:
     exact: bool = False  # the target is the exact finite-nβ value (a perfect sampler's answer)
 
 
+def _teacher(widths, rank):
+    """The DLN task of every table here: layers drawn with independent subspaces (``aligned=False``),
+    the teachers docs/samplers.md was measured on, before the tasks aligned them."""
+    return tasks.deep_linear_network(widths, rank, n=N, seed=1, aligned=False)
+
+
 def _dln(widths, rank):
     def build():
-        return tasks.deep_linear_network(widths, rank, n=N, seed=1, aligned=False)
+        return _teacher(widths, rank)
 
     return Case(f"DLN {'-'.join(map(str, widths))} r={rank}", build, lambda t: float(t.truth.value), "λ (Aoyagi)")
 
@@ -169,7 +173,7 @@ def run(task, sampler, step, *, localization, chains, steps, batch=BATCH, seed=0
 
 def sweep(chains, steps, log):
     widths, rank = SWEEP_TASK
-    task = tasks.deep_linear_network(widths, rank, n=N, seed=1, aligned=False)
+    task = _teacher(widths, rank)
     rows, chosen = [], {}
     for sampler in ["sgld", "rmsprop_sgld", "sghmc", "mala"]:
         for step in GRID:
@@ -266,7 +270,7 @@ def default_check():
     for widths, rank in [((30, 20, 10), 1), ((8, 4, 6, 5), 1)]:
         out = {}
         for sampler, step in [("mala", 2e-5), ("sgld", 1e-4), ("sgld", 2e-5)]:
-            task = tasks.deep_linear_network(widths, rank, n=N, seed=1, aligned=False)
+            task = _teacher(widths, rank)
             out[sampler, step] = run(task, sampler, step, localization=100.0, chains=3, steps=4000)
         ref = out["mala", 2e-5]
         cells = [f"{ref['estimate']:.4g} ± {ref['mcse']:.2g} ({ref['accept']:.2f})"]

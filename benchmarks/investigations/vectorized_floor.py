@@ -55,15 +55,15 @@ def passes():
     single = [p.clone().requires_grad_(True) for p in params]
     stacked = [p.expand(K, *p.shape).clone().requires_grad_(True) for p in params]
 
-    def sequential():
-        for k in range(K):
-            loss = workloads.loss_fn(model_of(single, xs[k]), ys[k])
-            torch.autograd.grad(loss, single)
-
     def model_of(p, xb):
         h = F.relu(F.linear(xb, p[0], p[1]))
         h = F.relu(F.linear(h, p[2], p[3]))
         return F.linear(h, p[4], p[5])
+
+    def sequential():
+        for k in range(K):
+            loss = workloads.loss_fn(model_of(single, xs[k]), ys[k])
+            torch.autograd.grad(loss, single)
 
     def hand_batched():
         h = torch.relu(torch.baddbmm(stacked[1].unsqueeze(1), xs, stacked[0].transpose(1, 2)))
