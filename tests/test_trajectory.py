@@ -519,6 +519,29 @@ if __name__ == "__main__":
 """
 
 
+def test_stopping_a_pool_waits_for_its_manager_thread(monkeypatch):
+    """After stop_pool no thread of the pool is left to race the interpreter's exit hook on the
+    pool's wake-up pipe (that race failed the hook, and the process then aborted on a Ctrl-C): the
+    manager thread is joined even when it is slow to close the pool, here by a second."""
+    import concurrent.futures.process as futures_process
+
+    from lambdahat.workers import stop_pool, worker_pool
+
+    pool = worker_pool(1)
+    pool.submit(int, 1).result()
+    manager, wakeup = pool._executor_manager_thread, pool._executor_manager_thread_wakeup
+    slow_close = futures_process._ExecutorManagerThread.join_executor_internals
+
+    def slower(self):
+        time.sleep(1.0)
+        slow_close(self)
+
+    monkeypatch.setattr(futures_process._ExecutorManagerThread, "join_executor_internals", slower)
+    stop_pool(pool)
+    assert not manager.is_alive()
+    assert wakeup._closed  # the exit hook's wakeup() is now a no-op
+
+
 def test_an_idle_worker_exits_when_its_parent_is_killed(tmp_path):
     """The case that orphaned workers (an idle worker waits for work forever): it must exit within
     seconds of a SIGKILL of its parent, through its watch on the parent."""

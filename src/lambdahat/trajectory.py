@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,7 @@ def trajectory(
     pool = _worker_pool(workers) if workers is not None else None
     executor = pool or executor
     threads: ThreadPoolExecutor | None = None
+    futures: dict = {}
     interrupted = False
     bar = tqdm(total=len(items), desc="checkpoints", unit="ckpt", disable=not progress_enabled(progress))
 
@@ -344,6 +345,9 @@ def trajectory(
         interrupted = True
         if pool is not None:
             _stop_pool(pool)
+            # the checkpoints' threads now fail at once on the stopped pool; let them end before the
+            # interpreter does, so none is inside torch at exit
+            wait(futures, timeout=30)
         partial = _result(items, rows, verdicts, results, cached, settings)
         raise TrajectoryInterrupted(len(cached) + len(results) if cache else 0, len(items), partial) from err
     finally:

@@ -70,6 +70,8 @@ def stop_pool(pool: ProcessPoolExecutor | None) -> None:
     if pool is None:
         return
     processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before 3.14
+    # taken before shutdown, which sets the attribute to None (private before 3.14, like _processes)
+    manager = getattr(pool, "_executor_manager_thread", None)
     terminate = getattr(pool, "terminate_workers", None)  # Python ≥ 3.14
     if terminate is not None:
         terminate()
@@ -80,9 +82,9 @@ def stop_pool(pool: ProcessPoolExecutor | None) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.join(timeout=5)
-    # shutdown(wait=False) leaves the pool's manager thread to close its wake-up pipe on its own; if
-    # that races the interpreter's exit hook writing to the pipe, Python before 3.12 prints
-    # "Bad file descriptor" with a traceback after a Ctrl-C. Joined here, it has finished first.
-    manager = getattr(pool, "_executor_manager_thread", None)  # private before 3.14, like _processes
+    # shutdown(wait=False) leaves the pool's manager thread to close its wake-up pipe on its own. If
+    # that races the interpreter's exit hook writing to the pipe, the hook fails ("Bad file
+    # descriptor"), the interpreter skips joining the remaining threads, and a thread still in torch
+    # at exit aborts the process. Joined here, the manager has closed the pipe first.
     if manager is not None and manager.is_alive():
-        manager.join(timeout=5)
+        manager.join(timeout=30)
