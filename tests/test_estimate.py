@@ -268,7 +268,7 @@ def test_dataloader_batch_size_is_the_default_and_clipped_to_n():
     assert r.config["batch_size"] == 30 and r.config["n"] == 30
 
 
-def test_criterion_and_model_loss_forms_give_identical_traces():
+def test_criterion_and_model_loss_forms_give_the_same_chains():
     x, y = _data(n=30)
     model = _mlp()
 
@@ -285,7 +285,10 @@ def test_criterion_and_model_loss_forms_give_identical_traces():
         for loss in (nn.MSELoss(), F.mse_loss, model_loss, by_hand)
     ]
     assert _same_trace(runs[0], runs[1])
-    assert _same_trace(runs[0], runs[2])
+    # the same chains; the criterion form's loss values are exact in float64 (losses._ExactValue),
+    # the model form's are the float32 ones it returns
+    assert np.array_equal(runs[0].trace["distance"], runs[2].trace["distance"])
+    np.testing.assert_allclose(runs[2].trace["loss"], runs[0].trace["loss"], rtol=1e-6)
     np.testing.assert_allclose(runs[3].trace["loss"], runs[0].trace["loss"], rtol=1e-5)
 
 

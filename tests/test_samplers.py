@@ -439,6 +439,42 @@ def test_sgld_acceptance_tracks_the_step_size():
     assert rates[0] > 0.99 and rates[0] > rates[1] > rates[2] and rates[2] < 0.75, rates
 
 
+def _noisy_linear_regression(n=4096, seed=0):
+    """A float32 linear model at its teacher (zero) with unit-variance noise in nine outputs:
+    L_n(w*) ≈ 5.4, so nβ L_B is about 5·10⁴ at nβ = 10⁴ while a small step changes it by far less."""
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Linear(3, 9, bias=False)
+    nn.init.zeros_(model.weight)
+    x = torch.randn(n, 3, generator=gen)
+    return Potential(model, gaussian_nll, ["weight"]), (x, torch.randn(n, 9, generator=gen))
+
+
+def test_acceptance_of_a_tiny_step_is_one_even_where_the_loss_is_large():
+    """U = nβ L_B is a large number whose change over a step is tiny: in float32 the rounding of L_B
+    (2⁻²⁴ L) and of U alone moved log α by ~0.005, a ceiling near 0.998 on the acceptance that no
+    step size lifted (the warm-up then shrank ε without end on noisy targets). At h = ε nβ ≈ 10⁻⁶
+    MALA rejects about h^{3/2} of its proposals: the acceptance must be 1 to within 10⁻⁵."""
+    pot, batch = _noisy_linear_regression()
+    sampler = _build("sgld", pot.loss_and_grad, pot.w_star, step_size=1e-10, nbeta=1e4, localization=1.0,
+                     acceptance_every=1)
+    _, infos = _run(sampler, pot.w_star, batch, torch.Generator().manual_seed(0), 100)
+    accept = np.array([float(i.mala_accept) for i in infos])
+    assert accept.min() > 1 - 1e-5, (accept.min(), accept.mean())
+
+
+def test_the_loss_value_is_float64_and_its_gradient_is_the_float32_one():
+    """The exact value changes no step: the gradient is the float32 loss's, bit for bit."""
+    pot, (x, y) = _noisy_linear_regression(n=256, seed=1)
+    w = torch.randn(pot.num_params, generator=torch.Generator().manual_seed(2))
+    loss, grad = pot.loss_and_grad(w, (x, y))
+    weight = w.view(9, 3).clone().requires_grad_(True)
+    plain = gaussian_nll(x @ weight.T, y)
+    plain.backward()
+    assert loss.dtype == torch.float64 and torch.equal(grad, weight.grad.reshape(-1))
+    assert float(loss) == pytest.approx(float(gaussian_nll((x @ weight.T).detach().double(), y.double())), rel=1e-14)
+    assert float(loss) != float(plain)  # the float32 value is rounded (or this test shows nothing)
+
+
 def test_in_place_acceptance_is_the_plain_formula_bit_for_bit():
     """The buffered log q and the forward/reverse split (used to hold fewer full-size copies)
     round exactly as langevin_log_accept's textbook expression, with and without a P."""

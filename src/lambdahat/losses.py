@@ -210,12 +210,61 @@ def make_batch_loss(
             return loss_fn(FunctionalModel(model, tensors, call), batch)
 
     else:
+        exact = _ExactValue(loss_fn)
 
         def batch_loss(tensors: dict[str, Tensor], batch: Any) -> Tensor:
             inputs, targets = batch
-            return loss_fn(call(tensors, inputs), targets)
+            outputs = call(tensors, inputs)
+            return exact(loss_fn(outputs, targets), outputs, targets)
 
     return batch_loss
+
+
+#: The largest model output (elements per chain and batch) whose loss is evaluated a second time in
+#: float64 (:class:`_ExactValue`): 2 MiB in float64, far below a model's own activations.
+EXACT_VALUE_MAX_OUTPUT = 1 << 18
+
+
+class _ExactValue:
+    """The batch loss with its value in float64 and its gradient unchanged.
+
+    A float32 loss is rounded to its last bit, 2⁻²⁴ L, and the sampler multiplies it by nβ: the
+    Metropolis–Hastings ratio of a step compares U = nβ L_B at two points, so at L ≈ 4.5 and
+    nβ ≈ 8,700 (unit-variance noise in nine outputs, n = 10⁵) the rounding alone moves log α by
+    about 0.005, an acceptance ceiling near 0.998 that no step size lifts: the warm-up, aiming
+    above it at a small λ̂, would shrink ε without end. So the loss is evaluated once more on the
+    outputs cast to float64 (floating targets too), without gradients, and that value is
+    returned, carrying the float32 loss's gradient exactly (``loss + (exact − loss)`` with the
+    difference detached): the chains' steps are unchanged bit for bit. Only for outputs of at most
+    :data:`EXACT_VALUE_MAX_OUTPUT` elements (a language model's logits would cost a float64 copy),
+    where the device has float64 (not MPS), and while the loss accepts float64 inputs; otherwise
+    the float32 value is returned as it is.
+    """
+
+    def __init__(self, loss_fn: Callable[..., Tensor]):
+        self.loss_fn = loss_fn
+        self.works = True  # False once the loss function rejected float64 inputs
+
+    def __call__(self, loss: Tensor, outputs: Any, targets: Any) -> Tensor:
+        if not (self.works and isinstance(outputs, Tensor) and outputs.is_floating_point()
+                and outputs.dtype != torch.float64 and outputs.numel() <= EXACT_VALUE_MAX_OUTPUT
+                and outputs.device.type != "mps" and isinstance(loss, Tensor) and loss.numel() == 1):
+            return loss
+        try:
+            with torch.no_grad():
+                value = self.loss_fn(outputs.detach().double(), tree_map(_as_float64, targets))
+        except (RuntimeError, TypeError, ValueError):  # e.g. a loss that mixes its own float32 tensors in
+            self.works = False
+            return loss
+        if not isinstance(value, Tensor) or value.dtype != torch.float64 or value.shape != loss.shape:
+            self.works = False
+            return loss
+        wide = loss.double()
+        return wide + (value - wide.detach())
+
+
+def _as_float64(leaf: Any) -> Any:
+    return leaf.double() if isinstance(leaf, Tensor) and leaf.is_floating_point() else leaf
 
 
 def make_per_sample_loss(

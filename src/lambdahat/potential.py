@@ -33,6 +33,13 @@ LOW_PRECISION = ("bfloat16", "float16")
 ParamSelector = Sequence[str] | Callable[[str, Tensor], bool] | Mapping[str, Tensor] | None
 
 
+def wide_dtype(like: Tensor) -> torch.dtype:
+    """float64, the dtype of the sums in a Metropolis–Hastings ratio: U = nβ L_B and ‖r‖²/(2ε) are
+    large against their change over one step (d/2 ≈ 5·10⁴ at d = 10⁵ has a float32 resolution of
+    0.004 in log α), except on MPS, which has no float64."""
+    return torch.float32 if like.device.type == "mps" else torch.float64
+
+
 def default_nbeta(n: int) -> float:
     """nβ = n / log n, the paper's β* = 1 / log n (Lau et al., arXiv 2308.12108; Watanabe 2013)."""
     if n < 2:
@@ -411,5 +418,7 @@ class LocalizedValue:
                 squared, self.offset = self.offset.square_(), None
             else:
                 squared = self.offset.square()
-            self._energy = pot.nbeta * self.loss + 0.5 * pot.localization * squared.sum(dim=-1)
+            # in float64: nβ L_B is far larger than its change over one step (see wide_dtype)
+            wide = wide_dtype(squared)
+            self._energy = pot.nbeta * self.loss.to(wide) + 0.5 * pot.localization * squared.sum(dim=-1, dtype=wide)
         return self._energy

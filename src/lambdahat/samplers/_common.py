@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..potential import wide_dtype
+
 Generators = torch.Generator | Sequence[torch.Generator]
 
 
@@ -42,7 +44,7 @@ def uniform(like: Tensor, generator: Generators) -> Tensor:
 def _log_density_of_residual(resid: Tensor, step_size: float, precond: Tensor | float) -> Tensor:
     """−‖r‖²_{P⁻¹} / (2ε) per chain for a residual r of the Langevin proposal N(w − (ε/2) P ∇U(w), ε P);
     overwrites ``resid``."""
-    return -resid.square_().div_(precond).sum(dim=-1) / (2 * step_size)
+    return -resid.square_().div_(precond).sum(dim=-1, dtype=wide_dtype(resid)) / (2 * step_size)
 
 
 def log_proposal_density(

@@ -75,7 +75,8 @@ def build(potential: LocalizedPotential, *, step_size: float):
         buffers = (noise, torch.empty_like(noise))
         log_alpha = langevin_log_accept(w, energy, grad_energy, proposal, energy_new, grad_new, step_size, buffers=buffers)
         del buffers
-        accept = torch.log(uniform(energy, generator)) < log_alpha  # False for a NaN ratio
+        # drawn in w's dtype (U is float64): the same draws whatever precision the ratio is formed in
+        accept = torch.log(uniform(dist, generator)) < log_alpha  # False for a NaN ratio
         info = MALAInfo(loss, dist, acceptance_probability(log_alpha).nan_to_num(0.0).to(loss.dtype), accept.to(loss.dtype))
         keep = accept.unsqueeze(-1)
         torch.where(keep, proposal, w, out=w)
