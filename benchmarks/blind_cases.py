@@ -59,6 +59,10 @@ VERSIONS = {
     # v11, fixed 2026-12-04 19:25 UTC before the engine whose default step budget halves per decade
     # of weights instead of in bands (settings.default_max_steps; made after v10 was seen) was run on it.
     "v11": (20261211, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
+    # v12, fixed 2026-12-04 21:40 UTC before the engine whose loss values and Metropolis–Hastings
+    # sums are float64 (losses._ExactValue, potential.wide_dtype; made after v11's rrr 3-6-9 r=0 was
+    # examined: in float32 the acceptance had a ceiling of 0.999 there) was run on it.
+    "v12": (20261212, {"100": 3, "1k": 3, "10k": 2, "100k": 0}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10
