@@ -462,11 +462,17 @@ def test_acceptance_of_a_tiny_step_is_one_even_where_the_loss_is_large():
     assert accept.min() > 1 - 1e-5, (accept.min(), accept.mean())
 
 
-def test_the_loss_value_is_float64_and_its_gradient_is_the_float32_one():
-    """The exact value changes no step: the gradient is the float32 loss's, bit for bit."""
+def test_the_exact_loss_value_is_float64_and_its_gradient_is_the_float32_one():
+    """The exact value (formed only for a Metropolis–Hastings ratio) changes no step: the gradient
+    is the float32 loss's, bit for bit."""
+    from lambdahat.losses import exact_values
+
     pot, (x, y) = _noisy_linear_regression(n=256, seed=1)
     w = torch.randn(pot.num_params, generator=torch.Generator().manual_seed(2))
-    loss, grad = pot.loss_and_grad(w, (x, y))
+    ordinary, ordinary_grad = pot.loss_and_grad(w, (x, y))
+    with exact_values():
+        loss, grad = pot.loss_and_grad(w, (x, y))
+    assert ordinary.dtype == torch.float32 and torch.equal(grad, ordinary_grad)  # outside a ratio: as it was
     weight = w.view(9, 3).clone().requires_grad_(True)
     plain = gaussian_nll(x @ weight.T, y)
     plain.backward()

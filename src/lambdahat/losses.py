@@ -31,7 +31,9 @@ sequence, whose mean over positions is the per-sample loss; :func:`next_token` h
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from copy import deepcopy
 from typing import Any
 
@@ -225,8 +227,24 @@ def make_batch_loss(
 EXACT_VALUE_MAX_OUTPUT = 1 << 18
 
 
+#: True inside :func:`exact_values`: the batch losses evaluated then carry float64 values.
+_EXACT = ContextVar("lambdahat_exact_values", default=False)
+
+
+@contextmanager
+def exact_values() -> Iterator[None]:
+    """Within this block the criterion-form batch loss returns its value in float64
+    (:class:`_ExactValue`): for the evaluations that form a Metropolis–Hastings ratio (a sampler's
+    acceptance check, every MALA step), and only those, so an ordinary step costs nothing more."""
+    token = _EXACT.set(True)
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
+
+
 class _ExactValue:
-    """The batch loss with its value in float64 and its gradient unchanged.
+    """The batch loss with its value in float64 and its gradient unchanged, inside :func:`exact_values`.
 
     A float32 loss is rounded to its last bit, 2⁻²⁴ L, and the sampler multiplies it by nβ: the
     Metropolis–Hastings ratio of a step compares U = nβ L_B at two points, so at L ≈ 4.5 and
@@ -246,7 +264,7 @@ class _ExactValue:
         self.works = True  # False once the loss function rejected float64 inputs
 
     def __call__(self, loss: Tensor, outputs: Any, targets: Any) -> Tensor:
-        if not (self.works and isinstance(outputs, Tensor) and outputs.is_floating_point()
+        if not (_EXACT.get() and self.works and isinstance(outputs, Tensor) and outputs.is_floating_point()
                 and outputs.dtype != torch.float64 and outputs.numel() <= EXACT_VALUE_MAX_OUTPUT
                 and outputs.device.type != "mps" and isinstance(loss, Tensor) and loss.numel() == 1):
             return loss

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import DataSource
-from .losses import make_batch_loss
+from .losses import exact_values, make_batch_loss
 from .precision import AutocastLoss, autocast_batch_loss, loss_scale, with_precision
 
 __all__ = ["Potential", "LocalizedPotential", "LocalizedValue", "select_params", "default_nbeta", "LOW_PRECISION",
@@ -364,10 +364,16 @@ class LocalizedPotential:
     nbeta: float
     localization: float
 
-    def __call__(self, w: Tensor, batch: Any, offset: Tensor | None = None) -> LocalizedValue:
+    def __call__(self, w: Tensor, batch: Any, offset: Tensor | None = None, exact: bool = False) -> LocalizedValue:
         """U, ∇U, L_B and ‖w − w*‖ at w on ``batch``: one forward and one backward pass.
-        ``offset``, if given, is a buffer of w's shape to hold w − w* (a sampler's reused one)."""
-        loss, grad = self.loss_and_grad(w, batch)
+        ``offset``, if given, is a buffer of w's shape to hold w − w* (a sampler's reused one).
+        ``exact``: the value enters a Metropolis–Hastings ratio, so L_B is formed in float64
+        (:func:`lambdahat.losses.exact_values`); the gradient is the same either way."""
+        if exact:
+            with exact_values():
+                loss, grad = self.loss_and_grad(w, batch)
+        else:
+            loss, grad = self.loss_and_grad(w, batch)
         offset = w - self.w_star if offset is None else torch.sub(w, self.w_star, out=offset)
         return LocalizedValue(self, loss, grad, offset)
 

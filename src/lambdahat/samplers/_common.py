@@ -124,7 +124,7 @@ def reverse_acceptance(
     gradient reused as the residual's buffer. ``offset``: a buffer of w's shape that may be
     overwritten (w' − w*). With ∇U(w) already released by the caller, the check holds one
     full-size vector (``back``) beyond the sampler's own."""
-    new = potential(w_new, batch, offset)
+    new = potential(w_new, batch, offset, exact=True)
     grad_new = new.grad_energy  # ∇U first, so that U squares the offset in place
     energy_new = new.energy
     resid = grad_new.mul_((0.5 * step_size) * precond).add_(back)  # (w − w') + (ε/2) P ∇U(w')

@@ -61,7 +61,7 @@ def build(potential: LocalizedPotential, *, step_size: float):
     @torch.no_grad()
     def init(params: Tensor, batch: Any) -> MALAState:
         params = params.detach().clone()
-        here = potential(params, batch)
+        here = potential(params, batch, exact=True)
         return MALAState(params, here.loss, here.energy, here.grad_energy, here.distance, torch.empty_like(params))
 
     @torch.no_grad()
@@ -69,7 +69,7 @@ def build(potential: LocalizedPotential, *, step_size: float):
         w, loss, energy, grad_energy, dist, noise = state
         proposal = torch.mul(grad_energy, half_step)  # w − (ε/2)∇U + √ε ξ in one new buffer, same rounding
         torch.sub(w, proposal, out=proposal).add_(normal_(noise, generator).mul_(noise_std))
-        new = potential(proposal, batch, noise)  # ξ is spent: its buffer takes w' − w*
+        new = potential(proposal, batch, noise, exact=True)  # ξ is spent: its buffer takes w' − w*
         grad_new = new.grad_energy  # ∇U first, so that U squares the offset in place, freeing its buffer
         energy_new = new.energy
         buffers = (noise, torch.empty_like(noise))

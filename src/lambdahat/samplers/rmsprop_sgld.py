@@ -91,7 +91,8 @@ def build(
     def step(state: RMSPropSGLDState, batch: Any, generator: Generators):
         w, square_avg, noise, count = state
         count += 1
-        here = potential(w, batch, noise)  # the noise buffer holds w − w* until ξ is drawn
+        check = acceptance_every and (count - 1) % acceptance_every == 0
+        here = potential(w, batch, noise, exact=bool(check))  # the noise buffer holds w − w* until ξ is drawn
         loss, distance = here.loss, here.distance
         grad = here.grad_loss  # V follows the loss gradient alone, so read it before ∇U overwrites it
         square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
@@ -100,7 +101,6 @@ def build(
         capped = precond > max_precond
         precond.clamp_(max=max_precond)
         drift = here.grad_energy
-        check = acceptance_every and (count - 1) % acceptance_every == 0
         if check:
             energy_old, back = here.energy, w.clone()
         del here, grad  # hold ∇U's buffer, released below on a check step

@@ -87,9 +87,9 @@ def build(potential: LocalizedPotential, *, step_size: float, friction: float = 
     @torch.no_grad()
     def step(state: SGHMCState, batch: Any, generator: Generators):
         w, v, noise, count = state
-        here = potential(w, batch, noise)  # the noise buffer holds w − w* until ξ is drawn
-        loss, dist, drift = here.loss, here.distance, here.grad_energy
         check = acceptance_every and count % acceptance_every == 0
+        here = potential(w, batch, noise, exact=bool(check))  # the noise buffer holds w − w* until ξ is drawn
+        loss, dist, drift = here.loss, here.distance, here.grad_energy
         if check:
             energy_old = here.energy  # read before ξ overwrites the offset
         del here  # holds ∇U's buffer, released below on a check step

@@ -75,9 +75,9 @@ def build(potential: LocalizedPotential, *, step_size: float, acceptance_every: 
     @torch.no_grad()
     def step(state: SGLDState, batch: Any, generator: Generators):
         w, buffer, count = state
-        here = potential(w, batch, buffer)
-        loss, distance, drift = here.loss, here.distance, here.grad_energy
         check = acceptance_every and count % acceptance_every == 0
+        here = potential(w, batch, buffer, exact=bool(check))
+        loss, distance, drift = here.loss, here.distance, here.grad_energy
         if check:
             energy_old, back = here.energy, w.clone()
         del here  # holds ∇U's buffer, released below on a check step
