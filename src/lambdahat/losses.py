@@ -249,7 +249,7 @@ class _ExactValue:
     A float32 loss is rounded to its last bit, 2⁻²⁴ L, and the sampler multiplies it by nβ: the
     Metropolis–Hastings ratio of a step compares U = nβ L_B at two points, so at L ≈ 4.5 and
     nβ ≈ 8,700 (unit-variance noise in nine outputs, n = 10⁵) the rounding alone moves log α by
-    about 0.005, an acceptance ceiling near 0.998 that no step size lifts: the warm-up, aiming
+    about 0.005, an acceptance ceiling near 0.999 that no step size lifts: the warm-up, aiming
     above it at a small λ̂, would shrink ε without end. So the loss is evaluated once more on the
     outputs cast to float64 (floating targets too), without gradients, and that value is
     returned, carrying the float32 loss's gradient exactly (``loss + (exact − loss)`` with the
