@@ -20,7 +20,7 @@ from tests._harness import small_dln
 
 # ε·nβ = 0.03: a MALA acceptance of 0.993, inside the band for λ̂ ≈ 3.3 (at ε = 3e-3 the acceptance is 0.82 and
 # λ̂ is 4.28 against 3.3, a bias the mala_accept check must catch)
-GOOD = dict(step_size=3e-4, localization=1.0, nbeta=100.0, batch_size=100, num_chains=4, num_draws=3000,
+GOOD = dict(step_size=3e-4, localization=1.0, nbeta=100.0, batch_size=100, num_chains=4, num_draws=6000,
             num_burnin_steps=1000, seed=0, progress=False)
 
 
@@ -41,8 +41,8 @@ def _run(task, **overrides):
 def _by_name(result) -> dict[str, health.Check]:
     checks = result.checks
     assert [c.name for c in checks] == [
-        "negative", "divergence", "runaway", "convergence", "rhat", "ess", "mala_accept", "localization", "ladder", "bias",
-        "noise", "nbeta",
+        "negative", "divergence", "runaway", "convergence", "rhat", "ess", "precision", "mala_accept", "localization",
+        "ladder", "bias", "noise", "nbeta",
     ]
     return {c.name: c for c in checks}
 
@@ -76,7 +76,7 @@ def test_too_large_a_step_gives_the_divergence_verdict():
     assert "diverged" in checks["divergence"].verdict and "lower step_size" in checks["divergence"].verdict
     # the other checks cannot run on no healthy chain: they say so instead of failing or crashing
     assert all(c.skipped for name, c in checks.items() if name != "divergence")
-    assert "WARNING" in str(result) and "1 of 12 checks failed" in str(result)
+    assert "WARNING" in str(result) and "1 of 13 checks failed" in str(result)
 
 
 def test_a_point_that_is_not_a_minimum_gives_the_negative_verdict():
@@ -258,3 +258,16 @@ def test_ladder_catches_a_drift_the_halves_of_the_draws_miss(good):
     assert health.check_convergence(result).ok
     ladder = health.check_ladder(result)
     assert not ladder.ok and "still rising" in ladder.verdict and "Run longer" in ladder.verdict
+
+
+def test_precision_refuses_an_error_bar_wider_than_a_certificate_promises(good):
+    """Two standard errors must fit in a certificate's 10%: MCSE ≤ 5% of λ̂ (the noisy regression of
+    test_noise, λ̂ = 3.2 ± 0.25 from chains at 2.7–3.8, had passed every other check)."""
+    from types import SimpleNamespace
+
+    assert _by_name(good)["precision"].ok
+    wide = SimpleNamespace(trace=good.trace, llc_mean=3.2, llc_mcse=0.25)
+    check = health.check_precision(wide)
+    assert not check.ok and check.value == pytest.approx(0.25 / 3.2)
+    assert "3×" in check.verdict  # (7.8% / 5%)² × 1.2 ≈ 2.9, rounded up
+    assert health.check_precision(SimpleNamespace(trace=good.trace, llc_mean=3.2, llc_mcse=0.16)).ok

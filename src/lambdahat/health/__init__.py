@@ -16,6 +16,7 @@ the attributes of :class:`LLCResult` (below), so this module does not depend on 
 | ``convergence`` | λ̂ of the second half of the draws differs from the first half's by > 10%, or significantly by > 5% | more burn-in and draws |
 | ``rhat`` | chains disagree: R̂ of the loss draws above 1.01 (up to 1.05 when ESS is small) | longer chains |
 | ``ess`` | fewer than 100 effective draws in all | longer chains |
+| ``precision`` | λ̂'s Monte Carlo standard error above 5% of λ̂ (two of them must fit in a certificate's 10%) | longer chains, more chains |
 | ``mala_accept`` | MALA acceptance of the sampler's own steps outside the band for this λ̂ (target 0.994 at λ̂ = 3, 0.9 at 1,000: ``acceptance_target``) | change ε |
 | ``localization`` | the prior γ, not the loss, confines the chain | lower γ |
 | ``ladder`` | λ̂ over the second half of the whole run differs from λ̂ over its second quarter | run longer |
@@ -29,7 +30,7 @@ pass with ``skipped=True`` and say why, so ``healthy`` is decided by the checks 
 
 The checks live in four modules by what they look at: :mod:`~lambdahat.health.sanity` (``negative``,
 ``divergence``, ``runaway``), :mod:`~lambdahat.health.sampling` (``convergence``, ``rhat``, ``ess``,
-``ladder``), :mod:`~lambdahat.health.step` (``mala_accept``, ``localization``, ``bias``, ``noise``)
+``precision``, ``ladder``), :mod:`~lambdahat.health.step` (``mala_accept``, ``localization``, ``bias``, ``noise``)
 and :mod:`~lambdahat.health.nbeta` (``nbeta``: is the value at this nβ the learning coefficient);
 :mod:`~lambdahat.health._common` holds :class:`Check` and what they share. Every name is importable
 from ``lambdahat.health``.
@@ -48,7 +49,8 @@ from typing import Any, NamedTuple
 
 from ._common import Check, LLCResult
 from .nbeta import check_nbeta
-from .sampling import check_convergence, check_ess, check_ladder, check_rhat, drift, ladder, rhat_threshold
+from .sampling import (check_convergence, check_ess, check_ladder, check_precision, check_rhat, drift, ladder,
+                       rhat_threshold)
 from .sanity import check_divergence, check_negative, check_runaway
 from .step import (
     EXACT_MALA_ACCEPT_BAND,
@@ -72,6 +74,7 @@ __all__ = [
     "check_convergence",
     "check_rhat",
     "check_ess",
+    "check_precision",
     "check_mala_accept",
     "check_localization",
     "check_ladder",
@@ -111,6 +114,7 @@ CHECKS: tuple[tuple[Callable[..., Check], Callable[[Thresholds], Mapping[str, An
     (check_convergence, lambda t: {"z": t.z}),
     (check_rhat, _own_defaults),
     (check_ess, lambda t: {"min_ess": t.min_ess}),
+    (check_precision, _own_defaults),
     (check_mala_accept, lambda t: {} if t.mala_accept_range is None else
      {"low": t.mala_accept_range[0], "high": t.mala_accept_range[1]}),
     (check_localization, lambda t: {"max_share": t.max_prior_share, "max_elasticity": t.max_prior_share}),
