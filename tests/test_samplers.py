@@ -451,7 +451,7 @@ def _noisy_linear_regression(n=4096, seed=0):
 
 def test_acceptance_of_a_tiny_step_is_one_even_where_the_loss_is_large():
     """U = nβ L_B is a large number whose change over a step is tiny: in float32 the rounding of L_B
-    (2⁻²⁴ L) and of U alone moved log α by ~0.005, a ceiling near 0.998 on the acceptance that no
+    (2⁻²⁴ L) and of U alone moved log α by ~0.005, a ceiling near 0.999 on the acceptance that no
     step size lifted (the warm-up then shrank ε without end on noisy targets). At h = ε nβ ≈ 10⁻⁶
     MALA rejects about h^{3/2} of its proposals: the acceptance must be 1 to within 10⁻⁵."""
     pot, batch = _noisy_linear_regression()

@@ -530,11 +530,11 @@ def test_stopping_a_pool_waits_for_its_manager_thread(monkeypatch):
     pool = worker_pool(1)
     pool.submit(int, 1).result()
     manager, wakeup = pool._executor_manager_thread, pool._executor_manager_thread_wakeup
-    slow_close = futures_process._ExecutorManagerThread.join_executor_internals
+    close = futures_process._ExecutorManagerThread.join_executor_internals
 
     def slower(self):
         time.sleep(1.0)
-        slow_close(self)
+        close(self)
 
     monkeypatch.setattr(futures_process._ExecutorManagerThread, "join_executor_internals", slower)
     stop_pool(pool)

@@ -227,6 +227,13 @@ def make_batch_loss(
 EXACT_VALUE_MAX_OUTPUT = 1 << 18
 
 
+def wide_dtype(like: Tensor) -> torch.dtype:
+    """float64, the dtype of the sums in a Metropolis–Hastings ratio: U = nβ L_B and ‖r‖²/(2ε) are
+    large against their change over one step (d/2 ≈ 5·10⁴ at d = 10⁵ has a float32 resolution of
+    0.004 in log α), except on MPS, which has no float64."""
+    return torch.float32 if like.device.type == "mps" else torch.float64
+
+
 #: True inside :func:`exact_values`: the batch losses evaluated then carry float64 values.
 _EXACT = ContextVar("lambdahat_exact_values", default=False)
 
@@ -266,7 +273,7 @@ class _ExactValue:
     def __call__(self, loss: Tensor, outputs: Any, targets: Any) -> Tensor:
         if not (_EXACT.get() and self.works and isinstance(outputs, Tensor) and outputs.is_floating_point()
                 and outputs.dtype != torch.float64 and outputs.numel() <= EXACT_VALUE_MAX_OUTPUT
-                and outputs.device.type != "mps" and isinstance(loss, Tensor) and loss.numel() == 1):
+                and wide_dtype(outputs) == torch.float64 and isinstance(loss, Tensor) and loss.numel() == 1):
             return loss
         try:
             with torch.no_grad():

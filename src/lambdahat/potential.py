@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import DataSource
-from .losses import exact_values, make_batch_loss
+from .losses import exact_values, make_batch_loss, wide_dtype
 from .precision import AutocastLoss, autocast_batch_loss, loss_scale, with_precision
 
 __all__ = ["Potential", "LocalizedPotential", "LocalizedValue", "select_params", "default_nbeta", "LOW_PRECISION",
@@ -31,13 +31,6 @@ __all__ = ["Potential", "LocalizedPotential", "LocalizedValue", "select_params",
 LOW_PRECISION = ("bfloat16", "float16")
 
 ParamSelector = Sequence[str] | Callable[[str, Tensor], bool] | Mapping[str, Tensor] | None
-
-
-def wide_dtype(like: Tensor) -> torch.dtype:
-    """float64, the dtype of the sums in a Metropolis–Hastings ratio: U = nβ L_B and ‖r‖²/(2ε) are
-    large against their change over one step (d/2 ≈ 5·10⁴ at d = 10⁵ has a float32 resolution of
-    0.004 in log α), except on MPS, which has no float64."""
-    return torch.float32 if like.device.type == "mps" else torch.float64
 
 
 def default_nbeta(n: int) -> float:

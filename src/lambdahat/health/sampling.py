@@ -185,7 +185,6 @@ def check_ess(result: LLCResult, min_ess: float = 100.0) -> Check:
     )
 
 
-
 def check_precision(result: LLCResult, max_relative: float = 0.05) -> Check:
     """The error bar wider than the accuracy a certificate promises: λ̂'s Monte Carlo standard
     error above ``max_relative`` of |λ̂|.

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..potential import wide_dtype
+from ..losses import wide_dtype
 
 Generators = torch.Generator | Sequence[torch.Generator]
 
