@@ -7,10 +7,12 @@ is displaced from the minimum, whose λ̂(nβ) falls like −nβδ.
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import lambdahat as lh
 from lambdahat import health, tasks, truth
@@ -145,3 +147,56 @@ def test_nbeta_check_is_validated(value):
     task = tasks.linear_regression(dim=2, n=100)
     with pytest.raises(ValueError, match="nbeta_check"):
         lh.estimate_llc(task.model, task.data, task.loss_fn, nbeta_check=value, progress=False)
+
+
+def test_a_sampled_regression_off_its_minimum_falls_as_predicted_and_implies_d_over_2():
+    """End to end, sampled: a 4-weight linear regression whose w* is moved off the least-squares
+    point so that nβ (L_n(w*) − L_n(ŵ)) = 0.4 (20% of λ = 2). Both rungs must match the closed-form
+    expectation of their own Euler chains (``truth.quadratic_expectation`` with ``offset``), and the
+    rung's implied value must be λ = d/2, where λ̂ itself is about 20% low."""
+    task = tasks.linear_regression(dim=4, n=2000, seed=3)
+    x, _ = task.data
+    hessian = x.T @ x / x.shape[0]
+    eig, vectors = torch.linalg.eigh(hessian)
+    nbeta = default_nbeta(x.shape[0])
+    direction = vectors[:, 0] + vectors[:, -1]  # along the flattest and the steepest direction
+    scale = math.sqrt(0.4 / (nbeta * 0.5 * float(direction @ hessian @ direction)))
+    model = copy.deepcopy(task.model)
+    with torch.no_grad():
+        model.weight.add_(scale * direction)
+    offset = (vectors.T @ (scale * direction)).tolist()
+    gamma, step = 1.0, 3e-4  # ε (nβ h_max + γ) ≈ 0.33: a finite-ε value, which the closed form has
+    result = lh.estimate_llc(model, task.data, task.loss_fn, step_size=step, localization=gamma, num_chains=4,
+                             num_draws=6000, num_burnin_steps=1500, batch_size=x.shape[0], nbeta_check=True,
+                             seed=0, progress=False)
+    rung = result.nbeta_rung
+    expected = truth.quadratic_expectation(eig.tolist(), nbeta, gamma, step, offset=offset)
+    expected_4t = truth.quadratic_expectation(eig.tolist(), rung.nbeta, gamma, step / NBETA_FACTOR, offset=offset)
+    assert abs(result.llc_mean - expected) < 3 * result.llc_mcse, (result.llc_mean, result.llc_mcse, expected)
+    assert abs(rung.llc - expected_4t) < 3 * rung.mcse, (rung.llc, rung.mcse, expected_4t)
+    assert result.llc_mean < 0.9 * 2.0  # the fall the rung exists to see
+    comparison = result.nbeta_comparison()
+    assert comparison.kind == "falling"
+    # the linear model on the exact posterior (ε → 0) gives d/2 to within γ/(nβ h) (−0.7% here);
+    # on these Euler chains it carries their step bias too, and the sampled value must match that
+    def implied(step_t):
+        at_t = truth.quadratic_expectation(eig.tolist(), nbeta, gamma, step_t, offset=offset)
+        at_4t = truth.quadratic_expectation(eig.tolist(), rung.nbeta, gamma,
+                                            None if step_t is None else step_t / NBETA_FACTOR, offset=offset)
+        return at_t - (at_4t - at_t) / (NBETA_FACTOR - 1)
+
+    assert abs(implied(None) - 2.0) < 0.01 * 2.0, implied(None)
+    assert abs(comparison.implied - implied(step)) < 3 * comparison.implied_se, (comparison, implied(step))
+    assert not result.certified and "nbeta" in [c.name for c in result.checks if not c.ok]
+
+
+def test_the_implied_values_error_counts_the_first_rung_twice():
+    """Falling: implied = (4 λ̂(t) − λ̂(4t)) / 3, so its standard error is √((4σ₁)² + σ₄²) / 3, not Δ's
+    error over 3 (about 3× too small when the two rungs are equally precise)."""
+    falling = compare(2.0, 0.1, 1000.0, _rung(4000.0, 1.0, 0.1))
+    assert falling.kind == "falling" and falling.implied == pytest.approx(2.0 + 1.0 / 3)
+    assert falling.implied_se == pytest.approx(math.hypot(4 * 0.1, 0.1) / 3)
+    rising = compare(2.0, 0.01, 1000.0, _rung(4000.0, 2.5, 0.01))
+    weight = math.log(4000.0) / math.log(4.0)
+    assert rising.implied == pytest.approx(2.0 + 0.5 * weight)
+    assert rising.implied_se == pytest.approx(math.hypot((1 - weight) * 0.01, weight * 0.01))

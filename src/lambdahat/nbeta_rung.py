@@ -94,10 +94,13 @@ def compare(llc: float, mcse: float, nbeta: float, rung: NbetaRung, z: float = 2
         return Comparison("flat", delta, delta_se, llc, mcse)
     factor = rung.nbeta / nbeta
     if delta > 0:  # λ̂(t) = λ − c / log t
-        scale = math.log(rung.nbeta) / math.log(factor)
-        return Comparison("rising", delta, delta_se, llc + delta * scale, delta_se * scale)
-    scale = 1.0 / (factor - 1.0)  # λ̂(t) = λ − t δ
-    return Comparison("falling", delta, delta_se, llc - delta * scale, delta_se * scale)
+        kind, weight = "rising", math.log(rung.nbeta) / math.log(factor)
+    else:  # λ̂(t) = λ − t δ
+        kind, weight = "falling", -1.0 / (factor - 1.0)
+    # implied = (1 − weight) λ̂(t) + weight λ̂(4t): the two runs' errors are independent, and λ̂(t)
+    # enters twice (itself and inside Δ), so its error does not scale like Δ's
+    implied_se = math.hypot((1.0 - weight) * mcse, weight * rung.mcse)
+    return Comparison(kind, delta, delta_se, llc + weight * delta, implied_se)
 
 
 def rung_settings(given: dict[str, Any], seed: int, nbeta: float) -> dict[str, Any]:

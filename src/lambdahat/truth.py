@@ -203,7 +203,7 @@ def deep_linear_network(widths: Sequence[int], rank: int) -> LearningCoefficient
 
 
 def quadratic_expectation(
-    hessian_eigenvalues, nbeta: float, localization: float, step_size: float | None = None
+    hessian_eigenvalues, nbeta: float, localization: float, step_size: float | None = None, offset=None
 ) -> float:
     """E[λ̂] for a quadratic loss L_n(w) − L_n(w*) = ½ Σ_i h_i (w_i − w*_i)².
 
@@ -216,6 +216,12 @@ def quadratic_expectation(
     variance 1/(a_i (1 − ε a_i/4)), hence with ``step_size = ε``
 
         E[λ̂] = Σ_i (nβ h_i / 2) / (a_i (1 − ε a_i / 4)),   stable only if ε a_i < 4 for every i.
+
+    ``offset``: w* placed δ away from the minimum ŵ (δ_i = (w* − ŵ)_i in the eigenbasis of the
+    Hessian), so that L_n(w) − L_n(w*) = ½ Σ_i h_i ((w_i − ŵ_i)² − δ_i²). The posterior's mean is
+    then ŵ + γ δ / a (the prior pulls it toward w*; the Euler chain's drift is linear, so its mean is
+    the same), and each term above gains (nβ h_i / 2) ((γ δ_i / a_i)² − δ_i²): to first order λ̂
+    falls by nβ (L_n(w*) − L_n(ŵ)), linearly in nβ.
     """
     h = np.atleast_1d(np.asarray(hessian_eigenvalues, dtype=float))
     if h.ndim != 1 or h.size == 0:
@@ -241,6 +247,11 @@ def quadratic_expectation(
                 f"use step_size < {4 / a.max():.6g} (got {step_size})"
             )
         variance = variance / (1 - step_size * a / 4)
+    if offset is not None:
+        delta = np.atleast_1d(np.asarray(offset, dtype=float))
+        if delta.shape != h.shape or not np.all(np.isfinite(delta)):
+            raise ValueError("offset must be finite numbers, one per hessian eigenvalue")
+        variance = variance + (localization * delta / a) ** 2 - delta**2
     return float(np.sum(nbeta * h / 2 * variance))
 
 
