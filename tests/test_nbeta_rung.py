@@ -16,7 +16,7 @@ import torch
 
 import lambdahat as lh
 from lambdahat import health, tasks, truth
-from lambdahat.nbeta_rung import NBETA_FACTOR, NbetaRung, compare, rung_settings
+from lambdahat.nbeta_rung import NBETA_FACTOR, NbetaRung, compare, lowers, rung_settings
 from lambdahat.potential import default_nbeta
 
 
@@ -149,11 +149,13 @@ def test_nbeta_check_is_validated(value):
         lh.estimate_llc(task.model, task.data, task.loss_fn, nbeta_check=value, progress=False)
 
 
-def test_a_sampled_regression_off_its_minimum_falls_as_predicted_and_implies_d_over_2():
+def test_a_sampled_regression_off_its_minimum_falls_as_predicted_and_moves_to_a_quarter_of_nbeta():
     """End to end, sampled: a 4-weight linear regression whose w* is moved off the least-squares
-    point so that nβ (L_n(w*) − L_n(ŵ)) = 0.4 (20% of λ = 2). Both rungs must match the closed-form
-    expectation of their own Euler chains (``truth.quadratic_expectation`` with ``offset``), and the
-    rung's implied value must be λ = d/2, where λ̂ itself is about 20% low."""
+    point so that nβ (L_n(w*) − L_n(ŵ)) = 0.4 (20% of λ = 2) at n / log n. The runs at nβ and 4nβ
+    must match the closed-form expectation of their own Euler chains (``truth.quadratic_expectation``
+    with ``offset``), and their implied value must be λ = d/2; λ̂ at nβ is about 20% low, so the
+    estimate moves to nβ / 4, which must match its own closed form too, carry a quarter of the
+    fall, and be reproduced bit for bit by its own settings."""
     task = tasks.linear_regression(dim=4, n=2000, seed=3)
     x, _ = task.data
     hessian = x.T @ x / x.shape[0]
@@ -169,27 +171,55 @@ def test_a_sampled_regression_off_its_minimum_falls_as_predicted_and_implies_d_o
     result = lh.estimate_llc(model, task.data, task.loss_fn, step_size=step, localization=gamma, num_chains=4,
                              num_draws=6000, num_burnin_steps=1500, batch_size=x.shape[0], nbeta_check=True,
                              seed=0, progress=False)
-    rung = result.nbeta_rung
+    first, fall = result.nbeta_rung, result.fall_rung  # the runs at nβ and 4nβ
 
     def exact(at_nbeta, step_size):
         return truth.quadratic_expectation(eig.tolist(), at_nbeta, gamma, step_size, offset=offset)
 
-    expected, expected_4t = exact(nbeta, step), exact(rung.nbeta, step / NBETA_FACTOR)
-    assert abs(result.llc_mean - expected) < 3 * result.llc_mcse, (result.llc_mean, result.llc_mcse, expected)
-    assert abs(rung.llc - expected_4t) < 3 * rung.mcse, (rung.llc, rung.mcse, expected_4t)
-    assert result.llc_mean < 0.9 * 2.0  # the fall the rung exists to see
-    comparison = result.nbeta_comparison()
-    assert comparison.kind == "falling"
+    assert result.lowered_from == nbeta and result.nbeta == pytest.approx(nbeta / NBETA_FACTOR)
+    assert first.nbeta == nbeta and fall.nbeta == pytest.approx(NBETA_FACTOR * nbeta)
+    expected_t, expected_4t = exact(nbeta, step), exact(fall.nbeta, step / NBETA_FACTOR)
+    expected_quarter = exact(result.nbeta, step * NBETA_FACTOR)
+    assert abs(first.llc - expected_t) < 3 * first.mcse, (first, expected_t)
+    assert abs(fall.llc - expected_4t) < 3 * fall.mcse, (fall, expected_4t)
+    assert abs(result.llc_mean - expected_quarter) < 3 * result.llc_mcse, (result.llc_mean, result.llc_mcse,
+                                                                            expected_quarter)
+    assert first.llc < 0.9 * 2.0  # the fall the rung exists to see
     # the linear model on the exact posterior (ε → 0) gives d/2 to within γ/(nβ h) (−0.7% here);
     # on these Euler chains it carries their step bias too, and the sampled value must match that
     def implied(at_t, at_4t):
-        return compare(at_t, 1e-6, nbeta, _rung(rung.nbeta, at_4t)).implied
+        return compare(at_t, 1e-6, nbeta, _rung(fall.nbeta, at_4t)).implied
 
-    on_the_posterior = implied(exact(nbeta, None), exact(rung.nbeta, None))
+    on_the_posterior = implied(exact(nbeta, None), exact(fall.nbeta, None))
     assert abs(on_the_posterior - 2.0) < 0.01 * 2.0, on_the_posterior
-    on_these_chains = implied(expected, expected_4t)
-    assert abs(comparison.implied - on_these_chains) < 3 * comparison.implied_se, (comparison, on_these_chains)
-    assert not result.certified and "nbeta" in [c.name for c in result.checks if not c.ok]
+    seen = compare(first.llc, first.mcse, nbeta, fall)
+    assert seen.kind == "falling"
+    assert abs(seen.implied - implied(expected_t, expected_4t)) < 3 * seen.implied_se, seen
+    # at nβ / 4 the fall is a quarter: 0.1 of the offset and 0.04 of γ on the exact posterior
+    # (1.858, −7%), against 0.4 and 0.01 at nβ, and what the nβ check reads of it is within 10%
+    assert abs(exact(result.nbeta, None) - 2.0) < 0.4 * abs(exact(nbeta, None) - 2.0)
+    comparison = result.nbeta_comparison()
+    assert comparison.kind == "falling" and abs(comparison.correction(result.llc_mean)) < 0.10 * result.llc_mean
+    assert "nβ lowered" in str(result)
+    again = lh.estimate_llc(model, task.data, task.loss_fn, progress=False, **{**result.settings, "nbeta_check": False})
+    assert again.llc_mean == result.llc_mean and again.lowered_from is None
+
+
+def test_an_estimate_stays_where_it_was_asked_or_where_lambda_does_not_fall():
+    """Lowering needs a fall at the default nβ: not a flat or rising λ̂, not a run at a given nβ."""
+    runs = dict(step_size=1e-3, localization=1.0, num_chains=2, num_draws=400, num_burnin_steps=100, seed=0,
+                progress=False)
+    task = tasks.linear_regression(dim=2, n=500, seed=0)  # w* at least squares: λ̂ flat in nβ
+    flat = lh.estimate_llc(task.model, task.data, task.loss_fn, nbeta_check=True, **runs)
+    assert flat.nbeta_rung is not None and flat.lowered_from is None and flat.fall_rung is None
+    assert not lowers(SimpleNamespace(nbeta_rung=None, lowered_from=None, llc_mean=1.0))
+    falling = SimpleNamespace(nbeta_rung=_rung(400.0, 0.5, 0.05), lowered_from=None, llc_mean=1.0,
+                              nbeta_comparison=lambda: compare(1.0, 0.05, 100.0, _rung(400.0, 0.5, 0.05)))
+    assert lowers(falling)
+    assert not lowers(SimpleNamespace(**{**vars(falling), "lowered_from": 400.0}))  # once only
+    rising = SimpleNamespace(**{**vars(falling), "nbeta_comparison": lambda: compare(1.0, 0.05, 100.0,
+                                                                                      _rung(400.0, 1.5, 0.05))})
+    assert not lowers(rising)
 
 
 def test_the_implied_values_error_counts_the_first_rung_twice():

@@ -24,7 +24,7 @@ from .chains import ChainJob, ChainSet, progress_enabled
 from .runs import choose_mode, run_chains
 from .data import as_data_source
 from .loop import forked_rng
-from .nbeta_rung import NbetaRung, rung_settings
+from .nbeta_rung import LOWER_SEED_OFFSET, NBETA_FACTOR, NbetaRung, lowers, rung_settings
 from .noise import PAIR_SPREAD, full_loss_and_grad, loss_spread
 from .potential import Potential, default_nbeta, select_params, with_precision
 from .result import LLCResult, llc_from_trace
@@ -165,6 +165,8 @@ def estimate_llc(
         evaluations += rung.gradient_evaluations
     result = LLCResult.from_trace(trace, init_loss, nbeta, settings, potential.num_params, adaptation=adaptation,
                                   gradient_evaluations=int(evaluations), nbeta_rung=rung)
+    if settings.nbeta is None and probe_set is None and lowers(result):
+        result = _lowered(result, model, data, user_loss_fn, given, executor, progress, sampled_params)
     result.wall_time = time.perf_counter() - start
     return result
 
@@ -175,8 +177,23 @@ def _nbeta_rung(model, data, loss_fn, given: dict[str, Any], nbeta: float, seed:
     extra = {} if sampled_params is None else {"sampled_params": sampled_params}
     again = estimate_llc(model, data, loss_fn, executor=executor, progress=progress,
                          **rung_settings(given, seed, nbeta), **extra)
-    return NbetaRung(nbeta=again.nbeta, llc=float(again.llc_mean), mcse=float(again.llc_mcse),
-                     failed=tuple(c.name for c in again.checks if not c.ok), gradient_evaluations=again.gradient_evaluations)
+    return NbetaRung.of(again)
+
+
+def _lowered(first: LLCResult, model, data, loss_fn, given: dict[str, Any], executor, progress: bool,
+             sampled_params) -> LLCResult:
+    """λ̂ fell from nβ to 4nβ: the estimate at nβ / 4, with ``first`` (at nβ) as its rung
+    (:mod:`lambdahat.nbeta_rung`, "Lowering nβ"); ``first`` itself when no chain at nβ / 4 survives."""
+    extra = {} if sampled_params is None else {"sampled_params": sampled_params}
+    lower = estimate_llc(model, data, loss_fn, executor=executor, progress=progress, **extra,
+                         **rung_settings(given, first.settings.seed, first.nbeta, 1.0 / NBETA_FACTOR, LOWER_SEED_OFFSET))
+    if not lower.trace.healthy_chains:
+        return first
+    return LLCResult.from_trace(
+        lower.trace, lower.init_loss, lower.nbeta, lower.settings.replace(nbeta_check=True), lower.num_params,
+        adaptation=lower.adaptation,
+        gradient_evaluations=lower.gradient_evaluations + first.gradient_evaluations,
+        nbeta_rung=NbetaRung.of(first), lowered_from=first.nbeta, fall_rung=first.nbeta_rung)
 
 
 def _checked_settings(model: Any, executor: Any, probe: Any, probe_every: int, probe_batch_size: int | None,

@@ -31,6 +31,17 @@ deep linear networks, changes of 1.5–3% between two healthy rungs came with bo
 refuses the certificate when the change is significant and the implied correction exceeds 10% of
 λ̂. The implied value is reported beside λ̂, never in its place: a comparison of models at one nβ
 (the usual use) is not affected by either effect.
+
+**Lowering nβ when λ̂ falls.** The falling term −tδ shrinks with t while the learning coefficient
+does not, so a run at t / 4 carries a quarter of it. When a run at the default nβ = n / log n
+falls (:func:`lowers`), :func:`lambdahat.estimate_llc` estimates again at nβ / 4 and returns that
+estimate, with the run at nβ as its rung: the ``nbeta`` check then judges the change from nβ / 4
+to nβ by the same rule, so the result is certified only when what is left of the fall at nβ / 4,
+(λ̂(t/4) − λ̂(t)) / 3 under the linear model, is within 10% of λ̂. The estimate at t / 4 is
+reported, not the linear model's value at t → 0: on eight reduced-rank regressions under noisy
+targets (n = 10⁴; docs/accuracy.md) the estimate at t / 4 was within 4.8% of λ (mean 2.2%, against
+7.5% at t), while (4 λ̂(t/4) − λ̂(t)) / 3 overshot by up to 7%: the fall is steeper than linear,
+and the runs' own biases (2% each) are as large as what the extrapolation would remove.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ from typing import Any
 from .settings import _is_real
 from .tables import number
 
-__all__ = ["NBETA_FACTOR", "NbetaRung", "Comparison", "compare", "rung_settings"]
+__all__ = ["NBETA_FACTOR", "NbetaRung", "Comparison", "compare", "lowers", "rung_settings"]
 
 #: The second rung's nβ, in multiples of the run's (4: a change large enough to measure against
 #: the Monte Carlo error of two runs, at the cost of one more run).
@@ -50,8 +61,13 @@ NBETA_FACTOR = 4.0
 #: The bias of λ̂ each run is allowed: step size (``health.STEP_BIAS``) plus minibatch noise
 #: (``noise.NOISE_BIAS``), 2% each; a change between the rungs within it is no evidence of nβ.
 BIAS_ALLOWANCE = 0.04
-#: The seed offset of the second run (its chains must not repeat the first run's noise).
+#: The seed offsets of the run at 4nβ and of the run at nβ / 4 (no run may repeat another's noise).
 SEED_OFFSET = 1
+LOWER_SEED_OFFSET = 2
+#: The checks a rung need not pass: ``nbeta`` is the question the rung answers, and ``precision``
+#: asks for an error bar small enough to certify λ̂, while a rung's error bar enters the standard
+#: error of the change it measures (it must be reliable, which the other checks judge, not small).
+NOT_ASKED_OF_A_RUNG = ("nbeta", "precision")
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,13 @@ class NbetaRung:
     mcse: float
     failed: tuple[str, ...]
     gradient_evaluations: int
+
+    @classmethod
+    def of(cls, result: Any) -> NbetaRung:
+        """An estimate summarised as a rung: its failed checks but two (:data:`NOT_ASKED_OF_A_RUNG`)."""
+        return cls(nbeta=result.nbeta, llc=float(result.llc_mean), mcse=float(result.llc_mcse),
+                   failed=tuple(c.name for c in result.checks if not c.ok and c.name not in NOT_ASKED_OF_A_RUNG),
+                   gradient_evaluations=result.gradient_evaluations)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(nbeta=self.nbeta, llc=number(self.llc), mcse=number(self.mcse), failed=list(self.failed),
@@ -103,11 +126,22 @@ def compare(llc: float, mcse: float, nbeta: float, rung: NbetaRung, z: float = 2
     return Comparison(kind, delta, delta_se, llc + weight * delta, implied_se)
 
 
-def rung_settings(given: dict[str, Any], seed: int, nbeta: float) -> dict[str, Any]:
-    """The settings of the second run: those the user gave, at 4nβ, a given step size divided by 4
-    (ε·nβ, which sets the step's size against the curvature of nβ L, kept), another seed, no check."""
-    settings = {**given, "nbeta": NBETA_FACTOR * nbeta, "seed": seed + SEED_OFFSET, "nbeta_check": False}
+def rung_settings(given: dict[str, Any], seed: int, nbeta: float, factor: float = NBETA_FACTOR,
+                  seed_offset: int = SEED_OFFSET) -> dict[str, Any]:
+    """The settings of another run at ``factor`` × nβ (4nβ for the check, nβ / 4 when lowering): those
+    the user gave, a given step size divided by ``factor`` (ε·nβ, which sets the step's size against
+    the curvature of nβ L, kept), another seed, no check of its own."""
+    settings = {**given, "nbeta": factor * nbeta, "seed": seed + seed_offset, "nbeta_check": False}
     if _is_real(given.get("step_size")):
-        settings["step_size"] = given["step_size"] / NBETA_FACTOR
+        settings["step_size"] = given["step_size"] / factor
     return settings
 
+
+def lowers(result: Any) -> bool:
+    """Whether an estimate at the default nβ moves to nβ / 4 (module docstring): λ̂ fell from nβ to
+    4nβ beyond both runs' errors and biases, and both runs gave a value. The run at 4nβ need not
+    pass its own checks: after the move it is no longer the one the ``nbeta`` check reads."""
+    rung = result.nbeta_rung
+    if rung is None or result.lowered_from is not None or not math.isfinite(result.llc_mean):
+        return False
+    return math.isfinite(rung.llc) and result.nbeta_comparison().kind == "falling"

@@ -47,6 +47,10 @@ class LLCResult:
       check and the run at 4nβ included (a MALA acceptance check on a step costs one more).
     - ``nbeta_rung``: the same estimate at 4nβ (:class:`~lambdahat.nbeta_rung.NbetaRung`; None when
       not measured), judged by the ``nbeta`` check; :meth:`nbeta_comparison` states the change.
+    - ``lowered_from``: the nβ the call started at (n / log n) when λ̂ fell with nβ there and the
+      estimate moved to nβ / 4 (:mod:`lambdahat.nbeta_rung`, "Lowering nβ"); ``nbeta_rung`` is then
+      the run at that first nβ and ``fall_rung`` its own run at 4nβ, the one that showed the fall.
+      None when the estimate stayed where it started.
     """
 
     llc_mean: float
@@ -65,6 +69,8 @@ class LLCResult:
     gradient_evaluations: int = 0
     checks: tuple[health.Check, ...] = ()
     nbeta_rung: NbetaRung | None = None
+    lowered_from: float | None = None
+    fall_rung: NbetaRung | None = None
 
     @classmethod
     def from_trace(cls, trace: Trace, init_loss: float, nbeta: float, settings: Settings, num_params: int,
@@ -119,6 +125,8 @@ class LLCResult:
             bias=number(self.adaptation.bias) if self.adaptation and self.adaptation.bias is not None else None,
             adaptation=self.adaptation.to_dict() if self.adaptation else None,
             nbeta_rung=self.nbeta_rung.to_dict() if self.nbeta_rung else None,
+            lowered_from=self.lowered_from,
+            fall_rung=self.fall_rung.to_dict() if self.fall_rung else None,
             gradient_evaluations=self.gradient_evaluations,
             wall_time=number(self.wall_time),
             settings=self.settings.to_dict(),
@@ -165,6 +173,11 @@ class LLCResult:
             if self.adaptation.bias is not None and math.isfinite(self.adaptation.bias):
                 lines.append(f"  step-size bias, measured by halving ε: {self.adaptation.bias:+.3g} ± "
                              f"{self.adaptation.bias_mcse:.2g}")
+        if self.lowered_from is not None:
+            first, fall = self.nbeta_rung, self.fall_rung
+            lines.append(f"  nβ lowered to a quarter of n / log n: there (nβ = {first.nbeta:.6g}) λ̂ = {first.llc:.4g} ± "
+                         f"{first.mcse:.2g} fell to {fall.llc:.4g} ± {fall.mcse:.2g} at 4nβ, so w* sits above a nearby "
+                         "minimum of L_n and λ̂ carries −nβ (L_n(w*) − L_min), four times smaller here")
         comparison = self.nbeta_comparison()
         if comparison is not None:
             rung = self.nbeta_rung
