@@ -60,7 +60,11 @@ def estimate_llc(
     checks; ``print(result)`` says which, what was chosen and why. Such a run (nβ left at n / log n)
     is then repeated at 4nβ (:mod:`lambdahat.nbeta_rung`; ``nbeta_check``): λ̂ still rising or
     falling with nβ means the value at this nβ is not yet the learning coefficient, which no
-    sampling check can see; ``result.nbeta_rung`` holds that second estimate.
+    sampling check can see; ``result.nbeta_rung`` holds that second estimate. When λ̂ falls with
+    nβ (w* above a nearby minimum of L_n, as at a teacher under noisy targets or an unconverged
+    training run), the estimate moves to nβ / 4, where the fall is a quarter, with the run at nβ as
+    its rung (``result.lowered_from``; not when a probe is recorded, whose observables stay at the
+    nβ they were asked at).
 
     Args:
         model: the trained model; it is left exactly as it was (weights, buffers, requires_grad,
