@@ -266,6 +266,7 @@ def main(argv=None) -> None:
     if not args.report_only:
         run(args.routes, args.bands, args.workers, args.version, cache)
     text = report(args.version, cache)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
 
