@@ -67,6 +67,10 @@ VERSIONS = {
     # the estimates whose λ̂ falls with nβ (noisy teachers); five reduced-rank regressions instead
     # of three ("rrr"), since they are the cases that change touches.
     "v13": (20261213, {"100": 3, "1k": 3, "10k": 2, "100k": 0, "rrr": 5}),
+    # v14, fixed 2026-12-06 21:50 UTC before any engine was run on it, for this session's change:
+    # the adaptive run halves ε and draws again where the bias check would fail (adapt step 5,
+    # made after v13's rrr 10-10-5 r=2 was refused on bias alone); v13's composition.
+    "v14": (20261214, {"100": 3, "1k": 3, "10k": 2, "100k": 0, "rrr": 5}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10
