@@ -236,3 +236,51 @@ def test_the_default_step_budget_halves_per_decade_without_cliffs():
     budgets = [default_max_steps(int(d)) for d in sizes]
     assert all(a >= b for a, b in zip(budgets, budgets[1:]))  # never more steps for a larger model
     assert max(a / b for a, b in zip(budgets, budgets[1:])) < 1.05  # and no cliff (the old bands halved at 10³ + 1)
+
+
+def test_bias_beyond_is_the_bias_checks_own_threshold():
+    """5% of |λ̂| beyond 2 standard errors: the rule the ``bias`` check and the halving share."""
+    from lambdahat import health
+
+    assert health.bias_beyond(1.3, 0.1, 20.0)  # 1.3 − 0.2 > 1.0
+    assert not health.bias_beyond(1.1, 0.1, 20.0)  # 1.1 − 0.2 ≤ 1.0
+    assert health.bias_beyond(-1.3, 0.1, -20.0)  # signs do not matter
+    assert not health.bias_beyond(float("nan"), 0.1, 20.0)
+
+
+def test_a_large_step_bias_halves_the_step_once_and_draws_again(monkeypatch):
+    """Provoked on a real run (every bias measurement counts as too large, the check itself is
+    untouched): ε is halved once, the draws at ε become burn-in and the draws are run again at ε / 2
+    after the halving segment, one frozen step; the bias is measured again at the new ε."""
+    from lambdahat import health
+
+    monkeypatch.setattr(health, "bias_beyond", lambda *args, **kwargs: True)
+    task = tasks.deep_linear_network([4, 5, 3], 2, n=5000, seed=3)
+    result = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=30000, nbeta_check=False, progress=False)
+    phases = result.adaptation.phases
+    names = [p["name"] for p in phases]
+    assert names[-4:] == ["draws", "bias check", "draws", "bias check"] and names.count("draws") == 2
+    first, second = phases[-4], phases[-2]
+    assert second["step_size"] == first["step_size"] / 2 == result.settings.step_size
+    assert phases[-1]["step_size"] == second["step_size"] / 2
+    halved = [note for note in result.adaptation.notes if "ε was halved" in note]
+    assert len(halved) == 1
+    steps = result.trace.draws("step_size")
+    assert steps.shape[1] == result.settings.num_draws == second["steps"] and np.all(steps == result.settings.step_size)
+    assert result.settings.num_burnin_steps >= result.adaptation.warmup_steps + first["steps"]
+    again = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=30000, nbeta_check=False, progress=False)
+    assert again.llc_mean == result.llc_mean  # same seed, same bits
+
+
+def test_a_large_step_bias_is_left_alone_where_the_user_fixed_the_burn_in_or_no_budget_is_left(monkeypatch):
+    from lambdahat import health
+
+    monkeypatch.setattr(health, "bias_beyond", lambda *args, **kwargs: True)
+    task = tasks.deep_linear_network([4, 5, 3], 2, n=5000, seed=3)
+    given = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=12000, num_burnin_steps=1500,
+                            nbeta_check=False, progress=False)
+    assert [p["name"] for p in given.adaptation.phases].count("draws") == 1
+    assert given.settings.num_burnin_steps == 1500
+    tight = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=3000, nbeta_check=False, progress=False)
+    assert [p["name"] for p in tight.adaptation.phases].count("draws") == 1
+    assert any("left no room" in note for note in tight.adaptation.notes)

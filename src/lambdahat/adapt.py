@@ -46,6 +46,11 @@ warm-up, so the draws are one valid chain of fixed-step SGLD:
    the segment from exploring further than the draws did (a larger step also travels faster
    along flat directions, which a doubled segment would mistake for bias). The segment is not
    part of the trace's draws.
+5. **Halving.** Where that bias exceeds what the ``bias`` check allows (5% of λ̂ beyond two
+   standard errors), ε is halved once and the draws run again at ε/2, from the segment's end
+   (which ran at ε/2 and so has settled them); everything before counts as burn-in and the bias
+   is measured again at the new ε. Not where the user gave the burn-in, nor where the budget
+   left after the segment cannot hold as many draws again; then the check refuses the result.
 
 A run's randomness comes only from (seed, chain), and the budget is in steps, never seconds, so
 the same call gives the same result, bit for bit, on any machine.
@@ -121,17 +126,22 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     warm = WarmUp(chains, settings, log, init_loss=init_loss, nbeta=nbeta, num_params=num_params,
                   auto_batch=auto_batch, bar=bar)
     warm.run()  # 1-2. step size, friction, noise remedies, localisation
-    burnin, draws, noise_level = _draws(warm, settings)  # 3.
-    num_draws = sum(r["loss"].shape[1] for r in draws)
-    draw_acc = stopping.acceptance({"mala_accept": np.concatenate([r["mala_accept"] for r in draws], axis=1)}) if (
-        draws and "mala_accept" in draws[0]) else float("nan")
-    log.phases.append(dict(name="draws", steps=num_draws, step_size=warm.step, localization=warm.gamma,
-                           acceptance=draw_acc))
+    halved = False
+    while True:
+        burnin, draws, noise_level = _draws(warm, settings, rewarm=not halved)  # 3.
+        num_draws = sum(r["loss"].shape[1] for r in draws)
+        draw_acc = stopping.acceptance({"mala_accept": np.concatenate([r["mala_accept"] for r in draws], axis=1)}) if (
+            draws and "mala_accept" in draws[0]) else float("nan")
+        log.phases.append(dict(name="draws", steps=num_draws, step_size=warm.step, localization=warm.gamma,
+                               acceptance=draw_acc))
+        segment, draws_llc = _bias_by_halving(warm, draws, num_draws)  # 4.
+        if halved or not _halve_for_bias(warm, num_draws, segment, draws_llc):
+            break
+        halved = True  # 5.
     log.gradient_evaluations += warm.monitor.evaluations
     if noise_level is not None:
         log.noise_bias = noise.noise_bias(warm.step, nbeta, noise_level, warm.friction)
-    _explain(warm, settings, burnin, num_draws, draw_acc)
-    _bias_by_halving(warm, draws, num_draws)  # 4.
+    _explain(warm, settings, burnin, num_draws, draw_acc, halved)
 
     chains = warm.chains
     records, first_bad = chains.records()
@@ -144,10 +154,11 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
     return records, burnin, first_bad, resolved, log
 
 
-def _draws(warm: WarmUp, settings: Settings) -> tuple[int, list[dict[str, np.ndarray]], float | None]:
+def _draws(warm: WarmUp, settings: Settings, rewarm: bool = True) -> tuple[int, list[dict[str, np.ndarray]], float | None]:
     """Step 3: draws in blocks at frozen settings until the length targets pass or the budget is
-    spent; back to the warm-up if their acceptance leaves the band. Returns the burn-in length, the
-    kept draws' records and the mean gradient noise measured in them (None when not measured)."""
+    spent; back to the warm-up if their acceptance leaves the band (unless ``rewarm`` is False: the
+    warm-up would undo a step halved for bias). Returns the burn-in length, the kept draws' records
+    and the mean gradient noise measured in them (None when not measured)."""
     chains, log, nbeta, init_loss = warm.chains, warm.log, warm.nbeta, warm.init_loss
     auto_draws = warm.auto_draws
     draw_floor = MIN_DRAWS if auto_draws else int(settings.num_draws)
@@ -181,7 +192,7 @@ def _draws(warm: WarmUp, settings: Settings) -> tuple[int, list[dict[str, np.nda
         losses = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
         why = _why_resume(warm, stopping.acceptance(records), nbeta * (float(np.nanmean(losses)) - init_loss),
                           draw_noise)
-        if why and warm.auto_step and warm.auto_burnin and rewarms < MAX_REWARMS \
+        if why and rewarm and warm.auto_step and warm.auto_burnin and rewarms < MAX_REWARMS \
                 and chains.steps + MIN_WARMUP < warm.budget_draws:
             # the chains moved on into steeper or noisier ground: adapt again, and count what came before as burn-in
             rewarms += 1
@@ -228,13 +239,14 @@ def _why_resume(warm: WarmUp, acceptance: float, llc: float, draw_noise: list[fl
     return None
 
 
-def _explain(warm: WarmUp, settings: Settings, burnin: int, num_draws: int, draw_acc: float) -> None:
+def _explain(warm: WarmUp, settings: Settings, burnin: int, num_draws: int, draw_acc: float, halved: bool) -> None:
     """One note per auto setting: the value it got and why."""
     log, step, nbeta = warm.log, warm.step, warm.nbeta
     if warm.auto_step:
         log.notes.append(
             f"step_size ε = {step:.3g} (ε·nβ = {step * nbeta:.3g}), adapted in the warm-up so that the MALA acceptance of "
-            f"the sampler's own steps approaches {warm.target:.4g}, the target at this λ̂ (draws: {draw_acc:.4f})"
+            f"the sampler's own steps approaches {warm.target:.4g}, the target at this λ̂"
+            + (", then halved for the step-size bias" if halved else "") + f" (draws: {draw_acc:.4f})"
             + (f", and capped so that minibatch gradient noise adds at most {noise.NOISE_BIAS:.0%} of λ̂ "
                f"(predicted: {log.noise_bias:.3g})" if step >= warm.noise_cap and log.noise_bias is not None else "")
         )
@@ -249,7 +261,8 @@ def _explain(warm: WarmUp, settings: Settings, burnin: int, num_draws: int, draw
                                                                if warm.reductions == 0 else ""))
     if warm.auto_burnin:
         log.notes.append(f"num_burnin_steps = {burnin}: the warm-up until the acceptance and the loss level settled"
-                         + (", and draws moved to burn-in while λ̂ was still moving" if burnin > log.warmup_steps else ""))
+                         + (", and the draws at ε before it was halved for the step-size bias" if halved else
+                            ", and draws moved to burn-in while λ̂ was still moving" if burnin > log.warmup_steps else ""))
     if warm.auto_draws:
         log.notes.append(
             f"num_draws = {num_draws}: " + (f"the step budget max_steps = {warm.budget} was spent before the length targets "
@@ -259,12 +272,13 @@ def _explain(warm: WarmUp, settings: Settings, burnin: int, num_draws: int, draw
         )
 
 
-def _bias_by_halving(warm: WarmUp, draws: list[dict[str, np.ndarray]], num_draws: int) -> None:
-    """Step 4: the bias of ε by step halving, on a segment after the draws (not part of the trace)."""
+def _bias_by_halving(warm: WarmUp, draws: list[dict[str, np.ndarray]], num_draws: int) -> tuple[int, float]:
+    """Step 4: the bias of ε by step halving, on a segment after the draws (not part of the trace).
+    Returns the segment's length in steps and the draws' λ̂ (0 and NaN when it was not measured)."""
     chains, log, step, reserve = warm.chains, warm.log, warm.step, warm.reserve
     healthy = [k for k, s in enumerate(chains.first_bad) if s is None]
     if not (warm.auto_step and warm.sampler.name != "mala" and healthy and draws):
-        return
+        return 0, float("nan")
     loss = np.concatenate([r["loss"] for r in draws], axis=1)[healthy]
     stats = diagnostics.llc_statistics(loss, warm.init_loss, warm.nbeta)
     if warm.bar is not None:
@@ -284,3 +298,30 @@ def _bias_by_halving(warm: WarmUp, draws: list[dict[str, np.ndarray]], num_draws
     log.bias_mcse = 2 * math.hypot(stats["llc_mcse"], half["llc_mcse"])
     log.phases.append(dict(name="bias check", steps=settle + measure, step_size=step / 2, localization=warm.gamma,
                            acceptance=stopping.acceptance(records)))
+    return settle + measure, float(stats["llc_mean"])
+
+
+def _halve_for_bias(warm: WarmUp, num_draws: int, segment: int, llc: float) -> bool:
+    """Step 5, the bias check turned into an action: when the bias measured at ε exceeds what the
+    ``bias`` check allows, ε is halved (SGLD's bias is about linear in ε, so it halves too) and the
+    draws are run again at ε / 2 after the segment, which ran at ε / 2 already and so serves to
+    settle them; everything before counts as burn-in. Only with an auto burn-in (a burn-in the
+    user gave is kept as given), and only when the budget left after the segment holds at least
+    as many draws again. Returns whether it did."""
+    log, chains = warm.log, warm.chains
+    if not (segment and warm.auto_burnin and log.bias is not None
+            and health.bias_beyond(log.bias, float(log.bias_mcse or 0.0), llc)):
+        return False
+    if chains.steps + segment + max(num_draws, MIN_DRAWS) > warm.budget_draws:
+        log.notes.append(f"the step-size bias {log.bias:+.3g} ± {log.bias_mcse:.2g} at ε = {warm.step:.3g} exceeds "
+                         f"{health.MAX_STEP_BIAS:.0%} of λ̂, and the step budget left no room to draw again at ε / 2")
+        return False
+    log.notes.append(f"the step-size bias {log.bias:+.3g} ± {log.bias_mcse:.2g} at ε = {warm.step:.3g} exceeded "
+                     f"{health.MAX_STEP_BIAS:.0%} of λ̂ = {llc:.4g}: ε was halved and the draws run again "
+                     "(those before became burn-in)")
+    warm.budget_draws -= segment  # the segment's steps are not in chains.steps
+    warm.step /= 2
+    log.budget_spent = False  # the draws at ε/2 judge it afresh
+    if warm.bar is not None:
+        warm.bar.set_description("draws at ε/2")
+    return True

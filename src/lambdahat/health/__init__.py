@@ -55,7 +55,9 @@ from .sanity import check_divergence, check_negative, check_runaway
 from .step import (
     EXACT_MALA_ACCEPT_BAND,
     acceptance_band,
+    MAX_STEP_BIAS,
     acceptance_target,
+    bias_beyond,
     check_bias,
     check_localization,
     check_mala_accept,
@@ -78,6 +80,8 @@ __all__ = [
     "check_mala_accept",
     "check_localization",
     "check_ladder",
+    "MAX_STEP_BIAS",
+    "bias_beyond",
     "check_bias",
     "check_noise",
     "check_nbeta",
