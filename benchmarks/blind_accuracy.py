@@ -60,7 +60,7 @@ def _run_case(case_name: str, route: str, version: str = "v1") -> dict:
         result = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False)
         row.update(certified=result.certified, failed=[c.name for c in result.checks if not c.ok],
                    gradient_evaluations=result.gradient_evaluations, settings=result.settings.to_dict(),
-                   bias=result.adaptation.bias)
+                   bias=result.adaptation.bias, notes=list(result.adaptation.notes))
         comparison = result.nbeta_comparison()
         if comparison is not None:  # the nβ check's second run (lambdahat.nbeta_rung)
             row.update(nbeta_rung=result.nbeta_rung.to_dict(), nbeta_kind=comparison.kind,
