@@ -246,3 +246,48 @@ def test_tempered_rejects(kwargs, name):
         tempered_expectation_2d(lambda a, b: a**2 + b**2, **args)
     with pytest.raises(ValueError, match=name):
         tempered_expectation_1d(lambda w: w**2, **args)
+
+
+# ---------------------------------------------------------------- a crossing task's own finite-nβ target
+
+
+def _crossing_by_gaussian_w1(task, nbeta, gamma, half_width=8.0, num_points=400_001):
+    """The same target another way: for a = 1 the loss is quadratic in w1 at fixed w2, so the w1
+    integral is Gaussian in closed form and only w2 is integrated (uniform grid, at w* = 0)."""
+    import numpy as np
+
+    a, b = task.info["exponents"]
+    assert a == 1 and task.info["point"] == (0.0, 0.0)
+    x, y = (t.double().numpy() for t in task.data)
+    w2 = np.linspace(-half_width, half_width, num_points)
+    total = 0.0
+    for s, q in zip((x * y).mean(axis=0), (x * x).mean(axis=0)):
+        c = w2**b
+        precision = nbeta * c**2 * q + gamma
+        mean = nbeta * c * s / precision
+        log_weight = -0.5 * np.log(precision) + precision * mean**2 / 2 - 0.5 * gamma * w2**2
+        inner = -nbeta * c * s * mean + 0.5 * nbeta * c**2 * q * (mean**2 + 1 / precision)
+        weight = np.exp(log_weight - log_weight.max())
+        total += float((weight * inner).sum() / weight.sum())
+    return total
+
+
+@pytest.mark.parametrize("exponents, copies, nbeta, gamma", [((1, 2), 1, 8686.0, 1.0), ((1, 3), 3, 700.0, 0.1)])
+def test_normal_crossing_expectation_matches_a_second_quadrature(exponents, copies, nbeta, gamma):
+    """tasks.normal_crossing_expectation (2-D sinh-grid quadrature of noisy data) against the
+    Gaussian-in-w1 closed form integrated over w2 alone: two routes, one number."""
+    from lambdahat import tasks
+
+    task = tasks.normal_crossing(exponents, n=5000, copies=copies, seed=3)
+    got = tasks.normal_crossing_expectation(task, nbeta, gamma)
+    assert got == pytest.approx(_crossing_by_gaussian_w1(task, nbeta, gamma, half_width=8 / math.sqrt(gamma)),
+                                rel=1e-5)
+    # the targets' noise lowers it below the noise-free value, which sits below λ (the estimand's own gap)
+    assert got < copies * tempered_expectation_2d(lambda w1, w2: 0.5 * (w1 * w2 ** exponents[1]) ** 2, nbeta, gamma)
+
+
+def test_normal_crossing_expectation_needs_a_crossing_task():
+    from lambdahat import tasks
+
+    with pytest.raises(ValueError, match="tasks.normal_crossing"):
+        tasks.normal_crossing_expectation(tasks.linear_regression(dim=2, n=10), 100.0)

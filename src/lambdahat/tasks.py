@@ -22,6 +22,7 @@ __all__ = [
     "deep_linear_network",
     "reduced_rank_regression",
     "normal_crossing",
+    "normal_crossing_expectation",
     "quasi_homogeneous",
     "linear_regression",
     "relu_teacher_student",
@@ -174,6 +175,35 @@ def normal_crossing(
     model = NormalCrossingModel((a, b), (w1, w2), copies)
     info = {"exponents": (a, b), "point": (w1, w2), "copies": copies}
     return Task(f"normal crossing a={a} b={b} at {point} ×{copies}", model, (x, y), losses.gaussian_nll, lc, info)
+
+
+def normal_crossing_expectation(task: Task, nbeta: float, localization: float = 1.0, num_points: int = 2001) -> float:
+    """E_p[nβ (L_n(w) − L_n(w*))] of a :func:`normal_crossing` task on its own data, by quadrature:
+    what a perfect sampler returns at this nβ and γ, noise in the targets included.
+
+    Per copy, with u = w1^a w2^b, s = mean(x y) and q = mean(x²), the loss change from w* is
+    ΔL = −(u − u*) s + ½ (u² − u*²) q; the copies are independent, so their expectations add
+    (:func:`lambdahat.truth.tempered_expectation_2d` for each). The gap between this and λ is the
+    estimand's own at this n, which no sampler or setting at this nβ removes.
+    """
+    if not localization > 0:
+        raise ValueError(f"localization must be > 0 (got {localization}): without it the crossing's posterior is "
+                         "improper along its axes.")
+    if task.info.get("exponents") is None:
+        raise ValueError(f"task {task.name!r} is not a normal crossing: pass a task from tasks.normal_crossing.")
+    a, b = task.info["exponents"]
+    c1, c2 = task.info["point"]
+    x, y = (t.double() for t in task.data)
+    u_star = c1**a * c2**b
+    half_width = max(5.0, 8.0 / math.sqrt(localization))  # 8 prior standard deviations
+    total = 0.0
+    for s, q in zip((x * y).mean(dim=0).tolist(), x.pow(2).mean(dim=0).tolist()):
+        def delta(w1, w2, s=s, q=q):
+            u = w1**a * w2**b
+            return -(u - u_star) * s + 0.5 * (u**2 - u_star**2) * q
+        total += truth.tempered_expectation_2d(delta, nbeta, localization, center=(c1, c2),
+                                                half_width=half_width, num_points=num_points)
+    return total
 
 
 class QuasiHomogeneousModel(nn.Module):
