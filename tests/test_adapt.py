@@ -109,6 +109,29 @@ def test_result_settings_pass_straight_back_and_are_kept(auto_run, small_dln):
     assert abs(again.llc_mean - auto_run.llc_mean) <= 5 * math.hypot(again.llc_mcse, auto_run.llc_mcse)
 
 
+def test_fixed_settings_carry_a_burn_in_that_travels_as_far_as_the_warm_up(auto_run, small_dln):
+    """The warm-up's early steps are larger than the final ε, so a fixed run from w* needs more
+    burn-in steps at ε to move its chains as far: ⌈Σ_t ε_t / ε⌉ over the burn-in that ran."""
+    st = auto_run.settings
+    ran = auto_run.trace.arrays["step_size"][0, : st.num_burnin_steps]
+    assert ran.max() > st.step_size  # the warm-up did take larger steps here
+    travel = math.ceil(ran.sum() / st.step_size - 1e-6)
+    assert auto_run.adaptation.burnin_at(st.step_size) == travel > st.num_burnin_steps
+    fixed = auto_run.fixed_settings()
+    assert fixed.num_burnin_steps == travel
+    assert all(fixed[name] == st[name] for name in Settings().keys() if name != "num_burnin_steps")
+    t = small_dln
+    again = lh.estimate_llc(t.model, t.data, t.loss_fn, progress=False, **fixed)
+    assert again.adaptation is None and again.settings.num_burnin_steps == travel
+
+
+def test_fixed_settings_are_the_settings_when_the_step_never_changed(small_dln):
+    t = small_dln
+    result = lh.estimate_llc(t.model, t.data, t.loss_fn, step_size=2e-4, max_steps=3000, progress=False)
+    assert result.adaptation is not None and result.adaptation.burnin_at(2e-4) == result.settings.num_burnin_steps
+    assert result.fixed_settings() is result.settings
+
+
 def test_same_seed_same_bits_and_other_seed_differs(auto_run, small_dln):
     t = small_dln
     again = lh.estimate_llc(t.model, t.data, t.loss_fn, max_steps=4000, progress=False)

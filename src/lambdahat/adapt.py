@@ -88,7 +88,10 @@ class Adaptation:
     ``budget_spent``: the draws stopped at ``max_steps``, not because the checks passed;
     ``gradient_evaluations``: per chain, every phase included (a proposal check costs one more,
     a noise measurement four); ``noise_bias``: the λ̂ that minibatch noise adds, predicted from the
-    noise measured in the draws (None when not measured); ``chain_mode``: the mode the chains ran in.
+    noise measured in the draws (None when not measured); ``chain_mode``: the mode the chains ran in;
+    ``burnin_travel``: Σ_t ε_t over the burn-in since the chains last left w*, which sets how far
+    they moved from it (a Langevin chain's spread along a flat direction grows like Σ_t ε_t, and
+    its relaxation under γ takes Σ_t ε_t ≈ 2/γ): see :meth:`burnin_at`.
     """
 
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -100,6 +103,17 @@ class Adaptation:
     discarded_steps: int = 0
     noise_bias: float | None = None
     chain_mode: str | None = None
+    burnin_travel: float | None = None
+
+    def burnin_at(self, step_size: float) -> int | None:
+        """The burn-in a fixed run at ``step_size`` needs to move its chains from w* as far as this
+        run's burn-in did: ⌈Σ_t ε_t / ε⌉. The warm-up starts at ε₀ = 0.01/nβ and, on deep or
+        stiff models, ends many times lower, so a fixed run from w* with the same number of
+        burn-in steps travels far less (on a seen depth-5 network ε fell 30-fold, and such a
+        rerun gave λ̂ 10% lower than the adaptive run's). None when not recorded."""
+        if self.burnin_travel is None:
+            return None
+        return math.ceil(self.burnin_travel / step_size - 1e-6)  # a constant ε gives back the steps, not one more
 
     @property
     def warmup_steps(self) -> int:
@@ -109,7 +123,8 @@ class Adaptation:
     def to_dict(self) -> dict[str, Any]:
         return dict(phases=self.phases, notes=self.notes, bias=self.bias, bias_mcse=self.bias_mcse,
                     budget_spent=self.budget_spent, gradient_evaluations=self.gradient_evaluations,
-                    discarded_steps=self.discarded_steps, noise_bias=self.noise_bias)
+                    discarded_steps=self.discarded_steps, noise_bias=self.noise_bias,
+                    burnin_travel=self.burnin_travel)
 
 
 def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, nbeta: float, num_params: int,
@@ -139,6 +154,7 @@ def adapt_and_sample(chains: ChainSet, settings: Settings, *, init_loss: float, 
             break
         halved = True  # 5.
     log.gradient_evaluations += warm.monitor.evaluations
+    log.burnin_travel = float(np.sum(warm.step_sizes[:burnin]))
     if noise_level is not None:
         log.noise_bias = noise.noise_bias(warm.step, nbeta, noise_level, warm.friction)
     _explain(warm, settings, burnin, num_draws, draw_acc, halved)
@@ -239,6 +255,10 @@ def _why_resume(warm: WarmUp, acceptance: float, llc: float, draw_noise: list[fl
     return None
 
 
+#: The note on a fixed rerun's burn-in appears when it needs this many times the steps that ran.
+FIXED_BURNIN_NOTE = 1.5
+
+
 def _explain(warm: WarmUp, settings: Settings, burnin: int, num_draws: int, draw_acc: float, halved: bool) -> None:
     """One note per auto setting: the value it got and why."""
     log, step, nbeta = warm.log, warm.step, warm.nbeta
@@ -263,6 +283,12 @@ def _explain(warm: WarmUp, settings: Settings, burnin: int, num_draws: int, draw
         log.notes.append(f"num_burnin_steps = {burnin}: the warm-up until the acceptance and the loss level settled"
                          + (", and the draws at ε before it was halved for the step-size bias" if halved else
                             ", and draws moved to burn-in while λ̂ was still moving" if burnin > log.warmup_steps else ""))
+    fixed = log.burnin_at(step)
+    if fixed is not None and fixed > FIXED_BURNIN_NOTE * max(burnin, 1):
+        log.notes.append(
+            f"a fixed run from w* at ε = {step:.3g} moves as far as this burn-in did only after about {fixed} steps "
+            f"(the warm-up's steps were larger: Σ ε_t = {log.burnin_travel:.3g} over {burnin}); "
+            "result.fixed_settings() carries that burn-in, for comparing another model at this setting")
     if warm.auto_draws:
         log.notes.append(
             f"num_draws = {num_draws}: " + (f"the step budget max_steps = {warm.budget} was spent before the length targets "

@@ -214,12 +214,14 @@ def calibrate(
     # the nβ check judges the one setting, in the verify runs, not the adaptive runs that choose it
     adaptive = {name: run("adaptive", name, given.replace(nbeta=nbeta, nbeta_check=False)) for name in names}
     chosen = [r.settings for r in adaptive.values()]
+    step = min(s.step_size for s in chosen)
     common = given.replace(
         nbeta=nbeta,
         sampler=_one_sampler(chosen) if given.sampler == AUTO else given.sampler,
-        step_size=min(s.step_size for s in chosen),
+        step_size=step,
         localization=min(s.localization for s in chosen),
-        num_burnin_steps=max(s.num_burnin_steps for s in chosen),
+        # as long as any model's warm-up needed to travel from w*, at the one (smallest) ε
+        num_burnin_steps=max(_burnin_at(r, step) for r in adaptive.values()),
         num_draws=max(s.num_draws for s in chosen),
         batch_size=chosen[0].batch_size if given.batch_size is None and len({s.batch_size for s in chosen}) == 1
         else given.batch_size,
@@ -234,7 +236,8 @@ def calibrate(
         f"nβ = {nbeta:.6g}" + (" (n / log n of the first model's data)" if given.nbeta is None else " (given)")
         + f" for every model; the adaptive warm-up on each of the {len(names)} model(s) chose step sizes "
         + ", ".join(f"{s.step_size:.3g}" for s in chosen) + "; the smallest, "
-        f"{common.step_size:.3g}, the smallest γ ({common.localization:g}) and the longest chains "
+        f"{common.step_size:.3g}, the smallest γ ({common.localization:g}), the longest draws and a burn-in "
+        f"long enough at that ε for every model's chains to travel from w* as far as its warm-up did "
         f"({common.num_burnin_steps} burn-in + {common.num_draws} draws) are the one setting. "
         + (f"At it, {len(verified) - len(failing)} of {len(verified)} models are certified"
            + (f"; not: {', '.join(failing)} (see their verdicts)." if failing else ".") if verify
@@ -243,6 +246,14 @@ def calibrate(
     if progress:
         print(f"  calibration took {time.perf_counter() - start:.0f} s", flush=True)
     return CalibrationResult(rows, common, certified, rule, names, results)
+
+
+def _burnin_at(result: LLCResult, step_size: float) -> int:
+    """The burn-in a fixed run at ``step_size`` needs to travel from w* as far as ``result``'s did
+    (:meth:`lambdahat.adapt.Adaptation.burnin_at`), and never fewer steps than it ran."""
+    ran = result.settings.num_burnin_steps
+    travel = result.adaptation.burnin_at(step_size) if result.adaptation is not None else None
+    return ran if travel is None else max(ran, travel)
 
 
 def _one_sampler(chosen: Sequence[Settings]) -> Any:

@@ -196,7 +196,7 @@ def plot_calibration(calibration: Any) -> Figure:
     recommended setting (diamond), green where the run is certified and red where it is not (the
     failed checks are written beside it); each model's truth, when the calibration was given one,
     is a dashed segment. The two λ̂ of a model need not agree: the common setting has the
-    smallest ε and γ of all models and the longest chains. Right: the ε each model's warm-up
+    smallest ε and γ of all models, the longest draws and a burn-in long enough at that ε. Right: the ε each model's warm-up
     chose (log scale) with its γ and chain length, and the recommended ε (the smallest) as a
     dotted line.
     """
