@@ -10,6 +10,10 @@ Routes, each one process per (case, route), one torch thread:
 - ``auto``: ``lh.estimate_llc(model, data, loss)``, no settings (this version);
 - ``fixed``: a hand-tuned fixed setting, the rule of ``experiments/dln_accuracy`` (ε·nβ = 0.04,
   γ = 1, 4 × (4000 + 4000) steps, batch 500), for the time-to-accuracy comparison;
+- ``settings``: the auto route's own final settings (``result.fixed_settings()``, from the cache;
+  ``result.settings`` in rows from before it existed) given as a fixed setting with no nβ check: the run someone who already knew the right setting would make,
+  for issue 16's wall-time target (auto within 3× of a fixed run of the same accuracy). It runs
+  after the auto route and reads only the auto row's settings;
 - ``old_defaults``: the defaults of the previous release (main at 56bf46a: ε = 2e-5, γ = 100,
   4 × (500 + 1000)), run from a git worktree of that commit;
 - ``old_calibrate``: that release's ``lh.calibrate`` with its defaults, then ``estimate_llc`` at
@@ -41,12 +45,22 @@ OUT = ROOT / "benchmarks" / "out"
 CACHE = OUT / "blind_accuracy.jsonl"
 OLD_COMMIT = "56bf46a"
 OLD_TREE = OUT / "old_release"
-ROUTES = ("auto", "fixed", "old_defaults", "old_calibrate")
+ROUTES = ("auto", "fixed", "settings", "old_defaults", "old_calibrate")
 BAND_ORDER = (*BANDS, "rrr", "crossing")
 
 
-def _run_case(case_name: str, route: str, version: str = "v1") -> dict:
-    """One (case, route) in this worker process: returns the row (no truth read by the route)."""
+def _auto_settings(done: dict, name: str) -> dict | None:
+    """The auto route's ``result.fixed_settings()`` for case ``name`` (its ``result.settings`` in
+    rows written before that existed), as a fixed setting with no nβ check."""
+    row = done.get((name, "auto"))
+    if row is None or "settings" not in row:
+        return None
+    return {**row.get("fixed_settings", row["settings"]), "nbeta_check": False}
+
+
+def _run_case(case_name: str, route: str, version: str = "v1", given: dict | None = None) -> dict:
+    """One (case, route) in this worker process: returns the row (no truth read by the route);
+    ``given``: the settings of the ``settings`` route."""
     import torch
 
     torch.set_num_threads(1)
@@ -61,13 +75,19 @@ def _run_case(case_name: str, route: str, version: str = "v1") -> dict:
         result = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False)
         row.update(certified=result.certified, failed=[c.name for c in result.checks if not c.ok],
                    gradient_evaluations=result.gradient_evaluations, settings=result.settings.to_dict(),
-                   bias=result.adaptation.bias, notes=list(result.adaptation.notes))
+                   bias=result.adaptation.bias, notes=list(result.adaptation.notes),
+                   fixed_settings=result.fixed_settings().to_dict())
         comparison = result.nbeta_comparison()
         if comparison is not None:  # the nβ check's second run (lambdahat.nbeta_rung)
             row.update(nbeta_rung=result.nbeta_rung.to_dict(), nbeta_kind=comparison.kind,
                        nbeta_implied=comparison.implied, nbeta_implied_se=comparison.implied_se)
         if result.lowered_from is not None:  # λ̂ fell with nβ: the estimate is at nβ / 4
             row.update(nbeta=result.nbeta, lowered_from=result.lowered_from, fall_rung=result.fall_rung.to_dict())
+    elif route == "settings":
+        result = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False,
+                                 **lh.Settings.from_mapping(given))
+        row.update(certified=result.certified, failed=[c.name for c in result.checks if not c.ok],
+                   gradient_evaluations=result.gradient_evaluations)
     elif route == "fixed":
         n = task.n
         from lambdahat.potential import default_nbeta  # here: the old routes' release has no default_nbeta
@@ -100,11 +120,12 @@ def _old_route(task, route: str):
                             localization=rec["localization"], num_draws=min(rec["num_draws"], 4000), progress=False)
 
 
-def _job(args: tuple[str, str, str]) -> dict:
-    case_name, route, version = args
+def _job(args: tuple[str, str, str, dict | None]) -> dict:
+    case_name, route, version, given = args
     env = dict(os.environ, OMP_NUM_THREADS="1")
     code = ("import json, sys; sys.path.insert(0, %r); import blind_accuracy as b; "
-            "print('ROW ' + json.dumps(b._run_case(%r, %r, %r)))") % (str(ROOT / "benchmarks"), case_name, route, version)
+            "print('ROW ' + json.dumps(b._run_case(%r, %r, %r, json.loads(%r))))") % (
+                str(ROOT / "benchmarks"), case_name, route, version, json.dumps(given))
     if route.startswith("old"):
         env["PYTHONPATH"] = str(OLD_TREE / "src")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(ROOT))
@@ -131,7 +152,12 @@ def run(routes: list[str], bands: list[str], workers: int, version: str, cache: 
     if any(r.startswith("old") for r in routes):
         _old_tree()
     done = _cached(cache)
-    jobs = [(c.name, r, version) for r in routes for c in cases(version) if c.band in bands and (c.name, r) not in done]
+    todo = [(c.name, r) for r in routes for c in cases(version) if c.band in bands and (c.name, r) not in done]
+    if "settings" in routes and "auto" in routes and any(r == "auto" for _, r in todo):
+        run(["auto"], bands, workers, version, cache)  # the settings route needs the auto rows first
+        return run([r for r in routes if r != "auto"], bands, workers, version, cache)
+    jobs = [(name, r, version, _auto_settings(done, name) if r == "settings" else None) for name, r in todo
+            if r != "settings" or _auto_settings(done, name) is not None]
     print(f"{len(jobs)} runs to do ({len(done)} cached)", flush=True)
     with ProcessPoolExecutor(workers) as pool:
         for row in pool.map(_job, jobs):
@@ -178,7 +204,8 @@ def report(version: str, cache: Path) -> str:
                           f"{'yes' if r['certified'] else 'no'} | {', '.join(r['failed']) or '—'} | {r['seconds']:.0f} |")
     text = "\n".join(lines) + "\n\n" + "\n".join(detail) + "\n"
     return (text + _nbeta_table(version, rows, truths) + _lowered_table(version, rows, truths)
-            + _rules_table(version, rows, truths) + _crossing_table(version, rows, truths))
+            + _rules_table(version, rows, truths) + _crossing_table(version, rows, truths)
+            + _overhead_table(version, rows, truths))
 
 
 def _nbeta_table(version: str, rows: dict, truths: dict[str, float]) -> str:
@@ -244,6 +271,30 @@ def _rules_table(version: str, rows: dict, truths: dict[str, float]) -> str:
     out.append(f"| mean abs. rel. error ({len(got)} cases) | | "
                + " | ".join(f"{sum(map(abs, e)) / len(e):.1%}" for e in errors.values()) + " |")
     out.append("| worst | | " + " | ".join(f"{max(e, key=abs):+.1%}" for e in errors.values()) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _overhead_table(version: str, rows: dict, truths: dict[str, float]) -> str:
+    """Per band, the auto route's wall time against the ``settings`` route's (its own final settings,
+    fixed): what finding the setting and checking it cost over one run at it, and both errors."""
+    out = ["", "| band | cases | auto: mean abs. rel. error | its settings, fixed | auto wall time (mean, s) | "
+           "fixed at its settings (mean, s) | ratio |", "|---|---|---|---|---|---|---|"]
+    ratios = []
+    for band in BAND_ORDER:
+        pairs = [(rows[(c.name, "auto")], rows[(c.name, "settings")], truths[c.name]) for c in cases(version)
+                 if c.band == band and (c.name, "settings") in rows and (c.name, "auto") in rows]
+        if not pairs:
+            continue
+        auto_s, fixed_s = (sum(p[k]["seconds"] for p in pairs) / len(pairs) for k in (0, 1))
+        errs = [sum(abs(p[k]["llc"] - p[2]) / p[2] for p in pairs) / len(pairs) for k in (0, 1)]
+        ratios += [p[0]["seconds"] / p[1]["seconds"] for p in pairs]
+        out.append(f"| {band} | {len(pairs)} | {errs[0]:.1%} | {errs[1]:.1%} | {auto_s:.0f} | {fixed_s:.0f} | "
+                   f"{auto_s / fixed_s:.1f}× |")
+    if not ratios:
+        return ""
+    ratios.sort()
+    out.append(f"| all | {len(ratios)} | | | | | per case {ratios[0]:.1f}× to {ratios[-1]:.1f}×, "
+               f"median {ratios[len(ratios) // 2]:.1f}× |")
     return "\n".join(out) + "\n"
 
 

@@ -1,6 +1,6 @@
 """Investigation (docs/accuracy.md), run as python benchmarks/investigations/deep_miss_stretched_starts.py "dln 60-64" 2.
 Prototype, by patching ChainSet (not library code): stretch chains 2,3 away from w* by factor C at the start of the draws; compare groups."""
-import sys, torch, numpy as np
+import sys, torch
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)
 import lambdahat as lh
@@ -29,7 +29,6 @@ def setattr_(self, name, value):
 ChainSet.__setattr__ = setattr_
 r = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False)
 loss = r.trace.arrays['loss'][:, r.trace.num_burnin_steps:] if hasattr(r.trace, 'num_burnin_steps') else None
-from lambdahat import diagnostics
 init = r.init_loss if hasattr(r, 'init_loss') else None
 print(case.name, 'truth', float(task.truth.value), 'llc %.2f +- %.2f' % (r.llc_mean, r.llc_mcse), 'certified', r.certified,
       [c.name for c in r.checks if not c.ok])

@@ -6,7 +6,7 @@ setting adaptive, in its own process (one thread); rows are appended to OUT.json
 If λ̂ rises toward Aoyagi's λ as nβ grows, the miss is the finite-nβ gap of the localised posterior;
 if λ̂ is flat in nβ, it is not.
 """
-import argparse, json, math, os, subprocess, sys, time
+import argparse, json, os, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
