@@ -32,7 +32,7 @@ def test_training_heuristics_quick(tmp_path):
 
 def test_the_full_run_takes_its_setting_from_lh_calibrate(monkeypatch):
     """The full run's choose_setting, on a small budget: the setting is lh.calibrate's recommendation
-    (ε and γ the smallest the two warm-ups chose, their longest chains) and the section's table
+    (ε and γ the smallest the two warm-ups chose, their longest draws, a burn-in that travels as far) and the section's table
     lists every calibration run. Short trainings (300 steps): only the plumbing is under test."""
     monkeypatch.setattr(th, "CALIBRATION_MAX_STEPS", 300)
     monkeypatch.setattr(th, "CALIBRATION_CHAINS", 1)
@@ -43,10 +43,13 @@ def test_the_full_run_takes_its_setting_from_lh_calibrate(monkeypatch):
     assert [(r["stage"], r["model"]) for r in rows] == [
         ("adaptive", "baseline"), ("adaptive", "momentum 0.9"), ("common", "baseline"), ("common", "momentum 0.9")]
     adaptive = [r for r in rows if r["stage"] == "adaptive"]
+    common = [r for r in rows if r["stage"] == "common"]
     assert setting == {"step_size": min(r["step_size"] for r in adaptive),
                        "localization": min(r["localization"] for r in adaptive),
-                       "num_burnin_steps": max(r["num_burnin_steps"] for r in adaptive),
+                       "num_burnin_steps": common[0]["num_burnin_steps"],
                        "num_draws": max(r["num_draws"] for r in adaptive)}
+    # calibrate's burn-in: the travel-equivalent one at the smallest ε, capped at the step budget
+    assert max(r["num_burnin_steps"] for r in adaptive) <= setting["num_burnin_steps"] <= th.CALIBRATION_MAX_STEPS
     assert all(r["step_size"] == setting["step_size"] for r in rows if r["stage"] == "common")
     assert "smallest" in rule and ("certified on both models" in rule) == all(r["certified"] for r in rows[2:])
     table = th.calibration_table(rows)

@@ -58,7 +58,7 @@ __all__ = ["CACHE_VERSION", "describe", "fingerprint", "cache_key", "entry_path"
            "write_entry", "remove_stale_temporaries"]
 
 #: Bumped whenever the meaning of an entry or of the key changes.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: a calibration's one burn-in is the travel-equivalent one (lambdahat.calibrate)
 _MAX_DEPTH = 12
 _MAX_ITEMS = 100_000
 _LIBRARIES = {"builtins", "torch", "numpy", "transformers", "functools", "collections", "abc", "typing", "enum",

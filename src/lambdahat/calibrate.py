@@ -215,13 +215,19 @@ def calibrate(
     adaptive = {name: run("adaptive", name, given.replace(nbeta=nbeta, nbeta_check=False)) for name in names}
     chosen = [r.settings for r in adaptive.values()]
     step = min(s.step_size for s in chosen)
+    travel = max(_burnin_at(r, step) for r in adaptive.values())
+    # capped at the largest step budget: where the models' steps differ a hundredfold the travel
+    # would be a hundredfold too, and the common runs' own checks judge whether the cap sufficed
+    budgets = [s.max_steps for s in chosen if isinstance(s.max_steps, int)]  # "auto" where nothing adapted
+    budget = max(budgets) if budgets else travel
+    burnin = max(min(travel, budget), max(s.num_burnin_steps for s in chosen))
     common = given.replace(
         nbeta=nbeta,
         sampler=_one_sampler(chosen) if given.sampler == AUTO else given.sampler,
         step_size=step,
         localization=min(s.localization for s in chosen),
         # as long as any model's warm-up needed to travel from w*, at the one (smallest) ε
-        num_burnin_steps=max(_burnin_at(r, step) for r in adaptive.values()),
+        num_burnin_steps=burnin,
         num_draws=max(s.num_draws for s in chosen),
         batch_size=chosen[0].batch_size if given.batch_size is None and len({s.batch_size for s in chosen}) == 1
         else given.batch_size,
@@ -238,7 +244,8 @@ def calibrate(
         + ", ".join(f"{s.step_size:.3g}" for s in chosen) + "; the smallest, "
         f"{common.step_size:.3g}, the smallest γ ({common.localization:g}), the longest draws and a burn-in "
         f"long enough at that ε for every model's chains to travel from w* as far as its warm-up did "
-        f"({common.num_burnin_steps} burn-in + {common.num_draws} draws) are the one setting. "
+        + (f"({travel} steps, capped at the largest step budget) " if travel > burnin else "")
+        + f"({common.num_burnin_steps} burn-in + {common.num_draws} draws) are the one setting. "
         + (f"At it, {len(verified) - len(failing)} of {len(verified)} models are certified"
            + (f"; not: {', '.join(failing)} (see their verdicts)." if failing else ".") if verify
            else "Not verified (verify=False).")
