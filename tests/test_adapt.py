@@ -119,6 +119,8 @@ def test_fixed_settings_carry_a_burn_in_that_travels_as_far_as_the_warm_up(auto_
     assert auto_run.adaptation.burnin_at(st.step_size) == travel > st.num_burnin_steps
     fixed = auto_run.fixed_settings()
     assert fixed.num_burnin_steps == travel
+    noted = any("result.fixed_settings()" in note for note in auto_run.adaptation.notes)
+    assert noted == (travel > adapt.FIXED_BURNIN_NOTE * st.num_burnin_steps)
     assert all(fixed[name] == st[name] for name in Settings().keys() if name != "num_burnin_steps")
     t = small_dln
     again = lh.estimate_llc(t.model, t.data, t.loss_fn, progress=False, **fixed)
