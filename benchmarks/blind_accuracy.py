@@ -156,8 +156,9 @@ def run(routes: list[str], bands: list[str], workers: int, version: str, cache: 
     if "settings" in routes and "auto" in routes and any(r == "auto" for _, r in todo):
         run(["auto"], bands, workers, version, cache)  # the settings route needs the auto rows first
         return run([r for r in routes if r != "auto"], bands, workers, version, cache)
-    jobs = [(name, r, version, _auto_settings(done, name) if r == "settings" else None) for name, r in todo
-            if r != "settings" or _auto_settings(done, name) is not None]
+    jobs = [(name, r, version, given) for name, r in todo
+            for given in [_auto_settings(done, name) if r == "settings" else None]
+            if r != "settings" or given is not None]
     print(f"{len(jobs)} runs to do ({len(done)} cached)", flush=True)
     with ProcessPoolExecutor(workers) as pool:
         for row in pool.map(_job, jobs):
@@ -298,13 +299,26 @@ def _overhead_table(version: str, rows: dict, truths: dict[str, float]) -> str:
     return "\n".join(out) + "\n"
 
 
+#: The nβ ladder of the crossings' "best over nβ": n / log n × 4^k for these k.
+CROSSING_LADDER = range(-3, 3)
+
+
+def crossing_best(task, localization: float) -> float:
+    """The largest exact E_p[nβ ΔL] (``tasks.normal_crossing_expectation``) of a crossing task over
+    :data:`CROSSING_LADDER`: the closest to λ a perfect sampler gets on that ladder at this γ."""
+    from lambdahat import tasks
+
+    base = task.n / math.log(task.n)
+    return max(tasks.normal_crossing_expectation(task, base * 4.0**k, localization) for k in CROSSING_LADDER)
+
+
 def _crossing_table(version: str, rows: dict, truths: dict[str, float]) -> str:
     """The normal crossings' auto runs against what a perfect sampler gives at each run's nβ.
 
     ``tasks.normal_crossing_expectation`` integrates the localised posterior of each case's own data
     (γ of the reported run, which every rung shares unless its warm-up lowered γ), so a run's error
     splits into the sampler's (λ̂ − exact(nβ), in MCSE) and the estimand's (exact(nβ) − λ). The last
-    column is the best value any nβ on the ladder n / log n × 4^k (k = −3..2) gives a perfect sampler.
+    column is :func:`crossing_best`.
     """
     from blind_cases import build
     from lambdahat import tasks
@@ -318,9 +332,8 @@ def _crossing_table(version: str, rows: dict, truths: dict[str, float]) -> str:
     for case, r in got:
         task, t = build(case), truths[case.name]
         gamma = r["settings"]["localization"]
-        base = task.n / math.log(task.n)
-        best = max(tasks.normal_crossing_expectation(task, base * 4.0**k, gamma) for k in range(-3, 3))
-        runs = [("reported", r["settings"]["nbeta"] or base, r["llc"], r["mcse"])]
+        best = crossing_best(task, gamma)
+        runs = [("reported", r["settings"]["nbeta"] or task.n / math.log(task.n), r["llc"], r["mcse"])]
         for label, key in (("rung", "nbeta_rung"), ("fall rung", "fall_rung")):
             if r.get(key):
                 runs.append((label, r[key]["nbeta"], r[key]["llc"], r[key]["mcse"]))

@@ -5,7 +5,7 @@
 For each normal crossing of every blind set in ``benchmarks/results`` (all seen), the auto route's
 reported λ̂ against ``tasks.normal_crossing_expectation`` at the run's nβ and γ: the value a perfect
 sampler returns there, the noise of the case's own targets included. Then the best value any nβ on
-the ladder n / log n × 4^k (k = −3..2) gives a perfect sampler. No sampling is done: quadrature only.
+the ladder n / log n × 4^k (k = −3..2; ``blind_accuracy.crossing_best``) gives a perfect sampler. No sampling is done: quadrature only.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ sys.path.insert(0, str(HERE))
 
 
 def main() -> None:
+    from blind_accuracy import crossing_best
     from blind_cases import VERSIONS, build, cases
     from lambdahat import tasks
 
@@ -35,13 +36,13 @@ def main() -> None:
             r = rows.get(case.name)
             if case.kind != "normal_crossing" or r is None or "error" in r:
                 continue
-            task, truth = build(case), float(build(case).truth.value)
-            base = task.n / math.log(task.n)
+            task = build(case)
+            truth = float(task.truth.value)
             settings = r.get("settings") or {}
             gamma = settings.get("localization", 1.0)
-            nbeta = settings.get("nbeta") or base
+            nbeta = settings.get("nbeta") or task.n / math.log(task.n)
             exact = tasks.normal_crossing_expectation(task, nbeta, gamma)
-            best = max(tasks.normal_crossing_expectation(task, base * 4.0**k, gamma) for k in range(-3, 3))
+            best = crossing_best(task, gamma)
             z = (r["llc"] - exact) / r["mcse"]
             gaps.append((exact - truth) / truth)
             bests.append((best - truth) / truth)

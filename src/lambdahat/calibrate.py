@@ -215,7 +215,7 @@ def calibrate(
     adaptive = {name: run("adaptive", name, given.replace(nbeta=nbeta, nbeta_check=False)) for name in names}
     chosen = [r.settings for r in adaptive.values()]
     step = min(s.step_size for s in chosen)
-    travel = max(_burnin_at(r, step) for r in adaptive.values())
+    travel = max(r.burnin_at(step) for r in adaptive.values())
     # capped at the largest step budget: where the models' steps differ a hundredfold the travel
     # would be a hundredfold too, and the common runs' own checks judge whether the cap sufficed
     budgets = [s.max_steps for s in chosen if isinstance(s.max_steps, int)]  # "auto" where nothing adapted
@@ -253,14 +253,6 @@ def calibrate(
     if progress:
         print(f"  calibration took {time.perf_counter() - start:.0f} s", flush=True)
     return CalibrationResult(rows, common, certified, rule, names, results)
-
-
-def _burnin_at(result: LLCResult, step_size: float) -> int:
-    """The burn-in a fixed run at ``step_size`` needs to travel from w* as far as ``result``'s did
-    (:meth:`lambdahat.adapt.Adaptation.burnin_at`), and never fewer steps than it ran."""
-    ran = result.settings.num_burnin_steps
-    travel = result.adaptation.burnin_at(step_size) if result.adaptation is not None else None
-    return ran if travel is None else max(ran, travel)
 
 
 def _one_sampler(chosen: Sequence[Settings]) -> Any:

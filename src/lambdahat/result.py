@@ -102,14 +102,20 @@ class LLCResult:
             return None
         return compare(self.llc_mean, self.llc_mcse, self.nbeta, self.nbeta_rung)
 
+    def burnin_at(self, step_size: float) -> int:
+        """The burn-in a fixed run at ``step_size`` needs for its chains to travel from w* as far as
+        this run's did (:meth:`lambdahat.adapt.Adaptation.burnin_at`), and never fewer steps than ran."""
+        ran = self.settings.num_burnin_steps
+        travel = self.adaptation.burnin_at(step_size) if self.adaptation is not None else None
+        return ran if travel is None else max(ran, travel)
+
     def fixed_settings(self) -> Settings:
         """``settings`` as one fixed setting for another model or checkpoint: the same ε, γ, nβ,
-        sampler, batch and draws, with a burn-in long enough for a fixed run from w* to travel as
-        far as this run's warm-up did (:meth:`lambdahat.adapt.Adaptation.burnin_at`; the warm-up's
-        early steps are larger than the final ε, so the burn-in steps that ran are too few at ε).
-        ``settings`` itself when no setting was adapted."""
-        fixed = self.adaptation.burnin_at(self.settings.step_size) if self.adaptation is not None else None
-        if fixed is None or fixed <= self.settings.num_burnin_steps:
+        sampler, batch and draws, with the burn-in :meth:`burnin_at` ε (the warm-up's early steps
+        are larger than the final ε, so the burn-in steps that ran are too few at ε). ``settings``
+        itself when that is the burn-in that ran (as when no setting was adapted)."""
+        fixed = self.burnin_at(self.settings.step_size)
+        if fixed == self.settings.num_burnin_steps:
             return self.settings
         return self.settings.replace(num_burnin_steps=fixed)
 
