@@ -71,6 +71,11 @@ VERSIONS = {
     # the adaptive run halves ε and draws again where the bias check would fail (adapt step 5,
     # made after v13's rrr 10-10-5 r=2 was refused on bias alone); v13's composition.
     "v14": (20261214, {"100": 3, "1k": 3, "10k": 2, "100k": 0, "rrr": 5}),
+    # v15, fixed 2026-12-07 07:55 UTC before any engine was run on it, for this session's change: a
+    # deterministic descent from w* and from the chains' last points (lambdahat.descent) that, when it
+    # shows λ̂ falling with nβ, moves the estimate to nβ / 4 without the run at 4nβ (made after the
+    # regressions of v13 and v14 cost 41× a fixed run); v13's composition.
+    "v15": (20261215, {"100": 3, "1k": 3, "10k": 2, "100k": 0, "rrr": 5}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10
