@@ -81,8 +81,11 @@ def _run_case(case_name: str, route: str, version: str = "v1", given: dict | Non
         if comparison is not None:  # the nβ check's second run (lambdahat.nbeta_rung)
             row.update(nbeta_rung=result.nbeta_rung.to_dict(), nbeta_kind=comparison.kind,
                        nbeta_implied=comparison.implied, nbeta_implied_se=comparison.implied_se)
+        if result.descent is not None:  # the descent from w* (lambdahat.descent)
+            row.update(descent=result.descent.to_dict())
         if result.lowered_from is not None:  # λ̂ fell with nβ: the estimate is at nβ / 4
-            row.update(nbeta=result.nbeta, lowered_from=result.lowered_from, fall_rung=result.fall_rung.to_dict())
+            row.update(nbeta=result.nbeta, lowered_from=result.lowered_from,
+                       fall_rung=result.fall_rung.to_dict() if result.fall_rung else None)
     elif route == "settings":
         result = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False,
                                  **lh.Settings.from_mapping(given))
@@ -239,15 +242,17 @@ def _lowered_table(version: str, rows: dict, truths: dict[str, float]) -> str:
     got = [(c.name, rows[(c.name, "auto")]) for c in cases(version) if rows.get((c.name, "auto"), {}).get("lowered_from")]
     if not got:
         return ""
-    out = ["", "| case | truth | λ̂ at nβ / 4 (reported) | at nβ | at 4nβ | error at nβ / 4 | at nβ | at 4nβ | certified |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["", "| case | truth | λ̂ at nβ / 4 (reported) | at nβ | at 4nβ | error at nβ / 4 | at nβ | at 4nβ | "
+           "descent's fall at nβ | certified |", "|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for name, r in got:
-        t, first, fall = truths[name], r["nbeta_rung"], r["fall_rung"]
-        values = [(r["llc"], r["mcse"])] + [tuple(float("nan") if x[k] is None else x[k] for k in ("llc", "mcse"))
+        t, first, fall = truths[name], r["nbeta_rung"], r.get("fall_rung") or dict(llc=None, mcse=None)
+        values = [(r["llc"], r["mcse"])] + [tuple(nan if x[k] is None else x[k] for k in ("llc", "mcse"))
                                             for x in (first, fall)]
         errs = " | ".join(f"{(v - t) / t:+.1%}" for v, _ in values)
+        descent = f"{r['descent']['fall']:.3g}" if r.get("descent") else "not measured"
         out.append(f"| {name} | {t:.4g} | " + " | ".join(f"{v:.4g} ± {e:.2g}" for v, e in values)
-                   + f" | {errs} | {'yes' if r['certified'] else 'no'} |")
+                   + f" | {errs} | {descent} | {'yes' if r['certified'] else 'no'} |")
     return "\n".join(out) + "\n"
 
 

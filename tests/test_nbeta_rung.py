@@ -151,11 +151,14 @@ def test_nbeta_check_is_validated(value):
 
 def test_a_sampled_regression_off_its_minimum_falls_as_predicted_and_moves_to_a_quarter_of_nbeta():
     """End to end, sampled: a 4-weight linear regression whose w* is moved off the least-squares
-    point so that nβ (L_n(w*) − L_n(ŵ)) = 0.4 (20% of λ = 2) at n / log n. The runs at nβ and 4nβ
-    must match the closed-form expectation of their own Euler chains (``truth.quadratic_expectation``
-    with ``offset``), and their implied value must be λ = d/2; λ̂ at nβ is about 20% low, so the
-    estimate moves to nβ / 4, which must match its own closed form too, carry a quarter of the
-    fall, and be reproduced bit for bit by its own settings."""
+    point so that nβ (L_n(w*) − L_n(ŵ)) = 0.4 (20% of λ = 2) at n / log n. The descent from w*
+    must find the fall of its closed form, (nβ/2) Σ h_i o_i² (1 − γ² / (nβ h_i + γ)²) (the
+    minimiser of nβ L_n + (γ/2)‖w − w*‖²), large enough that the run at 4nβ is not made. The run
+    at nβ and that run at 4nβ (made here as the rung would be) must match the closed-form
+    expectation of their own Euler chains (``truth.quadratic_expectation`` with ``offset``), and
+    their implied value must be λ = d/2; λ̂ at nβ is about 20% low, so the estimate moves to nβ / 4,
+    which must match its own closed form too, carry a quarter of the fall, and be reproduced bit
+    for bit by its own settings."""
     task = tasks.linear_regression(dim=4, n=2000, seed=3)
     x, _ = task.data
     hessian = x.T @ x / x.shape[0]
@@ -168,32 +171,37 @@ def test_a_sampled_regression_off_its_minimum_falls_as_predicted_and_moves_to_a_
         model.weight.add_(scale * direction)
     offset = (vectors.T @ (scale * direction)).tolist()
     gamma, step = 1.0, 3e-4  # ε (nβ h_max + γ) ≈ 0.33: a finite-ε value, which the closed form has
-    result = lh.estimate_llc(model, task.data, task.loss_fn, step_size=step, localization=gamma, num_chains=4,
-                             num_draws=6000, num_burnin_steps=1500, batch_size=x.shape[0], nbeta_check=True,
-                             seed=0, progress=False)
-    first, fall = result.nbeta_rung, result.fall_rung  # the runs at nβ and 4nβ
+    given = dict(step_size=step, localization=gamma, num_chains=4, num_draws=6000, num_burnin_steps=1500,
+                 batch_size=x.shape[0], nbeta_check=True, seed=0)
+    result = lh.estimate_llc(model, task.data, task.loss_fn, progress=False, **given)
+    first = result.nbeta_rung  # the run at nβ
 
     def exact(at_nbeta, step_size):
         return truth.quadratic_expectation(eig.tolist(), at_nbeta, gamma, step_size, offset=offset)
 
     assert result.lowered_from == nbeta and result.nbeta == pytest.approx(nbeta / NBETA_FACTOR)
-    assert first.nbeta == nbeta and fall.nbeta == pytest.approx(NBETA_FACTOR * nbeta)
-    expected_t, expected_4t = exact(nbeta, step), exact(fall.nbeta, step / NBETA_FACTOR)
+    fall = 0.5 * nbeta * sum(h * o**2 * (1 - gamma**2 / (nbeta * h + gamma) ** 2) for h, o in zip(eig.tolist(), offset))
+    assert result.descent.nbeta == nbeta and result.descent.fall == pytest.approx(fall, rel=1e-3)
+    assert result.fall_rung is None and "a descent from w* found" in str(result)  # no run at 4nβ was needed
+    assert first.nbeta == nbeta
+    rung = lh.estimate_llc(model, task.data, task.loss_fn, progress=False, **rung_settings(given, 0, nbeta))
+    assert rung.nbeta == pytest.approx(NBETA_FACTOR * nbeta)
+    expected_t, expected_4t = exact(nbeta, step), exact(rung.nbeta, step / NBETA_FACTOR)
     expected_quarter = exact(result.nbeta, step * NBETA_FACTOR)
     assert abs(first.llc - expected_t) < 3 * first.mcse, (first, expected_t)
-    assert abs(fall.llc - expected_4t) < 3 * fall.mcse, (fall, expected_4t)
+    assert abs(rung.llc_mean - expected_4t) < 3 * rung.llc_mcse, (rung.llc_mean, rung.llc_mcse, expected_4t)
     assert abs(result.llc_mean - expected_quarter) < 3 * result.llc_mcse, (result.llc_mean, result.llc_mcse,
                                                                             expected_quarter)
     assert first.llc < 0.9 * 2.0  # the fall the rung exists to see
     # the linear model on the exact posterior (ε → 0) gives d/2 to within γ/(nβ h) (−0.7% here);
     # on these Euler chains it carries their step bias too, and the sampled value must match that
     def implied(at_t, at_4t):
-        return compare(at_t, 1e-6, nbeta, _rung(fall.nbeta, at_4t)).implied
+        return compare(at_t, 1e-6, nbeta, _rung(rung.nbeta, at_4t)).implied
 
-    on_the_posterior = implied(exact(nbeta, None), exact(fall.nbeta, None))
+    on_the_posterior = implied(exact(nbeta, None), exact(rung.nbeta, None))
     assert abs(on_the_posterior - 2.0) < 0.01 * 2.0, on_the_posterior
-    seen = compare(first.llc, first.mcse, nbeta, fall)
-    assert seen.kind == "falling"
+    seen = compare(first.llc, first.mcse, nbeta, NbetaRung.of(rung))
+    assert seen.kind == "falling"  # what the run at 4nβ would have shown, had it been made
     assert abs(seen.implied - implied(expected_t, expected_4t)) < 3 * seen.implied_se, seen
     # at nβ / 4 the fall is a quarter: 0.1 of the offset and 0.04 of γ on the exact posterior
     # (1.858, −7%), against 0.4 and 0.01 at nβ, and what the nβ check reads of it is within 10%

@@ -23,6 +23,7 @@ from .adapt import Adaptation, adapt_and_sample
 from .chains import ChainJob, ChainSet, progress_enabled
 from .runs import choose_mode, run_chains
 from .data import as_data_source
+from .descent import DESCENT_EVALUATIONS, DESCENT_SHARE, Descent, descend
 from .loop import forked_rng
 from .nbeta_rung import LOWER_SEED_OFFSET, NBETA_FACTOR, NbetaRung, lowers, rung_settings
 from .noise import PAIR_SPREAD, full_loss_and_grad, loss_spread
@@ -145,7 +146,7 @@ def estimate_llc(
         pairs, pair_note = _pairs_loss(settings, potential, source, nbeta)
         job.paired_loss = init_loss if pairs else None
         extras = _recorded_extras(settings, sampler_config, nbeta, source.n, potential, names, masks, probe_set)
-        adaptation = None
+        adaptation, ends = None, ()
         if not settings.auto_fields:
             settings = settings.replace(paired_loss=job.paired_loss is not None)
             job.num_steps = settings.num_burnin_steps + settings.num_draws
@@ -156,23 +157,47 @@ def estimate_llc(
             )
             evaluations = settings.num_chains * job.num_steps * sampler_config.evaluations_per_step
         else:  # the warm-up sets the localisation (given, or its own starting value) before any step
-            trace, settings, adaptation = _adaptive_run(job, settings, init_loss, nbeta, extras, progress, auto_batch)
+            trace, settings, adaptation, ends = _adaptive_run(job, settings, init_loss, nbeta, extras, progress,
+                                                              auto_batch)
             if pair_note:
                 dropped = job.paired_loss is not None and not settings.paired_loss
                 adaptation.notes.append(pair_note + (" (then dropped: the warm-up raised the batch to the whole data)"
                                                      if dropped else ""))
             evaluations = settings.num_chains * adaptation.gradient_evaluations
+        may_lower = measure_nbeta and settings.nbeta is None and probe_set is None and bool(trace.healthy_chains)
+        descent = _descent(potential, source, nbeta, settings, init_loss, evaluations, ends) if may_lower else None
     settings = settings.replace(nbeta_check=measure_nbeta)
     rung = None
-    if measure_nbeta and trace.healthy_chains:
+    if descent is not None:
+        evaluations += descent.gradient_evaluations
+    if measure_nbeta and trace.healthy_chains and not _fall_predicted(descent, trace, init_loss, nbeta):
         rung = _nbeta_rung(model, data, user_loss_fn, given, nbeta, settings.seed, executor, progress, sampled_params)
         evaluations += rung.gradient_evaluations
     result = LLCResult.from_trace(trace, init_loss, nbeta, settings, potential.num_params, adaptation=adaptation,
-                                  gradient_evaluations=int(evaluations), nbeta_rung=rung)
+                                  gradient_evaluations=int(evaluations), nbeta_rung=rung, descent=descent)
     if settings.nbeta is None and probe_set is None and lowers(result):
         result = _lowered(result, model, data, user_loss_fn, given, executor, progress, sampled_params)
     result.wall_time = time.perf_counter() - start
     return result
+
+
+def _descent(potential: Potential, source, nbeta: float, settings: Settings, init_loss: float, evaluations: float,
+             ends) -> Descent | None:
+    """The descent of :mod:`lambdahat.descent` from w* and from the chains' last points, in eval mode
+    (as L_n(w*) was measured), within ``DESCENT_SHARE`` of the samples the run evaluated."""
+    starts = 1 + len(ends)
+    allowed = int(DESCENT_SHARE * evaluations * settings.batch_size / (source.n * starts))
+    potential.model.eval()
+    return descend(potential, source, nbeta, float(settings.localization), init_loss, settings.init_loss_batch_size,
+                   settings.batch_size, starts=ends, max_evaluations=min(DESCENT_EVALUATIONS, allowed))
+
+
+def _fall_predicted(descent: Descent | None, trace: Trace, init_loss: float, nbeta: float) -> bool:
+    """Whether the descent alone shows λ̂ falling with nβ (then no run at 4nβ is needed)."""
+    if descent is None:
+        return False
+    first = llc_from_trace(trace, init_loss, nbeta)
+    return descent.predicts_fall(first["llc_mean"], first["llc_mcse"])
 
 
 def _nbeta_rung(model, data, loss_fn, given: dict[str, Any], nbeta: float, seed: int, executor, progress: bool,
@@ -186,7 +211,7 @@ def _nbeta_rung(model, data, loss_fn, given: dict[str, Any], nbeta: float, seed:
 
 def _lowered(first: LLCResult, model, data, loss_fn, given: dict[str, Any], executor, progress: bool,
              sampled_params) -> LLCResult:
-    """λ̂ fell from nβ to 4nβ: the estimate at nβ / 4, with ``first`` (at nβ) as its rung
+    """λ̂ fell from nβ to 4nβ (measured, or predicted by the descent): the estimate at nβ / 4, with ``first`` (at nβ) as its rung
     (:mod:`lambdahat.nbeta_rung`, "Lowering nβ"); ``first`` itself when no chain at nβ / 4 survives."""
     extra = {} if sampled_params is None else {"sampled_params": sampled_params}
     lower = estimate_llc(model, data, loss_fn, executor=executor, progress=progress, **extra,
@@ -197,7 +222,7 @@ def _lowered(first: LLCResult, model, data, loss_fn, given: dict[str, Any], exec
         lower.trace, lower.init_loss, lower.nbeta, lower.settings.replace(nbeta_check=True), lower.num_params,
         adaptation=lower.adaptation,
         gradient_evaluations=lower.gradient_evaluations + first.gradient_evaluations,
-        nbeta_rung=NbetaRung.of(first), lowered_from=first.nbeta, fall_rung=first.nbeta_rung)
+        nbeta_rung=NbetaRung.of(first), lowered_from=first.nbeta, fall_rung=first.nbeta_rung, descent=first.descent)
 
 
 def _checked_settings(model: Any, executor: Any, probe: Any, probe_every: int, probe_batch_size: int | None,
@@ -358,8 +383,9 @@ def select_threads(num_params: int) -> int | None:
 
 
 def _adaptive_run(job: ChainJob, settings: Settings, init_loss: float, nbeta: float, extras: dict[str, Any],
-                  progress: bool, auto_batch: bool) -> tuple[Trace, Settings, Adaptation]:
-    """The warm-up, the draws and the bias check of :mod:`lambdahat.adapt`, as one Trace."""
+                  progress: bool, auto_batch: bool) -> tuple[Trace, Settings, Adaptation, tuple[Tensor, ...]]:
+    """The warm-up, the draws and the bias check of :mod:`lambdahat.adapt`, as one Trace, with the
+    chains' last points."""
     from tqdm.auto import tqdm
 
     mode, message = choose_mode(job, settings.num_chains, settings.chain_mode, settings.train_mode)
@@ -379,4 +405,5 @@ def _adaptive_run(job: ChainJob, settings: Settings, init_loss: float, nbeta: fl
         bar.close()
     extras = {**extras, "sampler_options": dict(resolved.sampler_config.options)}  # the draws' (auto: their friction)
     config = {**resolved.to_dict(), **extras, "chain_mode": adaptation.chain_mode, "adaptation": adaptation.to_dict()}
-    return Trace(records, burnin, first_bad, config), resolved, adaptation
+    ends = tuple(chains.positions().detach().clone().reshape(settings.num_chains, -1))  # the chains' last points
+    return Trace(records, burnin, first_bad, config), resolved, adaptation, ends

@@ -15,7 +15,8 @@ import numpy as np
 
 from . import diagnostics, health
 from .adapt import Adaptation
-from .nbeta_rung import Comparison, NbetaRung, compare
+from .descent import Descent
+from .nbeta_rung import NBETA_FACTOR, Comparison, NbetaRung, compare
 from .settings import Settings
 from .tables import number
 from .trace import Trace
@@ -50,7 +51,12 @@ class LLCResult:
     - ``lowered_from``: the nβ the call started at (n / log n) when λ̂ fell with nβ there and the
       estimate moved to nβ / 4 (:mod:`lambdahat.nbeta_rung`, "Lowering nβ"); ``nbeta_rung`` is then
       the run at that first nβ and ``fall_rung`` its own run at 4nβ, the one that showed the fall.
-      None when the estimate stayed where it started.
+      None when the estimate stayed where it started. ``fall_rung`` is None when the descent showed
+      the fall first.
+    - ``descent``: how far w* sits above a nearby minimum, nβ (L_n(w*) − L_n(ŵ)), measured by a
+      deterministic descent from w* and from the chains' last points at the first nβ
+      (:class:`~lambdahat.descent.Descent`); where it guarantees a fall of λ̂ from nβ to 4nβ, the
+      run at 4nβ is not made. None when not measured (a given nβ, a probe, no nβ check).
     """
 
     llc_mean: float
@@ -71,6 +77,7 @@ class LLCResult:
     nbeta_rung: NbetaRung | None = None
     lowered_from: float | None = None
     fall_rung: NbetaRung | None = None
+    descent: Descent | None = None
 
     @classmethod
     def from_trace(cls, trace: Trace, init_loss: float, nbeta: float, settings: Settings, num_params: int,
@@ -144,6 +151,7 @@ class LLCResult:
             nbeta_rung=self.nbeta_rung.to_dict() if self.nbeta_rung else None,
             lowered_from=self.lowered_from,
             fall_rung=self.fall_rung.to_dict() if self.fall_rung else None,
+            descent=self.descent.to_dict() if self.descent else None,
             gradient_evaluations=self.gradient_evaluations,
             wall_time=number(self.wall_time),
             settings=self.settings.to_dict(),
@@ -192,9 +200,13 @@ class LLCResult:
                              f"{self.adaptation.bias_mcse:.2g}")
         if self.lowered_from is not None:
             first, fall = self.nbeta_rung, self.fall_rung
-            lines.append(f"  nβ lowered to a quarter of n / log n: there (nβ = {first.nbeta:.6g}) λ̂ = {first.llc:.4g} ± "
-                         f"{first.mcse:.2g} fell to {fall.llc:.4g} ± {fall.mcse:.2g} at 4nβ, so w* sits above a nearby "
-                         "minimum of L_n and λ̂ carries −nβ (L_n(w*) − L_min), four times smaller here")
+            there = f"there (nβ = {first.nbeta:.6g}) λ̂ = {first.llc:.4g} ± {first.mcse:.2g}"
+            seen = (f"{there} fell to {fall.llc:.4g} ± {fall.mcse:.2g} at 4nβ" if fall is not None else
+                    f"{there}, and a descent from w* found nβ (L_n(w*) − L_n) = {self.descent.fall:.3g}, so λ̂ "
+                    f"would fall by about {(NBETA_FACTOR - 1) * self.descent.fall:.3g} from nβ to 4nβ (that run "
+                    "was not needed)")
+            lines.append(f"  nβ lowered to a quarter of n / log n: {seen}; w* sits above a nearby minimum of L_n and "
+                         "λ̂ carries −nβ (L_n(w*) − L_min), four times smaller here")
         comparison = self.nbeta_comparison()
         if comparison is not None:
             rung = self.nbeta_rung

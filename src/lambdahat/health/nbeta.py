@@ -19,12 +19,21 @@ def check_nbeta(result: LLCResult, z: float = 2.0, max_relative: float = 0.10) -
     minimum of L_n, λ̂(t) ≈ λ − tδ); the check fails when that implied correction exceeds
     ``max_relative`` × |λ̂| (10%: the accuracy a certificate promises). A run at 4nβ with no
     estimate fails it too, and so does a run at 4nβ that failed any of its own checks: its change
-    may be its own error or bias, and its "no change" may hide one. Skipped when the run was not
-    repeated at 4nβ (``nbeta_check``: by default a run with nβ given, or with every sampling setting
-    given, is not).
+    may be its own error or bias, and its "no change" may hide one. Without a run at 4nβ, a descent
+    from w* that showed the fall (:mod:`lambdahat.descent`) fails it: then the estimate at nβ / 4
+    gave no value. Skipped when the run was not repeated at 4nβ (``nbeta_check``: by default a run
+    with nβ given, or with every sampling setting given, is not).
     """
     name = "nbeta"
     rung = getattr(result, "nbeta_rung", None)
+    descent = getattr(result, "descent", None)
+    if rung is None and descent is not None and descent.predicts_fall(result.llc_mean, result.llc_mcse):
+        return Check(name, False, f"λ̂ falls as nβ grows: a descent from w* found loss below L_n(w*), nβ (L_n(w*) − "
+                                  f"L_n) = {descent.fall:.3g}, so λ̂ carries at least −{descent.fall:.3g} "
+                                  f"({-descent.fall / max(abs(result.llc_mean), 1e-12):+.0%} of λ̂) here, and the "
+                                  "estimate at nβ / 4 gave no value. Train w* to the minimum (or start from the "
+                                  "minimiser), or lower step_size.", -descent.fall / max(abs(result.llc_mean), 1e-12),
+                     max_relative)
     if rung is None:
         return _skip(name, "λ̂ was not measured again at 4nβ (it is when nbeta is n / log n and a sampling setting "
                            "is 'auto'; nbeta_check=True measures it for any run)")

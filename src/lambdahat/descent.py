@@ -1,0 +1,114 @@
+"""How far w* sits above a nearby minimum, measured by a short deterministic descent from w*.
+
+At a point w* that is not a minimum of L_n (a teacher under noisy targets, an unconverged training
+run) the localised tempered posterior p(w) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²) (Lau et al., arXiv
+2308.12108) sits around the minimiser m of its potential F(w) = nβ L_n(w) + (γ/2)‖w − w*‖², not
+around w*. For a quadratic L_n with Hessian H the estimate is exactly
+
+    λ̂(nβ) = ½ tr(nβH (nβH + γ)⁻¹) − nβ (L_n(w*) − L_n(m)),
+
+the learning coefficient's term minus a *fall* nβ (L_n(w*) − L_n(m)) that grows with nβ (the
+"falling" case of :mod:`lambdahat.nbeta_rung`). A descent of F from w* measures that fall without
+sampling: L-BFGS with a strong-Wolfe line search (Nocedal & Wright, *Numerical Optimization*,
+2006, ch. 7) on the full-data loss decreases F at every iteration, so its last point w_K has
+F(w_K) ≤ F(w*), and nβ (L_n(w*) − L_n(w_K)) ≥ (γ/2)‖w_K − w*‖² ≥ 0 is a lower bound on the fall
+at the basin's minimiser that approaches it as the descent converges.
+
+:func:`lambdahat.estimate_llc` uses it to skip a run. Under that model the fall from nβ to 4nβ is
+at least 3 × the fall at nβ; when that is at least ``PREDICTION_MARGIN`` times what the ``nbeta``
+check needs to call λ̂ falling, the run at 4nβ would only confirm it, and the estimate moves to
+nβ / 4 at once (the run at 4nβ is the most expensive of the three: its minibatch-noise bias grows
+like nβ², so its batch is the largest). Otherwise the run at 4nβ is made as before. A bound that
+falls short (too few iterations, a flat basin) only means that run is made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .nbeta_rung import BIAS_ALLOWANCE, NBETA_FACTOR
+from .noise import full_loss_and_grad
+from .tables import number
+
+__all__ = ["Descent", "descend", "DESCENT_EVALUATIONS", "PREDICTION_MARGIN"]
+
+#: Full-data loss-and-gradient evaluations the descent may use (L-BFGS iterations take one to a
+#: few each), and at most ``DESCENT_SHARE`` of the samples the run at nβ itself evaluated.
+DESCENT_EVALUATIONS = 60
+DESCENT_SHARE = 0.1
+#: The predicted fall from nβ to 4nβ must be this many times the change the ``nbeta`` check calls
+#: falling (beyond 2 standard errors of the two runs and the 4% their biases may differ by).
+PREDICTION_MARGIN = 2.0
+
+
+@dataclass(frozen=True)
+class Descent:
+    """A descent of F = nβ L_n + (γ/2)‖w − w*‖² from w*: ``fall`` = nβ (L_n(w*) − L_n(w_K)) ≥ 0 at
+    ``nbeta`` (a lower bound on the fall of λ̂ there; module docstring), after ``iterations``
+    L-BFGS iterations and ``evaluations`` full-data gradients, ``gradient_evaluations`` of them in
+    minibatch steps (n / batch each)."""
+
+    nbeta: float
+    fall: float
+    iterations: int
+    evaluations: int
+    gradient_evaluations: int
+
+    def predicts_fall(self, llc: float, mcse: float) -> bool:
+        """Whether the fall from nβ to 4nβ the descent guarantees, (4 − 1) × ``fall``, is at least
+        ``PREDICTION_MARGIN`` × what the ``nbeta`` check calls falling for a run of λ̂ ± ``mcse``
+        (its rung assumed as precise): 2 √2 mcse, or 4% of λ̂."""
+        if not (math.isfinite(llc) and math.isfinite(mcse) and llc > 0):
+            return False
+        needed = max(2.0 * math.sqrt(2.0) * mcse, BIAS_ALLOWANCE * llc)
+        return (NBETA_FACTOR - 1.0) * self.fall >= PREDICTION_MARGIN * needed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(nbeta=self.nbeta, fall=number(self.fall), iterations=self.iterations,
+                    evaluations=self.evaluations, gradient_evaluations=self.gradient_evaluations)
+
+
+def descend(potential: Any, data: Any, nbeta: float, localization: float, init_loss: float, chunk: int,
+            batch_size: int, starts: Sequence[Tensor] = (), max_evaluations: int = DESCENT_EVALUATIONS) -> Descent | None:
+    """L-BFGS on F = nβ L_n(w) + (γ/2)‖w − w*‖² from w* and from each of ``starts`` (the chains'
+    last points: a chain has already moved along directions in which L_n falls only at second
+    order, where the gradient at w* is zero), at most ``max_evaluations`` full-data
+    loss-and-gradient evaluations each (in chunks of ``chunk`` samples); the fall is read at the
+    lowest F found, which is at most F(w*). None when fewer than two evaluations are allowed.
+    Deterministic: the data in order, no randomness."""
+    if max_evaluations < 2:
+        return None
+    w_star = potential.w_star
+    lowest = [nbeta * init_loss, init_loss]  # F and L_n at the lowest F evaluated so far (w* itself first)
+    evaluations, iterations = 0, 0
+    for start in (w_star, *(s for s in starts if bool(torch.isfinite(s).all()))):
+        w = start.detach().clone().to(w_star.dtype)
+
+        def closure() -> Tensor:
+            nonlocal evaluations
+            loss, grad = full_loss_and_grad(potential.loss_and_grad, data, w.detach(), chunk)
+            evaluations += 1
+            offset = w.detach() - w_star
+            value = nbeta * loss + 0.5 * localization * float(offset.square().sum())
+            if not math.isfinite(value):
+                value = math.inf
+            elif value < lowest[0]:
+                lowest[:] = [value, loss]
+            w.grad = nbeta * grad + localization * offset
+            return torch.tensor(value, dtype=torch.float64)
+
+        w.requires_grad_(True)
+        optimizer = torch.optim.LBFGS([w], max_iter=max_evaluations, max_eval=max_evaluations,
+                                      line_search_fn="strong_wolfe")
+        with torch.no_grad():
+            optimizer.step(closure)
+        iterations += int(optimizer.state[w].get("n_iter", 0))
+    # F ≤ F(w*) at the lowest point, so nβ (L_n(w*) − L_n) ≥ (γ/2)‖w − w*‖² ≥ 0 there
+    return Descent(nbeta=nbeta, fall=max(nbeta * (init_loss - lowest[1]), 0.0), iterations=iterations,
+                   evaluations=evaluations, gradient_evaluations=math.ceil(evaluations * data.n / batch_size))
