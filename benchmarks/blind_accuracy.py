@@ -145,6 +145,15 @@ def _cached(cache: Path) -> dict[tuple[str, str], dict]:
     return {(r["case"], r["route"]): r for r in rows if "error" not in r}
 
 
+def _stopped(cache: Path) -> dict[tuple[str, str], dict]:
+    """The runs stopped by hand (their error row says why): not tried again, and listed in the report.
+    Any other failed run is tried again."""
+    if not cache.exists():
+        return {}
+    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+    return {(r["case"], r["route"]): r for r in rows if r.get("error", "").startswith("stopped by hand")}
+
+
 def _old_tree() -> None:
     if not OLD_TREE.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(OLD_TREE), OLD_COMMIT], check=True)
@@ -154,7 +163,7 @@ def run(routes: list[str], bands: list[str], workers: int, version: str, cache: 
     OUT.mkdir(parents=True, exist_ok=True)
     if any(r.startswith("old") for r in routes):
         _old_tree()
-    done = _cached(cache)
+    done = {**_cached(cache), **_stopped(cache)}
     todo = [(c.name, r) for r in routes for c in cases(version) if c.band in bands and (c.name, r) not in done]
     if "settings" in routes and "auto" in routes and any(r == "auto" for _, r in todo):
         run(["auto"], bands, workers, version, cache)  # the settings route needs the auto rows first
@@ -168,7 +177,8 @@ def run(routes: list[str], bands: list[str], workers: int, version: str, cache: 
             with cache.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             if "error" in row:
-                print(f"  {row['route']:13} {row['case']}: ERROR {row['error'].splitlines()[-1]}", flush=True)
+                print(f"  {row['route']:13} {row['case']}: ERROR {(row['error'].splitlines() or ['(no message)'])[-1]}",
+                      flush=True)
             else:
                 print(f"  {row['route']:13} {row['case']}: λ̂ = {row['llc']:.4g} ± {row['mcse']:.2g}, "
                       f"{'certified' if row['certified'] else 'not certified'}, {row['seconds']:.0f} s", flush=True)
@@ -209,7 +219,7 @@ def report(version: str, cache: Path) -> str:
     text = "\n".join(lines) + "\n\n" + "\n".join(detail) + "\n"
     return (text + _nbeta_table(version, rows, truths) + _lowered_table(version, rows, truths)
             + _rules_table(version, rows, truths) + _crossing_table(version, rows, truths)
-            + _overhead_table(version, rows, truths))
+            + _overhead_table(version, rows, truths, _stopped(cache)))
 
 
 def _nbeta_table(version: str, rows: dict, truths: dict[str, float]) -> str:
@@ -246,13 +256,17 @@ def _lowered_table(version: str, rows: dict, truths: dict[str, float]) -> str:
            "descent's fall at nβ | certified |", "|---|---|---|---|---|---|---|---|---|---|"]
     nan = float("nan")
     for name, r in got:
-        t, first, fall = truths[name], r["nbeta_rung"], r.get("fall_rung") or dict(llc=None, mcse=None)
+        t, first, fall = truths[name], r["nbeta_rung"], r.get("fall_rung")
         values = [(r["llc"], r["mcse"])] + [tuple(nan if x[k] is None else x[k] for k in ("llc", "mcse"))
-                                            for x in (first, fall)]
-        errs = " | ".join(f"{(v - t) / t:+.1%}" for v, _ in values)
+                                            for x in (first, fall) if x is not None]
+        cells = [f"{v:.4g} ± {e:.2g}" for v, e in values]
+        errs = [f"{(v - t) / t:+.1%}" for v, _ in values]
+        if fall is None:  # the descent showed the fall: no run at 4nβ
+            cells.append("not run")
+            errs.append("—")
         descent = f"{r['descent']['fall']:.3g}" if r.get("descent") else "not measured"
-        out.append(f"| {name} | {t:.4g} | " + " | ".join(f"{v:.4g} ± {e:.2g}" for v, e in values)
-                   + f" | {errs} | {descent} | {'yes' if r['certified'] else 'no'} |")
+        out.append(f"| {name} | {t:.4g} | " + " | ".join(cells) + " | " + " | ".join(errs)
+                   + f" | {descent} | {'yes' if r['certified'] else 'no'} |")
     return "\n".join(out) + "\n"
 
 
@@ -280,7 +294,7 @@ def _rules_table(version: str, rows: dict, truths: dict[str, float]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _overhead_table(version: str, rows: dict, truths: dict[str, float]) -> str:
+def _overhead_table(version: str, rows: dict, truths: dict[str, float], stopped: dict) -> str:
     """Per band, the auto route's wall time against the ``settings`` route's (its own final settings,
     fixed): what finding the setting and checking it cost over one run at it, and both errors."""
     out = ["", "| band | cases | auto: mean abs. rel. error | its settings, fixed | auto wall time (mean, s) | "
@@ -298,9 +312,12 @@ def _overhead_table(version: str, rows: dict, truths: dict[str, float]) -> str:
                    f"{auto_s / fixed_s:.1f}× |")
     if not ratios:
         return ""
+    stopped = [f"{name} ({row['error']})" for (name, route), row in stopped.items() if route == "settings"]
     ratios.sort()
     out.append(f"| all | {len(ratios)} | | | | | per case {ratios[0]:.1f}× to {ratios[-1]:.1f}×, "
                f"median {ratios[len(ratios) // 2]:.1f}× |")
+    if stopped:
+        out.append("\nNot in this table (no run at its settings): " + "; ".join(stopped) + ".")
     return "\n".join(out) + "\n"
 
 
