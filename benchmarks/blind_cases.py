@@ -76,6 +76,10 @@ VERSIONS = {
     # shows λ̂ falling with nβ, moves the estimate to nβ / 4 without the run at 4nβ (made after the
     # regressions of v13 and v14 cost 41× a fixed run); v13's composition.
     "v15": (20261215, {"100": 3, "1k": 3, "10k": 2, "100k": 0, "rrr": 5}),
+    # v16, fixed 2026-12-07 08:32 UTC before any engine was run on it: two deep linear networks of
+    # about 10⁵ weights, the band no set since v2 has held, for v15's engine unchanged (run with
+    # --bands 100k; its crossings, which every set draws, are not run).
+    "v16": (20261216, {"100": 0, "1k": 0, "10k": 0, "100k": 2, "rrr": 0}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10
