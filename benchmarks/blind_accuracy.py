@@ -138,20 +138,21 @@ def _job(args: tuple[str, str, str, dict | None]) -> dict:
     return dict(case=case_name, route=route, error=(proc.stderr or proc.stdout)[-2000:])
 
 
-def _cached(cache: Path) -> dict[tuple[str, str], dict]:
+def _rows(cache: Path) -> list[dict]:
+    """Every row of the cache, in the order written."""
     if not cache.exists():
-        return {}
-    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
-    return {(r["case"], r["route"]): r for r in rows if "error" not in r}
+        return []
+    return [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+
+
+def _cached(cache: Path) -> dict[tuple[str, str], dict]:
+    return {(r["case"], r["route"]): r for r in _rows(cache) if "error" not in r}
 
 
 def _stopped(cache: Path) -> dict[tuple[str, str], dict]:
     """The runs stopped by hand (their error row says why): not tried again, and listed in the report.
     Any other failed run is tried again."""
-    if not cache.exists():
-        return {}
-    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
-    return {(r["case"], r["route"]): r for r in rows if r.get("error", "").startswith("stopped by hand")}
+    return {(r["case"], r["route"]): r for r in _rows(cache) if r.get("error", "").startswith("stopped by hand")}
 
 
 def _old_tree() -> None:

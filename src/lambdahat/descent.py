@@ -57,10 +57,10 @@ PREDICTION_MARGIN = 2.0
 
 @dataclass(frozen=True)
 class Descent:
-    """A descent of F = nβ L_n + (γ/2)‖w − w*‖² from w*: ``fall`` = nβ (L_n(w*) − L_n(w_K)) ≥ 0 at
-    ``nbeta`` (a lower bound on the fall of λ̂ there; module docstring), after ``iterations``
-    L-BFGS iterations and ``evaluations`` full-data gradients, ``gradient_evaluations`` of them in
-    minibatch steps (n / batch each)."""
+    """Descents of F = nβ L_n + (γ/2)‖w − w*‖² from w* and the chains' last points: ``fall`` =
+    nβ (L_n(w*) − L_n) ≥ 0 at the lowest F found, at ``nbeta`` (a lower bound on the fall of λ̂
+    there; module docstring), after ``iterations`` L-BFGS iterations and ``evaluations`` full-data
+    gradients in all, ``gradient_evaluations`` of them in minibatch steps (n / batch each)."""
 
     nbeta: float
     fall: float
@@ -69,7 +69,7 @@ class Descent:
     gradient_evaluations: int
 
     def predicts_fall(self, llc: float, mcse: float) -> bool:
-        """Whether the fall from nβ to 4nβ the descent guarantees, (4 − 1) × ``fall``, is at least
+        """Whether the fall from nβ to 4nβ the descent predicts, (4 − 1) × ``fall``, is at least
         ``PREDICTION_MARGIN`` × what the ``nbeta`` check calls falling for a run of λ̂ ± ``mcse``
         (its rung assumed as precise): 2 √2 mcse, or 4% of λ̂."""
         if not (math.isfinite(llc) and math.isfinite(mcse) and llc > 0):

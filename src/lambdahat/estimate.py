@@ -211,8 +211,9 @@ def _nbeta_rung(model, data, loss_fn, given: dict[str, Any], nbeta: float, seed:
 
 def _lowered(first: LLCResult, model, data, loss_fn, given: dict[str, Any], executor, progress: bool,
              sampled_params) -> LLCResult:
-    """λ̂ fell from nβ to 4nβ (measured, or predicted by the descent): the estimate at nβ / 4, with ``first`` (at nβ) as its rung
-    (:mod:`lambdahat.nbeta_rung`, "Lowering nβ"); ``first`` itself when no chain at nβ / 4 survives."""
+    """λ̂ fell from nβ to 4nβ (measured, or predicted by the descent): the estimate at nβ / 4, with
+    ``first`` (at nβ) as its rung (:mod:`lambdahat.nbeta_rung`, "Lowering nβ"); ``first`` itself
+    when no chain at nβ / 4 survives."""
     extra = {} if sampled_params is None else {"sampled_params": sampled_params}
     lower = estimate_llc(model, data, loss_fn, executor=executor, progress=progress, **extra,
                          **rung_settings(given, first.settings.seed, first.nbeta, 1.0 / NBETA_FACTOR, LOWER_SEED_OFFSET))
