@@ -17,8 +17,9 @@ warm-up, so the draws are one valid chain of fixed-step SGLD:
    **Minibatch noise.** Every few windows the gradient noise between two minibatches is measured
    at the chains' points (:class:`lambdahat.noise.NoiseMonitor`) and ε is capped so that the λ̂
    it adds, (ε/16) nβ² E‖∇L_B₁ − ∇L_B₂‖², stays within 2% of λ̂. Where that cap holds ε far below
-   what the acceptance allows, an automatic batch size is raised (else the control-variate
-   gradient is switched on) and the warm-up restarts from w*. The noise is measured again during
+   what the acceptance allows (judged at the warm-up's end, and again on the first block of
+   draws, whose acceptance rests on many more proposals), an automatic batch size is raised (else
+   the control-variate gradient is switched on) and the warm-up restarts from w*. The noise is measured again during
    the draws and judged by the ``noise`` health check; where it predicts more than
    ``noise.NOISE_LIMIT`` (5%) of λ̂ at the frozen ε and friction (the chains travelled where the
    noise is larger), the warm-up resumes, as it does when the draws' acceptance leaves its band.
@@ -200,6 +201,13 @@ def _draws(warm: WarmUp, settings: Settings, rewarm: bool = True) -> tuple[int, 
         draws.append(records)
         if warm.measure_noise and chains.job.batch_size < chains.job.data.n:  # the chains may travel where it is larger
             draw_noise.append(warm.monitor.measure(chains))
+        if len(draws) == 1 and rewarm and warm.auto_burnin and warm.remedied_in_draws(stopping.acceptance(records)):
+            chains = warm.chains  # rebuilt from w* with less noise, and warmed up again
+            chains.probe_active = True
+            if warm.bar is not None:
+                warm.bar.set_description("draws")
+            burnin, draws, draw_noise = chains.steps, [], []
+            continue
         if not auto_draws:
             continue
         healthy = [k for k, s in enumerate(chains.first_bad) if s is None]
