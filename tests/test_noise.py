@@ -109,6 +109,17 @@ def test_the_first_draws_raise_the_batch_where_the_warm_up_misjudged_the_accepta
     assert result.adaptation.discarded_steps > 0  # the warm-up and the first draws, thrown away, are counted
 
 
+def test_a_raised_batch_says_again_what_the_run_may_cost(monkeypatch):
+    """The up-front cost estimate is made again after a noise remedy: a raised batch costs more per step."""
+    from lambdahat import warmup
+
+    timed = []
+    monkeypatch.setattr(warmup, "announce_cost", lambda bar, per_step, budget, chains, job: timed.append(job.batch_size))
+    task = tasks.linear_regression(dim=6, n=20_000, seed=1)
+    result = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=6000, nbeta_check=False, progress=False)
+    assert timed == [256, result.settings.batch_size] and timed[1] > 256, timed
+
+
 @pytest.mark.slow
 def test_noisy_regression_with_no_settings_is_right():
     """With the default budget the estimate of a noisy regression is within 5% of λ = d/2 (the

@@ -90,6 +90,7 @@ class WarmUp:
         self.remedies = self.restarts = self.reductions = 0
         self.ceiling = math.inf
         self.windows: list[dict[str, np.ndarray]] = []
+        self.timed: tuple[int, bool] | None = None  # the (batch size, control variate) whose cost was announced
 
     def friction_option(self) -> dict[str, float]:
         """The auto sampler's current friction, as a sampler option."""
@@ -121,7 +122,9 @@ class WarmUp:
             began = time.perf_counter()
             records = chains.advance(length, self.step, options={**self.warm_every, **self.friction_option()},
                                      bar=self.bar)
-            if chains.steps == length and self.remedies == 0 and not log.discarded_steps:
+            gradient = (chains.job.batch_size, chains.job.control_variate is not None)
+            if chains.steps == length and gradient != self.timed:  # the first window, and each after a noise remedy
+                self.timed = gradient
                 announce_cost(self.bar, (time.perf_counter() - began) / length, self.budget, len(chains.chains),
                               chains.job)
             self.spend(records, self.cost)
