@@ -80,7 +80,7 @@ VERSIONS = {
     # about 10⁵ weights, the band no set since v2 has held, for v15's engine unchanged (run with
     # --bands 100k; its crossings, which every set draws, are not run).
     "v16": (20261216, {"100": 0, "1k": 0, "10k": 0, "100k": 2, "rrr": 0}),
-    # v17, fixed 2026-12-07 11:20 UTC before any engine was run on it, for this session's change: the
+    # v17, fixed 2026-12-07 11:07 UTC before any engine was run on it, for this session's change: the
     # first block of draws may raise the batch (or switch on the control variate) where its
     # acceptance shows the noise cap holding ε more than twice below what the acceptance allows
     # (WarmUp.remedied_in_draws; made after the slow tier's noisy regression of 6 weights was
