@@ -107,6 +107,9 @@ def test_the_first_draws_raise_the_batch_where_the_warm_up_misjudged_the_accepta
     old_cap = float(note.split("capped ε at ")[1].split(" ")[0])
     assert result.settings.batch_size > 256 and result.settings.step_size > 2 * old_cap
     assert result.adaptation.discarded_steps > 0  # the warm-up and the first draws, thrown away, are counted
+    names = [p["name"] for p in result.adaptation.phases]
+    assert names[0] == "discarded warm-up" and "warm-up" in names
+    assert result.adaptation.warmup_steps <= result.settings.num_burnin_steps  # the kept warm-up only
 
 
 def test_a_raised_batch_says_again_what_the_run_may_cost(monkeypatch):

@@ -193,6 +193,9 @@ class WarmUp:
         below the ε its acceptance allows mixes as many times more slowly."""
         if not self._remedied(acceptance, judged_on="the first draws"):
             return False
+        for phase in self.log.phases:  # thrown away with the chains: not part of this run's burn-in
+            if phase["name"] == "warm-up":
+                phase["name"] = "discarded warm-up"
         self.run()
         return True
 
