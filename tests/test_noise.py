@@ -96,12 +96,25 @@ def test_the_warm_up_raises_the_batch_where_noise_would_bias_the_estimate():
     assert not noise_check.skipped and noise_check.ok, noise_check
 
 
-def test_the_first_draws_raise_the_batch_where_the_warm_up_misjudged_the_acceptance():
+@pytest.fixture(scope="module")
+def first_draws_remedy():
+    """One short run on the regression whose first draws raise the batch, shared by the two tests
+    below, with the up-front cost estimates it made (batch size of each) recorded."""
+    from lambdahat import warmup
+
+    timed = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(warmup, "announce_cost", lambda bar, per_step, budget, chains, job: timed.append(job.batch_size))
+        task = tasks.linear_regression(dim=6, n=20_000, seed=1)
+        result = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=6000, nbeta_check=False, progress=False)
+    return result, timed
+
+
+def test_the_first_draws_raise_the_batch_where_the_warm_up_misjudged_the_acceptance(first_draws_remedy):
     """On this regression the warm-up's last windows (acceptance 0.9968) allow 1.6× the capped ε,
     below the remedy's factor 2; the first block of draws (0.9991) allows 3.7×, so the batch is
     raised there and the warm-up restarts; ε then grows past the old cap."""
-    task = tasks.linear_regression(dim=6, n=20_000, seed=1)
-    result = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=6000, nbeta_check=False, progress=False)
+    result, _ = first_draws_remedy
     note = next(n for n in result.adaptation.notes if "batch_size raised" in n)
     assert "acceptance of the first draws" in note, note
     old_cap = float(note.split("capped ε at ")[1].split(" ")[0])
@@ -112,14 +125,9 @@ def test_the_first_draws_raise_the_batch_where_the_warm_up_misjudged_the_accepta
     assert result.adaptation.warmup_steps <= result.settings.num_burnin_steps  # the kept warm-up only
 
 
-def test_a_raised_batch_says_again_what_the_run_may_cost(monkeypatch):
+def test_a_raised_batch_says_again_what_the_run_may_cost(first_draws_remedy):
     """The up-front cost estimate is made again after a noise remedy: a raised batch costs more per step."""
-    from lambdahat import warmup
-
-    timed = []
-    monkeypatch.setattr(warmup, "announce_cost", lambda bar, per_step, budget, chains, job: timed.append(job.batch_size))
-    task = tasks.linear_regression(dim=6, n=20_000, seed=1)
-    result = lh.estimate_llc(task.model, task.data, task.loss_fn, max_steps=6000, nbeta_check=False, progress=False)
+    result, timed = first_draws_remedy
     assert timed == [256, result.settings.batch_size] and timed[1] > 256, timed
 
 

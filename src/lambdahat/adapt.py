@@ -19,8 +19,8 @@ warm-up, so the draws are one valid chain of fixed-step SGLD:
    it adds, (ε/16) nβ² E‖∇L_B₁ − ∇L_B₂‖², stays within 2% of λ̂. Where that cap holds ε far below
    what the acceptance allows (judged at the warm-up's end, and again on the first block of
    draws, whose acceptance rests on many more proposals), an automatic batch size is raised (else
-   the control-variate gradient is switched on) and the warm-up restarts from w*. The noise is measured again during
-   the draws and judged by the ``noise`` health check; where it predicts more than
+   the control-variate gradient is switched on) and the warm-up restarts from w*. The noise is
+   measured again during the draws and judged by the ``noise`` health check; where it predicts more than
    ``noise.NOISE_LIMIT`` (5%) of λ̂ at the frozen ε and friction (the chains travelled where the
    noise is larger), the warm-up resumes, as it does when the draws' acceptance leaves its band.
    **Momentum.** With ``sampler="auto"`` (the default) the chains are SGHMC (Chen, Fox & Guestrin
@@ -202,10 +202,7 @@ def _draws(warm: WarmUp, settings: Settings, rewarm: bool = True) -> tuple[int, 
         if warm.measure_noise and chains.job.batch_size < chains.job.data.n:  # the chains may travel where it is larger
             draw_noise.append(warm.monitor.measure(chains))
         if len(draws) == 1 and rewarm and warm.auto_burnin and warm.remedied_in_draws(stopping.acceptance(records)):
-            chains = warm.chains  # rebuilt from w* with less noise, and warmed up again
-            chains.probe_active = True
-            if warm.bar is not None:
-                warm.bar.set_description("draws")
+            chains = _draws_again(warm)  # rebuilt from w* with less noise, and warmed up again
             burnin, draws, draw_noise = chains.steps, [], []
             continue
         if not auto_draws:
@@ -222,9 +219,7 @@ def _draws(warm: WarmUp, settings: Settings, rewarm: bool = True) -> tuple[int, 
             rewarms += 1
             log.notes.append(f"{why}: the warm-up resumed")
             warm.resume()
-            chains.probe_active = True
-            if warm.bar is not None:
-                warm.bar.set_description("draws")
+            chains = _draws_again(warm)
             burnin, draws, draw_noise = chains.steps, [], []
             continue
         if losses.shape[1] < draw_floor:
@@ -245,6 +240,16 @@ def _draws(warm: WarmUp, settings: Settings, rewarm: bool = True) -> tuple[int, 
             burnin += moved
             draws = keep
     return burnin, draws, float(np.mean(draw_noise)) if draw_noise else None
+
+
+def _draws_again(warm: WarmUp) -> ChainSet:
+    """The chains after a warm-up inside the draws (resumed, or rerun after a noise remedy), set to
+    draw again: probed, and the progress bar says so. Everything before counts as burn-in."""
+    chains = warm.chains
+    chains.probe_active = True
+    if warm.bar is not None:
+        warm.bar.set_description("draws")
+    return chains
 
 
 def _why_resume(warm: WarmUp, acceptance: float, llc: float, draw_noise: list[float]) -> str | None:
