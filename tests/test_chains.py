@@ -139,3 +139,31 @@ def test_dask_cluster_gives_the_sequential_result_bit_for_bit():
     assert remote.config["chain_mode"] == "executor"
     _same_chains(local, remote, exact=True)
     assert remote.llc_mean == local.llc_mean
+
+
+def test_rmsprop_sgld_draws_are_built_with_a_frozen_preconditioner(monkeypatch):
+    """RMSProp-SGLD's default ``adapt="burnin"``: the fixed-settings run steps the first half of the
+    burn-in with V following the gradient, and the rest with ``adapt="never"`` (a constant P, no
+    dropped Γ term);
+    ``adapt="always"`` runs every step in one segment, as before; the adaptive run's warm-up adapts
+    and its draws do not."""
+    from lambdahat.chains import ChainSet
+
+    calls = []
+    original = ChainSet.advance
+
+    def spy(self, num_steps, step_size, *, options=None, bar=None):
+        calls.append((num_steps, (options or {}).get("adapt")))
+        return original(self, num_steps, step_size, options=options, bar=bar)
+
+    monkeypatch.setattr(ChainSet, "advance", spy)
+    frozen = _estimate("sequential", "rmsprop_sgld")
+    assert calls == [(5, None), (45, "never")] * 3
+    calls.clear()
+    always = _estimate("sequential", lh.SamplerConfig("rmsprop_sgld", adapt="always"))
+    assert calls == [(50, None)] * 3
+    assert not np.array_equal(frozen.trace["loss"], always.trace["loss"])
+    calls.clear()
+    lh.estimate_llc(_mlp(), _data(), gaussian_nll, sampler="rmsprop_sgld", num_chains=2, batch_size=16, seed=7,
+                    max_steps=3000, nbeta_check=False, progress=False)
+    assert calls[0][1] is None and "never" in {adapt for _, adapt in calls}

@@ -107,21 +107,27 @@ def test_quasi_homogeneous_gamma_zero_every_sampler(name, record_known_answer):
     assert ok, message
 
 
-_RMSPROP_TILT = pytest.mark.xfail(
+_RMSPROP_RELAXATION = pytest.mark.xfail(
     strict=True,
-    reason="RMSProp-SGLD drops the Γ (divergence) term of its position-dependent preconditioner. "
-    "At nβ = 1 the loss gradient is O(1), comparable to eps = 0.1, so P = 1/(√V + eps) follows the "
-    "position (V averages ~100 steps, the chain relaxes over ~800) and the stationary law tilts "
-    "toward exp(−U)/P, i.e. outward: measured +41% at this test's ε = 2e-4, and at ε = 2e-3 +95% with "
-    "α = 0.99, +36% with α = 0.999, +21% with α = 0.9999. Harmless at large nβ (the test above).",
+    reason="RMSProp-SGLD's preconditioner, adapted in the first half of the burn-in, tilts the chain outward "
+    "(the dropped Γ term); frozen after that, the chain samples the exact law but relaxes from the tilted point "
+    "over more than this run's 4,500 steps: −5.7% ± 1.8% (with adapt='always', +41%; with 16,000 draws, "
+    "−1.2%). Its P ≈ 1/(|g| + eps) ≈ 0.9 in the steep directions makes its steps there 10× shorter than SGLD's.",
 )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_RMSPROP_TILT) if n == "rmsprop_sgld" else n for n in ALL])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_RMSPROP_RELAXATION) if n == "rmsprop_sgld" else n for n in ALL])
 def test_quasi_homogeneous_at_nbeta_one(name, record_known_answer):
     """test_known_answers.py's setting (p = (4, 2), nβ = 1, c = 1, γ = 0) for every sampler, with
-    ε = 2e-3 (Euler bias ≤ 1%, see there); RMSProp-SGLD with the same effective step ε/eps."""
+    ε = 2e-3 (Euler bias ≤ 1%, see there); RMSProp-SGLD with the same effective step ε/eps.
+
+    RMSProp-SGLD drops the Γ (divergence) term of its preconditioner. At nβ = 1 the loss gradient
+    is O(1), comparable to eps = 0.1, so a P = 1/(√V + eps) that keeps following the position (V
+    averages ~100 steps, the chain relaxes over ~800) tilts the law toward exp(−U)/P: +41% here
+    with ``adapt="always"``, and at ε = 2e-3 +95% with α = 0.99, +36% with α = 0.999, +21% with
+    α = 0.9999. Its default, ``adapt="burnin"``, freezes P halfway through the burn-in, and a
+    constant P has no Γ term (its remaining miss: the xfail's reason)."""
     step = 2e-4 if name == "rmsprop_sgld" else 2e-3
     task = tasks.quasi_homogeneous([4, 2], copies=500)
     result = _run(task, sampler=_sampler(name), step_size=step, localization=0.0, nbeta=1.0, num_draws=4000, num_burnin_steps=1000)

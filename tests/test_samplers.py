@@ -285,6 +285,31 @@ def test_rmsprop_sgld_update_and_preconditioner_by_hand():
         torch.testing.assert_close(state.params, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_rmsprop_sgld_frozen_preconditioner_stays_put():
+    """``adapt="never"`` (how the draws are built under the default ``adapt="burnin"``) keeps V as
+    the burn-in left it: each step is SGLD preconditioned by the same P = 1/(√(V/(1 − α^t)) + eps),
+    t the burn-in's steps, so there is no Γ term to drop."""
+    pot, batch = _regression(seed=3)
+    alpha, eps, step, nbeta, gamma, burnin = 0.9, 0.1, 1e-3, 3.0, 2.0, 7
+    settings = dict(step_size=step, nbeta=nbeta, localization=gamma, alpha=alpha, eps=eps, acceptance_every=0)
+    adapting = _build("rmsprop_sgld", pot.loss_and_grad, pot.w_star, **settings)
+    frozen = _build("rmsprop_sgld", pot.loss_and_grad, pot.w_star, adapt="never", **settings)
+    gen = torch.Generator().manual_seed(4)
+    state, _ = _run(adapting, pot.w_star, batch, gen, burnin)
+    v = state.square_avg.clone()
+    p = 1 / ((v / (1 - alpha**burnin)).sqrt() + eps)
+    for _ in range(3):
+        w = state.params.clone()
+        _, g = pot.loss_and_grad(w, batch)
+        xi = _next_normal(gen, w)
+        state, _ = frozen.step(state, batch, gen)
+        expected = w - step / 2 * p * (nbeta * g + gamma * (w - pot.w_star)) + (step * p).sqrt() * xi
+        torch.testing.assert_close(state.params, expected, rtol=1e-12, atol=1e-12)
+        assert torch.equal(state.square_avg, v) and state.updates == burnin and state.count > burnin
+    with pytest.raises(ValueError, match="adapt must be one of"):
+        _build("rmsprop_sgld", pot.loss_and_grad, pot.w_star, adapt="draws", **settings)
+
+
 def test_rmsprop_sgld_guard_caps_exploding_preconditioner():
     """A flat loss (zero gradient) with a tiny eps would give P = 1/eps = 1e8: the localisation
     step ε P γ / 2 would overshoot w* by a factor ~1e3 per step. The cap ε P γ = 2 keeps it

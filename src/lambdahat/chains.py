@@ -79,6 +79,9 @@ class ChainJob:
     num_steps: int
     batch_size: int
     seed: int
+    #: the first steps of ``num_steps`` that are burn-in (the draws' steps may be built differently:
+    #: :meth:`lambdahat.samplers.SamplerConfig.draws_options`)
+    num_burnin_steps: int = 0
     check_every: int = 100
     #: (L_n(w*), ∇L_n(w*)): sample with the control-variate gradient of :func:`lambdahat.noise.control_variate`
     control_variate: tuple[float, Tensor] | None = None
@@ -107,16 +110,29 @@ class ChainJob:
     def run(self, chain: int, bar=None) -> ChainRecord:
         """Chain ``chain`` on its own, all ``num_steps`` steps at the job's settings."""
         chains = ChainSet(self, [chain], "sequential")
-        chains.advance(self.num_steps, self.step_size, bar=bar)
+        self._advance(chains, bar)
         records, bad = chains.records()
         return {name: values[0] for name, values in records.items()}, bad[0]
 
     def run_stacked(self, chains: Sequence[int], bar=None) -> list[ChainRecord]:
         """Chains ``chains`` together as one (K, d) state, each with its own generators."""
         stacked = ChainSet(self, chains, "vectorized")
-        stacked.advance(self.num_steps, self.step_size, bar=bar)
+        self._advance(stacked, bar)
         records, bad = stacked.records()
         return [({name: values[k] for name, values in records.items()}, bad[k]) for k in range(len(chains))]
+
+    def _advance(self, chains: ChainSet, bar) -> None:
+        """All ``num_steps`` steps. Where the sampler has draws options (RMSProp-SGLD's frozen
+        preconditioner), the first half of the burn-in runs without them and everything after with
+        them, so that the chain relaxes under the frozen sampler's exact law before the draws; one
+        segment otherwise."""
+        frozen = self.sampler.draws_options()
+        adapting = min(self.num_burnin_steps, self.num_steps) // 2
+        if frozen and adapting:
+            chains.advance(adapting, self.step_size, bar=bar)
+            chains.advance(self.num_steps - adapting, self.step_size, options=frozen, bar=bar)
+        else:
+            chains.advance(self.num_steps, self.step_size, bar=bar)
 
     def check_stacked(self) -> str | None:
         """Try one vectorised loss-and-gradient call; the reason it fails, or None."""

@@ -149,7 +149,7 @@ def estimate_llc(
         adaptation, ends = None, ()
         if not settings.auto_fields:
             settings = settings.replace(paired_loss=job.paired_loss is not None)
-            job.num_steps = settings.num_burnin_steps + settings.num_draws
+            job.num_steps, job.num_burnin_steps = settings.num_burnin_steps + settings.num_draws, settings.num_burnin_steps
             trace = run_chains(
                 job, num_chains=settings.num_chains, num_burnin_steps=settings.num_burnin_steps,
                 config={**settings.to_dict(), **extras}, chain_mode=settings.chain_mode,

@@ -75,7 +75,7 @@ class WarmUp:
             chains.restart(self.gamma)
         every = WARMUP_ACCEPTANCE_EVERY if self.auto_step else DRAW_ACCEPTANCE_EVERY
         self.warm_every = _options(sampler, every)
-        self.draw_every = _options(sampler, DRAW_ACCEPTANCE_EVERY)
+        self.draw_every = {**_options(sampler, DRAW_ACCEPTANCE_EVERY), **sampler.draws_options()}
         self.friction = float(sampler.options.get("friction", 1.0)) if sampler.name == "sghmc" else 1.0
         self.cost = sampler.with_options(**self.warm_every).evaluations_per_step
         self.draw_cost = sampler.with_options(**self.draw_every).evaluations_per_step

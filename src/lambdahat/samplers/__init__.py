@@ -22,7 +22,7 @@ the loss gradient's buffer), and returns the new state. Keep no reference to an 
 | name           | what it is                                    | options                      |
 |----------------|-----------------------------------------------|------------------------------|
 | ``sgld``         | SGLD (Welling & Teh 2011)                      | acceptance_every             |
-| ``rmsprop_sgld`` | RMSProp-preconditioned SGLD (Li et al. 2016)   | alpha, eps, acceptance_every |
+| ``rmsprop_sgld`` | RMSProp-preconditioned SGLD (Li et al. 2016)   | alpha, eps, adapt, acceptance_every |
 | ``sghmc``        | SG Hamiltonian MC (Chen et al. 2014)           | friction, acceptance_every   |
 | ``sgnht``        | SG Nosé–Hoover thermostat (Ding et al. 2014)   | diffusion                    |
 | ``mala``         | Metropolis-adjusted Langevin, full batch, exact | —                            |
@@ -95,6 +95,12 @@ class SamplerConfig:
         state), plus one on every ``acceptance_every``-th step for the SGLD-type samplers' check."""
         every = self._options.get("acceptance_every", 0)
         return 1.0 + (1.0 / every if every else 0.0)
+
+    def draws_options(self) -> dict[str, Any]:
+        """The options the draws' steps are built with, on top of these: RMSProp-SGLD with
+        ``adapt="burnin"`` freezes its preconditioner once the burn-in ends (``adapt="never"``);
+        nothing for the others."""
+        return {"adapt": "never"} if self._options.get("adapt") == "burnin" else {}
 
     @property
     def full_batch(self) -> bool:
