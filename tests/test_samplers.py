@@ -186,6 +186,11 @@ def test_sampler_config_validates_names_and_options():
         _build("rmsprop_sgld", None, torch.zeros(2), step_size=1e-3, nbeta=1.0, localization=1.0, eps=0.0)
     with pytest.raises(TypeError, match="sampler must be a name"):
         lh.samplers.as_sampler_config(sgld.build)
+    # an option's value is checked when the config is made, before any run starts
+    for name, option in (("sghmc", dict(friction=1.5)), ("rmsprop_sgld", dict(adapt="draws")),
+                         ("sgnht", dict(diffusion=-1.0)), ("sgld", dict(acceptance_every=-1))):
+        with pytest.raises(ValueError, match=next(iter(option))):
+            SamplerConfig(name, **option)
 
 
 # ---------------------------------------------------------------- the Gaussian harness

@@ -79,6 +79,7 @@ class SamplerConfig:
             )
         self.name = name
         self._options = {**allowed, **options}
+        SAMPLERS[name](_OPTIONS_CHECK, step_size=1.0, **self._options)  # each option's value checked now, before any work
 
     @property
     def options(self) -> MappingProxyType:
@@ -120,6 +121,17 @@ class SamplerConfig:
     def __repr__(self) -> str:
         settings = "".join(f", {k}={v!r}" for k, v in self.options.items())
         return f"SamplerConfig({self.name!r}{settings})"
+
+
+class _OptionsCheck(NamedTuple):
+    """A stand-in potential: building a sampler against it runs the builder's checks of its
+    options (builders read nothing else of the potential until a step)."""
+
+    nbeta: float = 1.0
+    localization: float = 0.0
+
+
+_OPTIONS_CHECK = _OptionsCheck()
 
 
 def as_sampler_config(sampler: str | SamplerConfig) -> SamplerConfig:
