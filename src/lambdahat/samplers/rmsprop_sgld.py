@@ -70,7 +70,8 @@ def build(
     mixing; when V follows the position instead (α too small for a slowly mixing chain), the
     stationary law tilts toward exp(−U)/P: +16% on a Gaussian's variance at α = 0.99 with no
     gradient noise, within error at α = 0.999 (tests/test_samplers.py, the Gaussian harness), and
-    +41% on λ̂ of a quasi-homogeneous potential at nβ = 1 (tests/test_sampler_known_answers.py).
+    +41% on λ̂ of a quasi-homogeneous potential at nβ = 1 (tests/test_sampler_known_answers.py;
+    benchmarks/investigations/rmsprop_freeze.py).
 
     ``adapt`` says when V follows the gradient:
 
