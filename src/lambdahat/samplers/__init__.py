@@ -98,9 +98,10 @@ class SamplerConfig:
         return 1.0 + (1.0 / every if every else 0.0)
 
     def draws_options(self) -> dict[str, Any]:
-        """The options the draws' steps are built with, on top of these: RMSProp-SGLD with
-        ``adapt="burnin"`` freezes its preconditioner once the burn-in ends (``adapt="never"``);
-        nothing for the others."""
+        """The options the frozen steps are built with, on top of these: RMSProp-SGLD with
+        ``adapt="burnin"`` freezes its preconditioner (``adapt="never"``) from halfway through a
+        fixed run's burn-in (:meth:`lambdahat.chains.ChainJob.run`) and for an adaptive run's
+        draws; nothing for the others."""
         return {"adapt": "never"} if self._options.get("adapt") == "burnin" else {}
 
     @property
