@@ -86,6 +86,13 @@ VERSIONS = {
     # (WarmUp.remedied_in_draws; made after the slow tier's noisy regression of 6 weights was
     # refused on precision at a fifth of that ε); v13's composition.
     "v17": (20261217, {"100": 3, "1k": 3, "10k": 2, "100k": 0, "rrr": 5}),
+    # v18, fixed 2026-12-07 14:47 UTC before any engine was run on it, for this session's change: an
+    # estimate is not lowered to nβ / 4 when the descent from w* and the chains' last points found no
+    # point below w* (fall 0), whatever the run at 4nβ says (made after v17's 6-2-3-4-5-6 r=2, a
+    # noise-free network, was lowered on a falling rung and refused). The change can touch only
+    # noise-free networks whose rung falls, so the set is small networks (no 10⁴ band, whose raised
+    # batches take up to 20 minutes), three regressions and the two crossings.
+    "v18": (20261218, {"100": 4, "1k": 4, "10k": 0, "100k": 0, "rrr": 3}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10
