@@ -228,6 +228,14 @@ def test_an_estimate_stays_where_it_was_asked_or_where_lambda_does_not_fall():
     rising = SimpleNamespace(**{**vars(falling), "nbeta_comparison": lambda: compare(1.0, 0.05, 100.0,
                                                                                       _rung(400.0, 1.5, 0.05))})
     assert not lowers(rising)
+    # a descent that found no point below w* (fall 0: a noise-free teacher) vetoes the falling rung;
+    # one that found a fall, however small, leaves the rung to decide
+    from lambdahat.descent import Descent
+
+    at_minimum = Descent(nbeta=100.0, fall=0.0, iterations=3, evaluations=5, gradient_evaluations=5)
+    assert not lowers(SimpleNamespace(**{**vars(falling), "descent": at_minimum}))
+    above = Descent(nbeta=100.0, fall=0.01, iterations=3, evaluations=5, gradient_evaluations=5)
+    assert lowers(SimpleNamespace(**{**vars(falling), "descent": above}))
 
 
 def test_the_implied_values_error_counts_the_first_rung_twice():

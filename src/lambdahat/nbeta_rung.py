@@ -44,6 +44,10 @@ targets (n = 10⁴; docs/accuracy.md) the estimate at t / 4 was within 4.8% of �
 the fall is steeper than linear) and from (t, 4t) by 3.1% (worst +9.3%); the runs' own biases (2%
 each) are as large as what an extrapolation would remove.
 
+A falling run at 4nβ does not lower an estimate whose descent (below) found no point under w*: the
+fall that lowering removes needs a minimum below w*, and a descent that found none (on a noise-free
+teacher, every time) says the change is the runs' own error or bias (:func:`lowers`).
+
 **Seeing the fall without the run at 4nβ.** That run is the most expensive of the three (its
 minibatch-noise bias grows like nβ², so its batch is the largest). A deterministic descent of
 nβ L_n + (γ/2)‖w − w*‖² from w* and from the chains' last points (:mod:`lambdahat.descent`)
@@ -150,10 +154,18 @@ def lowers(result: Any) -> bool:
     """Whether an estimate at the default nβ moves to nβ / 4 (module docstring): λ̂ fell from nβ to
     4nβ beyond both runs' errors and biases, and both runs gave a value, or a descent from w*
     (:mod:`lambdahat.descent`) showed that fall before the run at 4nβ was made. The run at 4nβ need
-    not pass its own checks: after the move it is no longer the one the ``nbeta`` check reads."""
+    not pass its own checks: after the move it is no longer the one the ``nbeta`` check reads.
+
+    Not when a descent found no point below w* (its fall is exactly 0): then ∇F(w*) = 0 and the
+    descents from the chains' last points came back no lower, so w* sits above no minimum within
+    reach and the fall −nβ (L_n(w*) − L_min) that lowering removes is absent; a falling run at 4nβ
+    is then the two runs' own error or bias, and the ``nbeta`` check judges it at nβ. (On v17's
+    noise-free 6-2-3-4-5-6 r=2 such a rung moved the estimate to nβ / 4, where it was refused.)"""
     if result.lowered_from is not None or not math.isfinite(result.llc_mean):
         return False
     rung, descent = result.nbeta_rung, getattr(result, "descent", None)
     if rung is None:
         return descent is not None and descent.predicts_fall(result.llc_mean, result.llc_mcse)
+    if descent is not None and descent.fall == 0.0:
+        return False
     return math.isfinite(rung.llc) and result.nbeta_comparison().kind == "falling"
