@@ -63,7 +63,14 @@ def test_falling_lambda_hat_of_a_displaced_minimum_implies_its_learning_coeffici
     assert comparison.kind == "falling"
     assert abs(comparison.implied - exact) < 0.005 * exact, comparison
     check = health.check_nbeta(_result(at_t, t, _rung(NBETA_FACTOR * t, at_4t)))
-    assert not check.ok and "falls as nβ grows" in check.verdict
+    assert not check.ok and "falls as nβ grows" in check.verdict and "nearby minimum" in check.verdict
+    # the same change where a descent found nothing below w* is the runs' own error, and says so
+    from lambdahat.descent import Descent
+
+    at_minimum = SimpleNamespace(**vars(_result(at_t, t, _rung(NBETA_FACTOR * t, at_4t))),
+                                 descent=Descent(nbeta=t, fall=0.0, iterations=2, evaluations=3, gradient_evaluations=3))
+    check = health.check_nbeta(at_minimum)
+    assert not check.ok and "found no loss below" in check.verdict and "max_steps" in check.verdict
 
 
 @pytest.mark.parametrize("llc_4t, mcse, ok, words", [
