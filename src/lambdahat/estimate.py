@@ -151,9 +151,8 @@ def estimate_llc(
             settings = settings.replace(paired_loss=job.paired_loss is not None)
             job.num_steps, job.num_burnin_steps = settings.num_burnin_steps + settings.num_draws, settings.num_burnin_steps
             trace = run_chains(
-                job, num_chains=settings.num_chains, num_burnin_steps=settings.num_burnin_steps,
-                config={**settings.to_dict(), **extras}, chain_mode=settings.chain_mode,
-                train_mode=settings.train_mode, executor=executor, progress=progress,
+                job, num_chains=settings.num_chains, config={**settings.to_dict(), **extras},
+                chain_mode=settings.chain_mode, train_mode=settings.train_mode, executor=executor, progress=progress,
             )
             evaluations = settings.num_chains * job.num_steps * sampler_config.evaluations_per_step
         else:  # the warm-up sets the localisation (given, or its own starting value) before any step

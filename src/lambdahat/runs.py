@@ -73,14 +73,14 @@ def run_chains(
     job: ChainJob,
     *,
     num_chains: int,
-    num_burnin_steps: int,
     config: dict[str, Any],
     chain_mode: str = "auto",
     train_mode: bool = False,
     executor: Executor | None = None,
     progress: bool = True,
 ) -> Trace:
-    """Run ``num_chains`` chains of ``job.num_steps`` steps each from w*; return the Trace.
+    """Run ``num_chains`` chains of ``job.num_steps`` steps each from w*, the first
+    ``job.num_burnin_steps`` of them burn-in; return the Trace.
 
     ``config`` is recorded in the Trace, with ``chain_mode`` set to the mode actually used."""
     from tqdm.auto import tqdm
@@ -113,4 +113,4 @@ def run_chains(
     finally:
         bar.close()
     arrays = {name: np.stack([records[name] for records, _ in rows]) for name in rows[0][0]}
-    return Trace(arrays, num_burnin_steps, [bad for _, bad in rows], {**config, "chain_mode": mode})
+    return Trace(arrays, job.num_burnin_steps, [bad for _, bad in rows], {**config, "chain_mode": mode})
