@@ -68,6 +68,13 @@ class Descent:
     evaluations: int
     gradient_evaluations: int
 
+    @property
+    def found_nothing_lower(self) -> bool:
+        """No point evaluated had F below F(w*) (the fall is exactly 0): ∇F(w*) = 0 and the descents
+        from the chains' last points came back no lower, so w* sits above no minimum within reach
+        and λ̂ carries no fall −nβ (L_n(w*) − L_min) (a noise-free teacher, every time)."""
+        return self.fall == 0.0
+
     def predicts_fall(self, llc: float, mcse: float) -> bool:
         """Whether the fall from nβ to 4nβ the descent predicts, (4 − 1) × ``fall``, is at least
         ``PREDICTION_MARGIN`` × what the ``nbeta`` check calls falling for a run of λ̂ ± ``mcse``

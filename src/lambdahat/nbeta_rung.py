@@ -156,16 +156,15 @@ def lowers(result: Any) -> bool:
     (:mod:`lambdahat.descent`) showed that fall before the run at 4nβ was made. The run at 4nβ need
     not pass its own checks: after the move it is no longer the one the ``nbeta`` check reads.
 
-    Not when a descent found no point below w* (its fall is exactly 0): then ∇F(w*) = 0 and the
-    descents from the chains' last points came back no lower, so w* sits above no minimum within
-    reach and the fall −nβ (L_n(w*) − L_min) that lowering removes is absent; a falling run at 4nβ
-    is then the two runs' own error or bias, and the ``nbeta`` check judges it at nβ. (On v17's
+    Not when a descent found no point below w* (:attr:`lambdahat.descent.Descent.found_nothing_lower`):
+    the fall −nβ (L_n(w*) − L_min) that lowering removes is then absent, a falling run at 4nβ is the
+    two runs' own error or bias, and the ``nbeta`` check judges it at nβ. (On v17's
     noise-free 6-2-3-4-5-6 r=2 such a rung moved the estimate to nβ / 4, where it was refused.)"""
     if result.lowered_from is not None or not math.isfinite(result.llc_mean):
         return False
     rung, descent = result.nbeta_rung, getattr(result, "descent", None)
     if rung is None:
         return descent is not None and descent.predicts_fall(result.llc_mean, result.llc_mcse)
-    if descent is not None and descent.fall == 0.0:
+    if descent is not None and descent.found_nothing_lower:
         return False
     return math.isfinite(rung.llc) and result.nbeta_comparison().kind == "falling"

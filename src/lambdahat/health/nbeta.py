@@ -64,7 +64,7 @@ def check_nbeta(result: LLCResult, z: float = 2.0, max_relative: float = 0.10) -
                "(the finite-nβ gap of a singular model, which closes only like 1 / log nβ)")
         fix = (f"λ is likely between {rung.llc:.4g} (at 4nβ) and {comparison.implied:.4g}; more data (a larger n) "
                "narrows the gap. Comparisons of models at one fixed nβ are not affected")
-    elif descent is not None and descent.fall == 0.0:  # nothing below w*: not the fall lowering removes
+    elif descent is not None and descent.found_nothing_lower:  # not the fall that lowering removes
         why = ("λ̂ falls as nβ grows, although a descent from w* and from the chains' last points found no loss below "
                "L_n(w*): the two runs' own errors or biases (step size, minibatch noise) differ by more than allowed")
         fix = "raise max_steps (both runs get longer), or give a smaller step_size"
