@@ -247,6 +247,29 @@ def test_localization_reads_share_and_sensitivity_together(good):
     assert not check.ok and "localisation too tight" in check.verdict and "Lower localization" in check.verdict
 
 
+def test_localization_does_not_read_a_shared_drift_as_dependence_on_gamma(good):
+    """A chain still spreading along flat directions (its distance growing through the draws, as on
+    a cross-entropy classifier at γ = 0.1) while its loss climbs too: loss and distance share a
+    trend, not a fluctuation, so ∂ log λ̂ / ∂ log γ stays near 0 and the check passes, where the raw
+    covariance (the trend's) gives η ≈ −1. The same data with the loss fluctuating with the distance
+    about that course still fails."""
+    rng = np.random.default_rng(4)
+    d, gamma, draws = good.num_params, good.settings.localization, 2000
+    course = np.linspace(0.8, 1.2, draws)  # γ E‖w − w*‖² / d rises from 0.64 to 1.44
+    wobble = 0.05 * _ar1(rng, (4, draws), mean=0.0, scale=1.0) / 2.3
+    radius = np.sqrt(d / gamma) * (course + wobble)
+    loss = good.init_loss + 0.005 + 0.1 * (course - 0.8) + _ar1(rng, (4, draws), mean=0.0, scale=0.0005)
+    drifting = _replace(good, {"loss": loss, "distance": radius}, burnin=0)
+    share, raw = health.prior_statistics(loss, radius, gamma, good.nbeta, d, drifting.llc_mean)
+    check = health.check_localization(drifting)
+    assert share > 0.2 and check.ok and "hardly depends on γ" in check.verdict, check.verdict
+    centred = [(a - a.mean(axis=1, keepdims=True)) for a in (good.nbeta * loss, radius ** 2)]
+    assert -(gamma / 2) * np.mean(centred[0] * centred[1]) / drifting.llc_mean < -0.5  # the raw covariance's η
+    coupled = _replace(good, {"loss": loss + 0.5 * (radius ** 2 - d / gamma * course ** 2) / d, "distance": radius},
+                       burnin=0)
+    assert not health.check_localization(coupled).ok
+
+
 def test_ladder_catches_a_drift_the_halves_of_the_draws_miss(good):
     """λ̂ still climbing through the second quarter of the run and flat over the draws (the second
     half): the convergence check passes, the ladder check does not."""
