@@ -93,6 +93,11 @@ VERSIONS = {
     # noise-free networks whose rung falls, so the set is small networks (no 10⁴ band, whose raised
     # batches take up to 20 minutes), three regressions and the two crossings.
     "v18": (20261218, {"100": 4, "1k": 4, "10k": 0, "100k": 0, "rrr": 3}),
+    # v19, fixed 2026-12-07 18:06 UTC before any engine was run on it, for this session's change: the
+    # localisation statistics' elasticity is read on each chain's detrended fluctuations (made after a
+    # digits classifier's drifting chains gave a spurious η and were refused on localization). It can
+    # touch only runs whose prior share exceeds 0.2; v18's composition.
+    "v19": (20261219, {"100": 4, "1k": 4, "10k": 0, "100k": 0, "rrr": 3}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10
