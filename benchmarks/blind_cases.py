@@ -98,6 +98,12 @@ VERSIONS = {
     # digits classifier's drifting chains gave a spurious η and were refused on localization). It can
     # touch only runs whose prior share exceeds 0.2; v18's composition.
     "v19": (20261219, {"100": 4, "1k": 4, "10k": 0, "100k": 0, "rrr": 3}),
+    # v20, fixed 2026-12-07 20:29 UTC before any engine was run on it, for this session's change: a
+    # batch the warm-up raised comes down at the warm-up's end to what the final ε needs
+    # (WarmUp._lowered_batch; made after v17's 72-69-51 kept a batch of 5,516 raised for an ε 780×
+    # the one it ended with, 1,200 s). It can touch only runs whose batch was raised, which on the
+    # networks happened in the 10⁴ band: four of those, two each of 10² and 10³, two regressions.
+    "v20": (20261220, {"100": 2, "1k": 2, "10k": 4, "100k": 0, "rrr": 2}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10
