@@ -103,6 +103,7 @@ VERSIONS = {
     # (WarmUp._lowered_batch; made after v17's 72-69-51 kept a batch of 5,516 raised for an ε 780×
     # the one it ended with, 1,200 s). It can touch only runs whose batch was raised, which on the
     # networks happened in the 10⁴ band: four of those, two each of 10² and 10³, two regressions.
+    # The rule never fired (docs/accuracy.md, set v20) and was not kept.
     "v20": (20261220, {"100": 2, "1k": 2, "10k": 4, "100k": 0, "rrr": 2}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
