@@ -212,14 +212,26 @@ def make_batch_loss(
             return loss_fn(FunctionalModel(model, tensors, call), batch)
 
     else:
-        exact = _ExactValue(loss_fn)
+        criterion = make_criterion(loss_fn)
 
         def batch_loss(tensors: dict[str, Tensor], batch: Any) -> Tensor:
             inputs, targets = batch
-            outputs = call(tensors, inputs)
-            return exact(loss_fn(outputs, targets), outputs, targets)
+            return criterion(call(tensors, inputs), targets)
 
     return batch_loss
+
+
+def make_criterion(loss_fn: Callable[..., Tensor]) -> Callable[[Tensor, Any], Tensor] | None:
+    """``criterion(outputs, targets)``: an output-form ``loss_fn`` on given model outputs, its value
+    in float64 inside :func:`exact_values` (:class:`_ExactValue`); None for a ``(model, batch)`` loss."""
+    if is_model_loss(loss_fn):
+        return None
+    exact = _ExactValue(loss_fn)
+
+    def criterion(outputs: Tensor, targets: Any) -> Tensor:
+        return exact(loss_fn(outputs, targets), outputs, targets)
+
+    return criterion
 
 
 #: The largest model output (elements per chain and batch) whose loss is evaluated a second time in

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import stacked_mlp
 from .data import DataSource
-from .losses import exact_values, make_batch_loss, wide_dtype
+from .losses import exact_values, make_batch_loss, make_criterion, wide_dtype
 from .precision import AutocastLoss, autocast_batch_loss, loss_scale, with_precision
 
 __all__ = ["Potential", "LocalizedPotential", "LocalizedValue", "select_params", "default_nbeta", "LOW_PRECISION",
@@ -125,7 +126,8 @@ class Potential:
         self.model = model
         #: "float32", or the autocast dtype of the forward and backward (:mod:`lambdahat.precision`)
         self.precision = loss_fn.precision if isinstance(loss_fn, AutocastLoss) else "float32"
-        self._batch_loss = make_batch_loss(model, loss_fn.loss_fn if isinstance(loss_fn, AutocastLoss) else loss_fn)
+        self._loss_fn = loss_fn.loss_fn if isinstance(loss_fn, AutocastLoss) else loss_fn
+        self._batch_loss = make_batch_loss(model, self._loss_fn)
         self._loss_scale = loss_scale(self.precision)
         named = dict(model.named_parameters())
         self.names = list(sampled_names)
@@ -261,11 +263,14 @@ class Potential:
             lambda pieces, batch: self._batch_loss(self._tensors_of(pieces), batch),
             in_dims=(0, None if shared_batch else 0),
         )
+        direct = self._stacked_mlp()
 
         def loss_and_grad(w: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
             with torch.enable_grad():
                 leaves, grad = self._leaves(w)
-                loss = per_chain(leaves, batch)
+                loss = direct(leaves, batch, shared_batch) if direct is not None else None
+                if loss is None:
+                    loss = per_chain(leaves, batch)
                 with warnings.catch_warnings():
                     # a (K, numel) slot of the (K, d) gradient is strided; in-place accumulation is what is wanted
                     warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
@@ -273,6 +278,14 @@ class Potential:
             return loss.detach(), grad
 
         return loss_and_grad
+
+    def _stacked_mlp(self) -> Callable[[Sequence[Tensor], Any, bool], Tensor | None] | None:
+        """The vmap-free forward of :mod:`lambdahat.stacked_mlp` where it applies: an output-form
+        loss in float32 on an MLP whose every parameter is sampled, unmasked, with no buffers."""
+        criterion = make_criterion(self._loss_fn)
+        if criterion is None or self.precision != "float32" or self._masked or self._fixed:
+            return None
+        return stacked_mlp.build(self.model, self.names, criterion)
 
     def anchor_loss(self, per_chain_batches: bool) -> Callable[[Any], Tensor]:
         """``batch -> L_B(w*)`` without gradients: shaped () for one batch, (K,) for a batch with a
