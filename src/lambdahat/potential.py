@@ -197,12 +197,6 @@ class Potential:
         """The user's (batch-mean) loss at w."""
         return self._batch_loss(self.tensors(w), batch)
 
-    def _leaves(self, w: Tensor) -> tuple[list[Tensor], Tensor]:
-        """The pieces of w as autograd leaves (:meth:`_new_leaves`) with their gradient slots
-        (:meth:`_gradient_slots`), and the flat gradient the slots are slices of."""
-        leaves = self._new_leaves(w)
-        return leaves, self._gradient_slots(leaves, w)
-
     def _new_leaves(self, w: Tensor) -> list[Tensor]:
         """The pieces of w (views, no copy) as autograd leaves, shaped like the parameters so that
         no view node of the forward's start delays the gradient accumulation to the end of the
@@ -256,9 +250,10 @@ class Potential:
     def stacked_loss_and_grad(self, shared_batch: bool) -> Callable[[Tensor, Any], tuple[Tensor, Tensor]]:
         """``(w, batch) -> (loss, grad)`` for K chains at once: w is (K, d); the batch is shared
         by every chain (``shared_batch``) or has a leading chain dimension. The forward pass is
-        one ``torch.func.vmap`` over the chains, built once here; the chains' losses are
-        independent, so one ordinary backward pass of their sum gives every chain's own gradient,
-        accumulated into one (K, d) tensor as in :meth:`loss_and_grad`."""
+        one ``torch.func.vmap`` over the chains, built once here (for an MLP, the batched products
+        of :mod:`lambdahat.stacked_mlp`, with the same bits); the chains' losses are independent,
+        so one ordinary backward pass of their sum gives every chain's own gradient, accumulated
+        into one (K, d) tensor as in :meth:`loss_and_grad`, whose leaves it reuses in the same way."""
         per_chain = torch.func.vmap(
             lambda pieces, batch: self._batch_loss(self._tensors_of(pieces), batch),
             in_dims=(0, None if shared_batch else 0),
@@ -267,7 +262,8 @@ class Potential:
 
         def loss_and_grad(w: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
             with torch.enable_grad():
-                leaves, grad = self._leaves(w)
+                leaves = self._new_leaves(w) if self._masked else self._bound(w)[0]
+                grad = self._gradient_slots(leaves, w)
                 loss = direct(leaves, batch, shared_batch) if direct is not None else None
                 if loss is None:
                     loss = per_chain(leaves, batch)
@@ -275,6 +271,8 @@ class Potential:
                     # a (K, numel) slot of the (K, d) gradient is strided; in-place accumulation is what is wanted
                     warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
                     self._backward(loss.sum(), leaves, grad)
+                for leaf in leaves:  # the gradient belongs to the caller alone
+                    leaf.grad = None
             return loss.detach(), grad
 
         return loss_and_grad
