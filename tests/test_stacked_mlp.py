@@ -113,19 +113,25 @@ def _estimate(direct: bool, monkeypatch, model, x, y, loss, **settings):
     return result, sum(served)
 
 
-@pytest.mark.parametrize("case", ["minibatch", "full batch", "cross-entropy"])
+def _own_gaussian_loss(output, target):
+    return 0.5 * ((output - target) ** 2).sum(dim=1).mean()
+
+
+@pytest.mark.parametrize("case", ["minibatch", "full batch", "own loss", "own loss, full batch", "cross-entropy"])
 def test_chains_are_bit_identical_to_the_general_path(case, monkeypatch):
-    """Per-chain minibatches, one shared full batch, and a cross-entropy classifier (whose loss
-    rounds differently when looped over the chains instead of vmapped), each with MALA checks."""
+    """Per-chain minibatches and one shared full batch, with the library's Gaussian loss (its
+    per-chain form) and with a user's own (vmapped over the chains), and a cross-entropy
+    classifier (whose loss rounds differently when looped over the chains instead of vmapped),
+    each with MALA checks (whose losses are re-evaluated in float64)."""
     model = _mlp(seed=1)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(400, 6, generator=gen)
     y = model(x).detach() + 0.1 * torch.randn(400, 2, generator=gen)
-    loss = lh.losses.gaussian_nll
+    loss = _own_gaussian_loss if case.startswith("own loss") else lh.losses.gaussian_nll
     if case == "cross-entropy":
         y, loss = y.argmax(dim=1), nn.functional.cross_entropy
     settings = dict(step_size=2e-4, localization=1.0, num_chains=3, num_draws=120, num_burnin_steps=0, seed=5,
-                    batch_size=400 if case == "full batch" else 64)
+                    batch_size=400 if "full batch" in case else 64)
     general, _ = _estimate(False, monkeypatch, model, x, y, loss, **settings)
     direct, served = _estimate(True, monkeypatch, model, x, y, loss, **settings)
     assert served >= 120  # every step (and each check's proposal) went through the direct path
@@ -133,3 +139,26 @@ def test_chains_are_bit_identical_to_the_general_path(case, monkeypatch):
         np.testing.assert_array_equal(direct.trace.draws(name), general.trace.draws(name))
     assert np.isfinite(direct.trace.draws("mala_accept")).any()  # the check steps ran through the direct path
     assert direct.llc_mean == general.llc_mean
+
+
+def test_the_per_chain_gaussian_loss_is_the_loss_of_each_chain_bit_for_bit():
+    gen = torch.Generator().manual_seed(0)
+    outputs, targets = torch.randn(5, 33, 3, generator=gen), torch.randn(5, 33, 3, generator=gen)
+    each = torch.stack([lh.losses.gaussian_nll(o, t) for o, t in zip(outputs, targets)])
+    assert torch.equal(lh.losses.gaussian_nll.per_chain(outputs, targets), each)
+    with pytest.raises(ValueError, match="make the model's output match the targets"):
+        lh.losses.gaussian_nll.per_chain(outputs, targets[:, :, :2])
+
+
+def test_the_per_chain_loss_is_exact_in_float64_for_acceptance_ratios():
+    from lambdahat.losses import exact_values, make_stacked_criterion
+
+    criterion = make_stacked_criterion(lh.losses.gaussian_nll)
+    outputs = torch.randn(3, 10, 2, requires_grad=True)
+    targets = torch.randn(3, 10, 2)
+    assert criterion(outputs, targets).dtype == torch.float32
+    with exact_values():
+        value = criterion(outputs, targets)
+    assert value.dtype == torch.float64 and value.shape == (3,)
+    assert torch.equal(value.detach(), lh.losses.gaussian_nll.per_chain(outputs.detach().double(), targets.double()))
+    assert make_stacked_criterion(nn.functional.cross_entropy) is None

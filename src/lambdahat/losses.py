@@ -84,7 +84,19 @@ def _cross_entropy_per_sample(output: Tensor, target: Tensor) -> Tensor:
     return values.reshape(values.shape[0], -1).mean(dim=1)
 
 
+def _gaussian_nll_per_chain(output: Tensor, target: Tensor) -> Tensor:
+    """:func:`gaussian_nll` of K chains' batches at once: output and target (K, B, ...), shape (K,)."""
+    if output.shape != target.shape:
+        raise ValueError(
+            f"gaussian_nll: model output has shape {tuple(output.shape[1:])} but targets have shape "
+            f"{tuple(target.shape[1:])}; make the model's output match the targets."
+        )
+    diff = (output - target).reshape(output.shape[0], output.shape[1], -1)
+    return (0.5 * diff.pow(2).sum(dim=2)).mean(dim=1)
+
+
 gaussian_nll.per_sample = _gaussian_nll_per_sample  # type: ignore[attr-defined]
+gaussian_nll.per_chain = _gaussian_nll_per_chain  # type: ignore[attr-defined]
 cross_entropy.per_sample = _cross_entropy_per_sample  # type: ignore[attr-defined]
 
 
@@ -221,6 +233,21 @@ def make_batch_loss(
     return batch_loss
 
 
+def make_stacked_criterion(loss_fn: Callable[..., Tensor]) -> Callable[[Tensor, Any], Tensor] | None:
+    """``criterion(outputs, targets) -> (K,)``: ``loss_fn`` on K chains' outputs and targets, each
+    (K, B, ...), in one call of its ``per_chain`` form (the library's :func:`gaussian_nll` has one),
+    the values in float64 inside :func:`exact_values`; None for a loss without that form."""
+    per_chain = getattr(loss_fn, "per_chain", None)
+    if per_chain is None or is_model_loss(loss_fn):
+        return None
+    exact = _ExactValue(per_chain, chains=True)
+
+    def criterion(outputs: Tensor, targets: Any) -> Tensor:
+        return exact(per_chain(outputs, targets), outputs, targets)
+
+    return criterion
+
+
 def make_criterion(loss_fn: Callable[..., Tensor]) -> Callable[[Tensor, Any], Tensor] | None:
     """``criterion(outputs, targets)``: an output-form ``loss_fn`` on given model outputs, its value
     in float64 inside :func:`exact_values` (:class:`_ExactValue`); None for a ``(model, batch)`` loss."""
@@ -278,14 +305,18 @@ class _ExactValue:
     the float32 value is returned as it is.
     """
 
-    def __init__(self, loss_fn: Callable[..., Tensor]):
+    def __init__(self, loss_fn: Callable[..., Tensor], chains: bool = False):
         self.loss_fn = loss_fn
+        self.chains = chains  # the loss of K chains at once: outputs (K, B, ...), one value per chain
         self.works = True  # False once the loss function rejected float64 inputs
 
     def __call__(self, loss: Tensor, outputs: Any, targets: Any) -> Tensor:
-        if not (_EXACT.get() and self.works and isinstance(outputs, Tensor) and outputs.is_floating_point()
-                and outputs.dtype != torch.float64 and outputs.numel() <= EXACT_VALUE_MAX_OUTPUT
-                and wide_dtype(outputs) == torch.float64 and isinstance(loss, Tensor) and loss.numel() == 1):
+        if not (isinstance(outputs, Tensor) and isinstance(loss, Tensor)):
+            return loss
+        per = outputs.shape[0] if self.chains else 1
+        if not (_EXACT.get() and self.works and outputs.is_floating_point()
+                and outputs.dtype != torch.float64 and outputs.numel() <= EXACT_VALUE_MAX_OUTPUT * per
+                and wide_dtype(outputs) == torch.float64 and loss.numel() == per):
             return loss
         try:
             with torch.no_grad():

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from . import stacked_mlp
 from .data import DataSource
-from .losses import exact_values, make_batch_loss, make_criterion, wide_dtype
+from .losses import exact_values, make_batch_loss, make_criterion, make_stacked_criterion, wide_dtype
 from .precision import AutocastLoss, autocast_batch_loss, loss_scale, with_precision
 
 __all__ = ["Potential", "LocalizedPotential", "LocalizedValue", "select_params", "default_nbeta", "LOW_PRECISION",
@@ -283,7 +283,7 @@ class Potential:
         criterion = make_criterion(self._loss_fn)
         if criterion is None or self.precision != "float32" or self._masked or self._fixed:
             return None
-        return stacked_mlp.build(self.model, self.names, criterion)
+        return stacked_mlp.build(self.model, self.names, criterion, make_stacked_criterion(self._loss_fn))
 
     def anchor_loss(self, per_chain_batches: bool) -> Callable[[Any], Tensor]:
         """``batch -> L_B(w*)`` without gradients: shaped () for one batch, (K,) for a batch with a

@@ -30,7 +30,8 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
 )
 
 
-def build(model: nn.Module, names: Sequence[str], criterion: Callable[[Tensor, Any], Tensor]
+def build(model: nn.Module, names: Sequence[str], criterion: Callable[[Tensor, Any], Tensor],
+          stacked_criterion: Callable[[Tensor, Any], Tensor] | None = None,
           ) -> Callable[[Sequence[Tensor], Any, bool], Tensor | None] | None:
     """``forward(pieces, batch, shared_batch) -> losses (K,)`` for ``model``, or None where it is
     not an MLP of the form above whose every parameter is sampled (``names``, in the order of
@@ -39,8 +40,10 @@ def build(model: nn.Module, names: Sequence[str], criterion: Callable[[Tensor, A
     ``pieces`` are the sampled parameters with a leading chain dimension, (K, *shape) each;
     ``batch`` is ``(inputs, targets)``, inputs (B, in) shared by every chain or (K, B, in) one
     batch per chain. Each chain's loss is ``criterion(outputs_k, targets_k)``, the user's loss on
-    that chain's outputs (vmapped). ``forward`` returns None for inputs of another form (the caller then
-    takes the general path)."""
+    that chain's outputs (vmapped), or ``stacked_criterion(outputs, targets)`` of all chains'
+    (K, B, ...) outputs and targets at once where the loss has such a form (vmap's fixed cost per
+    call was a third of an adaptive run on a 116-weight network). ``forward`` returns None for
+    inputs of another form (the caller then takes the general path)."""
     layers = _layers(model, names)
     if layers is None:
         return None
@@ -66,6 +69,8 @@ def build(model: nn.Module, names: Sequence[str], criterion: Callable[[Tensor, A
                     h = torch.baddbmm(next(it).unsqueeze(1), h, weight.transpose(1, 2))
             else:
                 h = layer(h)
+        if stacked_criterion is not None and isinstance(targets, Tensor):
+            return stacked_criterion(h, targets.expand(k, *targets.shape) if shared_batch else targets)
         return losses[shared_batch](h, targets)
 
     return forward
