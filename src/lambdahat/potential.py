@@ -292,7 +292,13 @@ class Potential:
         if not per_chain_batches:
             return torch.no_grad()(lambda batch: self.loss(w_star, batch))
         per_batch = torch.func.vmap(lambda batch: self._batch_loss(self.tensors(w_star), batch))
-        return torch.no_grad()(per_batch)
+        direct, pieces = self._stacked_mlp(), self._pieces(w_star)
+
+        def anchor(batch: Any) -> Tensor:
+            loss = direct(pieces, batch, False) if direct is not None else None
+            return per_batch(batch) if loss is None else loss
+
+        return torch.no_grad()(anchor)
 
     @torch.no_grad()
     def full_loss(self, w: Tensor, data: DataSource, batch_size: int) -> float:

@@ -37,7 +37,8 @@ def build(model: nn.Module, names: Sequence[str], criterion: Callable[[Tensor, A
     not an MLP of the form above whose every parameter is sampled (``names``, in the order of
     ``model.named_parameters()``) with no hooks anywhere.
 
-    ``pieces`` are the sampled parameters with a leading chain dimension, (K, *shape) each;
+    ``pieces`` are the sampled parameters with a leading chain dimension, (K, *shape) each, or
+    without one (one point for all K per-chain batches, as ``F.linear`` on (K, B, in) inputs);
     ``batch`` is ``(inputs, targets)``, inputs (B, in) shared by every chain or (K, B, in) one
     batch per chain. Each chain's loss is ``criterion(outputs_k, targets_k)``, the user's loss on
     that chain's outputs (vmapped), or ``stacked_criterion(outputs, targets)`` of all chains'
@@ -55,18 +56,21 @@ def build(model: nn.Module, names: Sequence[str], criterion: Callable[[Tensor, A
         if not (isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], Tensor)):
             return None
         inputs, targets = batch
-        k = pieces[0].shape[0]
-        if inputs.dim() != (2 if shared_batch else 3) or not inputs.is_floating_point():
+        shared_weights = pieces[0].dim() == 2  # one point for every chain's batch (L_B(w*) of each)
+        if inputs.dim() != (2 if shared_batch else 3) or not inputs.is_floating_point() or (shared_weights and shared_batch):
             return None
+        k = inputs.shape[0] if shared_weights else pieces[0].shape[0]
         h = inputs.expand(k, *inputs.shape) if shared_batch else inputs
         it = iter(pieces)
         for layer in layers:
             if isinstance(layer, nn.Linear):
-                weight = next(it)
-                if layer.bias is None:
+                weight, bias = next(it), (next(it) if layer.bias is not None else None)
+                if shared_weights:
+                    h = nn.functional.linear(h, weight, bias)
+                elif bias is None:
                     h = torch.bmm(h, weight.transpose(1, 2))
                 else:
-                    h = torch.baddbmm(next(it).unsqueeze(1), h, weight.transpose(1, 2))
+                    h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             else:
                 h = layer(h)
         if stacked_criterion is not None and isinstance(targets, Tensor):
