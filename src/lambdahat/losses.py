@@ -86,13 +86,8 @@ def _cross_entropy_per_sample(output: Tensor, target: Tensor) -> Tensor:
 
 def _gaussian_nll_per_chain(output: Tensor, target: Tensor) -> Tensor:
     """:func:`gaussian_nll` of K chains' batches at once: output and target (K, B, ...), shape (K,)."""
-    if output.shape != target.shape:
-        raise ValueError(
-            f"gaussian_nll: model output has shape {tuple(output.shape[1:])} but targets have shape "
-            f"{tuple(target.shape[1:])}; make the model's output match the targets."
-        )
-    diff = (output - target).reshape(output.shape[0], output.shape[1], -1)
-    return (0.5 * diff.pow(2).sum(dim=2)).mean(dim=1)
+    chains, batch = output.shape[:2]
+    return _gaussian_nll_per_sample(output.flatten(0, 1), target.flatten(0, 1)).view(chains, batch).mean(dim=1)
 
 
 gaussian_nll.per_sample = _gaussian_nll_per_sample  # type: ignore[attr-defined]
