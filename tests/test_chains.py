@@ -124,6 +124,20 @@ def test_process_pool_gives_the_sequential_result_bit_for_bit():
     assert remote.llc_mean == local.llc_mean
 
 
+def test_process_pool_hands_workers_no_file_descriptors(monkeypatch):
+    # torch's reductions would share the job's tensors through the parent's resource_sharer
+    # thread, which printed a traceback when Ctrl-C ended a worker mid-handover
+    from multiprocessing import resource_sharer
+
+    handed = []
+    real = resource_sharer.DupFd.__init__
+    monkeypatch.setattr(resource_sharer.DupFd, "__init__", lambda self, fd: handed.append(fd) or real(self, fd))
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        remote = _estimate("auto", executor=pool)
+    assert remote.config["chain_mode"] == "executor" and np.isfinite(remote.llc_mean)
+    assert handed == []
+
+
 def test_process_pool_names_what_cannot_be_pickled():
     with ProcessPoolExecutor(max_workers=1) as pool:
         with pytest.raises(ValueError, match="loss_fn cannot be sent to a worker"):

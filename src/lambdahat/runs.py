@@ -31,8 +31,11 @@ AUTO_VECTORIZE_MAX_PARAMS = 2**16
 AUTO_VECTORIZE_MAX_WORK = 2**23
 
 
-def _run_chain_task(job: ChainJob, chain: int, submitter: int) -> ChainRecord:
-    """An executor task: one chain, one thread per worker process."""
+def _run_chain_task(job: ChainJob | bytes, chain: int, submitter: int) -> ChainRecord:
+    """An executor task: one chain, one thread per worker process (``job`` as :func:`_pickled`'s
+    bytes from a process pool)."""
+    if isinstance(job, bytes):
+        job = pickle.loads(job)
     if os.getpid() != submitter:
         torch.set_num_threads(1)  # oversubscribed intra-op threads are 10–40× slower on shared cores
     return job.run(chain)
@@ -57,16 +60,26 @@ def choose_mode(job: ChainJob, num_chains: int, chain_mode: str, train_mode: boo
     return "sequential", (message if chain_mode == "vectorized" else None)
 
 
-def _check_picklable(job: ChainJob) -> None:
-    """A process pool pickles each task with the standard pickle: say what cannot travel."""
-    for what, obj in (("loss_fn", job.loss_fn), ("model", job.model)):
-        try:
-            pickle.dumps(obj)
-        except Exception as err:
-            raise ValueError(
-                f"executor: {what} cannot be sent to a worker process ({type(err).__name__}: {err}); define it at "
-                "module level (not a lambda or a local function), or use a Dask executor, which pickles closures."
-            ) from None
+def _pickled(job: ChainJob) -> bytes:
+    """The job as standard-pickle bytes, for a process pool; say what cannot travel.
+
+    Sent as bytes, its tensors are copied into the task instead of moved to shared memory: a
+    process pool pickles tensors with torch's reductions, which hand each worker a file descriptor
+    through the parent's ``multiprocessing.resource_sharer`` thread, and a worker ended by Ctrl-C
+    mid-handover made that thread print a "Connection reset by peer" traceback. One pickling
+    serves every chain."""
+    try:
+        return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        for what, obj in (("loss_fn", job.loss_fn), ("model", job.model)):
+            try:
+                pickle.dumps(obj)
+            except Exception as err:
+                raise ValueError(
+                    f"executor: {what} cannot be sent to a worker process ({type(err).__name__}: {err}); define it at "
+                    "module level (not a lambda or a local function), or use a Dask executor, which pickles closures."
+                ) from None
+        raise
 
 
 def run_chains(
@@ -95,9 +108,8 @@ def run_chains(
                     "executor: a ThreadPoolExecutor would run chains concurrently on the one shared model and data in "
                     "this process, which is not safe; use a ProcessPoolExecutor or a Dask client's get_executor()."
                 )
-            if isinstance(executor, ProcessPoolExecutor):
-                _check_picklable(job)
-            futures = [executor.submit(_run_chain_task, job, chain, os.getpid()) for chain in range(num_chains)]
+            task = _pickled(job) if isinstance(executor, ProcessPoolExecutor) else job
+            futures = [executor.submit(_run_chain_task, task, chain, os.getpid()) for chain in range(num_chains)]
             rows = []
             for future in futures:  # in chain order; the bar advances as each chain lands
                 rows.append(future.result())
