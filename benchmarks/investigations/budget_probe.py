@@ -1,4 +1,4 @@
-"""Investigation (docs/accuracy.md, "Set v20's 10⁴ networks at 1.5× the step budget"): one blind
+"""Investigation (docs/accuracy.md, "Set v20's 10⁴ networks at 1.5× and 3× the step budget"): one blind
 case estimated with no settings but a step budget, printed as one JSON line.
 
     python benchmarks/investigations/budget_probe.py "dln 30-55-26-64-53-64 r=10 n=10000" 30000 --set v20
