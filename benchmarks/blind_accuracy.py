@@ -8,6 +8,8 @@
 Routes, each one process per (case, route), one torch thread:
 
 - ``auto``: ``lh.estimate_llc(model, data, loss)``, no settings (this version);
+- ``rmsprop``: the same with ``sampler="rmsprop_sgld"`` alone, a candidate engine: the warm-up
+  adapts RMSProp-SGLD's diagonal preconditioner with ε and freezes both for the draws;
 - ``fixed``: a hand-tuned fixed setting, the rule of ``experiments/dln_accuracy`` (ε·nβ = 0.04,
   γ = 1, 4 × (4000 + 4000) steps, batch 500), for the time-to-accuracy comparison;
 - ``settings``: the auto route's own final settings (``result.fixed_settings()``, from the cache;
@@ -45,7 +47,11 @@ OUT = ROOT / "benchmarks" / "out"
 CACHE = OUT / "blind_accuracy.jsonl"
 OLD_COMMIT = "56bf46a"
 OLD_TREE = OUT / "old_release"
-ROUTES = ("auto", "fixed", "settings", "old_defaults", "old_calibrate")
+ROUTES = ("auto", "rmsprop", "fixed", "settings", "old_defaults", "old_calibrate")
+#: what each adaptive route gives beside the data: the auto route nothing, the rmsprop route only
+#: the sampler (a candidate engine: RMSProp-SGLD, its preconditioner adapted in the warm-up and
+#: frozen for the draws)
+ADAPTIVE = {"auto": {}, "rmsprop": {"sampler": "rmsprop_sgld"}}
 BAND_ORDER = (*BANDS, "rrr", "crossing")
 
 
@@ -71,8 +77,8 @@ def _run_case(case_name: str, route: str, version: str = "v1", given: dict | Non
     task = build(case)
     start = time.perf_counter()
     row: dict = dict(case=case.name, band=case.band, route=route)
-    if route == "auto":
-        result = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False)
+    if route in ADAPTIVE:
+        result = lh.estimate_llc(task.model, task.data, task.loss_fn, progress=False, **ADAPTIVE[route])
         row.update(certified=result.certified, failed=[c.name for c in result.checks if not c.ok],
                    gradient_evaluations=result.gradient_evaluations, settings=result.settings.to_dict(),
                    bias=result.adaptation.bias, notes=list(result.adaptation.notes),

@@ -105,6 +105,12 @@ VERSIONS = {
     # networks happened in the 10⁴ band: four of those, two each of 10² and 10³, two regressions.
     # The rule never fired (docs/accuracy.md, set v20) and was not kept.
     "v20": (20261220, {"100": 2, "1k": 2, "10k": 4, "100k": 0, "rrr": 2}),
+    # v21, fixed 2026-12-08 02:52 UTC before any engine was run on it, to measure a candidate engine
+    # beside the auto route: the same adaptive run with sampler="rmsprop_sgld" (its diagonal
+    # preconditioner adapted in the warm-up, frozen for the draws), after two seen v20 networks of
+    # 10⁴ weights went from +4.5% / +5.7% refused (SGHMC) to −0.1% / −0.6% (one certified) with it.
+    # Three each of 10², 10³ and 10⁴, two regressions; the crossings are generated but not run.
+    "v21": (20261221, {"100": 3, "1k": 3, "10k": 3, "100k": 0, "rrr": 2}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.
 ALIGNED_FROM = 10
