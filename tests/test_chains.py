@@ -144,6 +144,21 @@ def test_process_pool_names_what_cannot_be_pickled():
             lh.estimate_llc(_mlp(), _data(), lambda out, y: ((out - y) ** 2).mean(), num_chains=2, executor=pool, **FAST)
 
 
+def test_process_pool_names_data_that_cannot_be_pickled():
+    x, y = _data()
+
+    class Local(torch.utils.data.Dataset):  # a class local to a function cannot be pickled
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i], y[i]
+
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(ValueError, match="the run cannot be sent to a worker process"):
+            lh.estimate_llc(_mlp(), Local(), lh.losses.gaussian_nll, num_chains=2, executor=pool, **FAST)
+
+
 def test_dask_cluster_gives_the_sequential_result_bit_for_bit():
     distributed = pytest.importorskip("distributed")
     local = _estimate("sequential")

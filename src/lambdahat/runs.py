@@ -70,7 +70,7 @@ def _pickled(job: ChainJob) -> bytes:
     serves every chain."""
     try:
         return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
+    except Exception as whole:
         for what, obj in (("loss_fn", job.loss_fn), ("model", job.model)):
             try:
                 pickle.dumps(obj)
@@ -79,7 +79,10 @@ def _pickled(job: ChainJob) -> bytes:
                     f"executor: {what} cannot be sent to a worker process ({type(err).__name__}: {err}); define it at "
                     "module level (not a lambda or a local function), or use a Dask executor, which pickles closures."
                 ) from None
-        raise
+        raise ValueError(
+            f"executor: the run cannot be sent to a worker process ({type(whole).__name__}: {whole}); the data "
+            "must be tensors or a picklable dataset, or run without an executor."
+        ) from None
 
 
 def run_chains(
