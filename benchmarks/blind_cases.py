@@ -109,7 +109,7 @@ VERSIONS = {
     # beside the auto route: the same adaptive run with sampler="rmsprop_sgld" (its diagonal
     # preconditioner adapted in the warm-up, frozen for the draws), after two seen v20 networks of
     # 10⁴ weights went from +4.5% / +5.7% refused (SGHMC) to −0.1% / −0.6% (one certified) with it.
-    # Three each of 10², 10³ and 10⁴, two regressions; the crossings are generated but not run.
+    # Three each of 10², 10³ and 10⁴, two regressions, the two crossings (run last, docs/accuracy.md).
     "v21": (20261221, {"100": 3, "1k": 3, "10k": 3, "100k": 0, "rrr": 2}),
 }
 #: The first set whose deep-linear and reduced-rank teachers have aligned layer subspaces.

@@ -235,12 +235,7 @@ def make_stacked_criterion(loss_fn: Callable[..., Tensor]) -> Callable[[Tensor, 
     per_chain = getattr(loss_fn, "per_chain", None)
     if per_chain is None or is_model_loss(loss_fn):
         return None
-    exact = _ExactValue(per_chain, chains=True)
-
-    def criterion(outputs: Tensor, targets: Any) -> Tensor:
-        return exact(per_chain(outputs, targets), outputs, targets)
-
-    return criterion
+    return _exact_criterion(per_chain, chains=True)
 
 
 def make_criterion(loss_fn: Callable[..., Tensor]) -> Callable[[Tensor, Any], Tensor] | None:
@@ -248,7 +243,13 @@ def make_criterion(loss_fn: Callable[..., Tensor]) -> Callable[[Tensor, Any], Te
     in float64 inside :func:`exact_values` (:class:`_ExactValue`); None for a ``(model, batch)`` loss."""
     if is_model_loss(loss_fn):
         return None
-    exact = _ExactValue(loss_fn)
+    return _exact_criterion(loss_fn)
+
+
+def _exact_criterion(loss_fn: Callable[[Tensor, Any], Tensor], chains: bool = False) -> Callable[[Tensor, Any], Tensor]:
+    """``loss_fn(outputs, targets)`` with its value in float64 inside :func:`exact_values`
+    (``chains``: one value per chain of (K, B, ...) outputs, as :class:`_ExactValue` takes it)."""
+    exact = _ExactValue(loss_fn, chains=chains)
 
     def criterion(outputs: Tensor, targets: Any) -> Tensor:
         return exact(loss_fn(outputs, targets), outputs, targets)
